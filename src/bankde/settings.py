@@ -1,0 +1,117 @@
+"""One settings object: environment, `.env`, and the seed's DB_* names; embedded vs server is chosen here."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bankde.errors import ConfigError
+
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
+
+
+class Settings(BaseSettings):
+    """Every knob of bankde. `BANKDE_*` variables, plus `DB_*` as the original filler named them."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BANKDE_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+    )
+
+    # All local state (managed Postgres, chDB warehouse, logs, secrets) lives under home.
+    home: Path = Path(".bankde")
+
+    # --- source Postgres -------------------------------------------------------------
+    pg_port: int = Field(54329, ge=1, le=65535)
+    pg_dsn: str | None = None
+    # OS user that runs the managed server when bankde itself runs as root.
+    pg_os_user: str | None = None
+    db_name: str = Field("bank", validation_alias=AliasChoices("DB_NAME", "BANKDE_DB_NAME"))
+    db_user: str = Field("bankde", validation_alias=AliasChoices("DB_USER", "BANKDE_DB_USER"))
+    db_password: str | None = Field(
+        None, validation_alias=AliasChoices("DB_PASSWORD", "BANKDE_DB_PASSWORD"), repr=False
+    )
+    db_host: str | None = Field(None, validation_alias=AliasChoices("DB_HOST", "BANKDE_DB_HOST"))
+    db_port: int | None = Field(
+        None, ge=1, le=65535, validation_alias=AliasChoices("DB_PORT", "BANKDE_DB_PORT")
+    )
+    db_sslmode: SslMode | None = Field(
+        None, validation_alias=AliasChoices("DB_SSLMODE", "BANKDE_DB_SSLMODE")
+    )
+    # Capture role (REPLICATION + SELECT only). On the managed cluster its password is generated.
+    cdc_user: str = "bankde_cdc"
+    cdc_password: str | None = Field(None, repr=False)
+
+    # --- warehouse --------------------------------------------------------------------
+    # Unset: embedded chDB under $BANKDE_HOME/warehouse. Set: a ClickHouse server.
+    clickhouse_url: str | None = None
+
+    @field_validator("pg_dsn", "db_host", "clickhouse_url", "db_password", "cdc_password")
+    @classmethod
+    def _empty_is_none(cls, v: str | None) -> str | None:
+        return v or None
+
+    @property
+    def external_source(self) -> bool:
+        """True when the user points at their own Postgres instead of the managed cluster."""
+        return bool(self.pg_dsn or self.db_host)
+
+    @property
+    def sslmode(self) -> str:
+        if self.db_sslmode:
+            return self.db_sslmode
+        # The original filler talked to a remote server with verify-full; the local cluster has no TLS.
+        return "verify-full" if self.external_source else "disable"
+
+    @property
+    def home_dir(self) -> Path:
+        return self.home.expanduser().resolve()
+
+    @property
+    def warehouse_dir(self) -> Path:
+        return self.home_dir / "warehouse"
+
+    @property
+    def embedded_warehouse(self) -> bool:
+        return not self.clickhouse_url
+
+
+# Which environment variable feeds each field, for error messages.
+def _env_name(field: str) -> str:
+    info = Settings.model_fields[field]
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        first = alias.choices[0]
+        return str(first)
+    return f"BANKDE_{field.upper()}"
+
+
+def _one_line(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        field = str(e["loc"][0]) if e["loc"] else "?"
+        name = _env_name(field) if field in Settings.model_fields else field
+        value = os.environ.get(name, e.get("input"))
+        parts.append(f"{name}={value!s}: {e['msg']}")
+    return "invalid setting " + "; ".join(parts)
+
+
+def load_settings() -> Settings:
+    """Read settings once; bad values raise ConfigError naming the variable."""
+    try:
+        return Settings()
+    except ValidationError as err:
+        raise ConfigError(_one_line(err)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,1 @@
+"""Source Postgres: the managed cluster, connections, the bank schema and its roles."""

@@ -1,0 +1,84 @@
+"""Shared fixtures: one real managed Postgres cluster per test session, one database per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bankde.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_home(prefix: str = "bankde-test-") -> Path:
+    """A BANKDE_HOME under /tmp that an unprivileged server user can enter (tests may run as root)."""
+    home = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    os.chmod(home, stat.S_IRWXU | stat.S_IRGRP | stat.S_IXGRP | stat.S_IROTH | stat.S_IXOTH)
+    return home
+
+
+@pytest.fixture(scope="session")
+def cluster_settings() -> Iterator[Settings]:
+    """A started managed cluster for the whole session; its settings (db_name 'bank')."""
+    from bankde.source.cluster import ManagedCluster
+
+    home = make_home()
+    port = free_port()
+    settings = Settings(home=home, pg_port=port, pg_dsn=None, db_host=None)
+    cluster = ManagedCluster(settings)
+    cluster.init()
+    cluster.start()
+    try:
+        yield settings
+    finally:
+        cluster.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture()
+def source_settings(cluster_settings: Settings) -> Iterator[Settings]:
+    """Settings for a fresh database of this test's own, schema applied; dropped afterwards."""
+    from psycopg import sql
+
+    from bankde.source.connection import connect, source_info
+    from bankde.source.schema import init_source
+
+    name = "t_" + uuid.uuid4().hex[:12]
+    settings = cluster_settings.model_copy(update={"db_name": name})
+    init_source(settings)
+    try:
+        yield settings
+    finally:
+        admin = source_info(cluster_settings).with_db("postgres")
+        with connect(admin, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for running the `bankde` CLI in a subprocess against these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BANKDE_", "DB_"))}
+    env.update(
+        {
+            "BANKDE_HOME": str(settings.home),
+            "BANKDE_PG_PORT": str(settings.pg_port),
+            "DB_NAME": settings.db_name,
+        }
+    )
+    env.update(extra)
+    return env
