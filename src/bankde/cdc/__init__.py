@@ -1,0 +1,1 @@
+"""Capture: publication and slot, consistent snapshot, pgoutput decoding into change envelopes."""

@@ -1,0 +1,91 @@
+"""The contract between capture and sink: the Debezium change-event envelope."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Op = Literal["r", "c", "u", "d"]
+
+# _version = commit LSN in the high 64 bits, position inside the transaction in the low 32.
+# Snapshot rows use position 0 at the slot's consistent point; streamed changes start at 1 and
+# commit at or after that point, so every snapshot row sorts below every streamed change.
+POS_BITS = 32
+
+
+def make_version(commit_lsn: int, pos: int) -> int:
+    """Version of a change: grows per key across restarts because LSNs do."""
+    return (commit_lsn << POS_BITS) | pos
+
+
+def format_lsn(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def parse_lsn(text: str) -> int:
+    hi, lo = text.split("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+@dataclass(slots=True, frozen=True)
+class Source:
+    """Debezium's `source` block, trimmed to what the sink and monitoring use."""
+
+    lsn: int  # commit LSN of the transaction (snapshot: the slot's consistent point)
+    tx_id: int | None
+    ts_ms: int  # commit time in the source, ms since epoch
+    schema: str
+    table: str
+    snapshot: bool = False
+
+    def to_debezium(self) -> dict[str, Any]:
+        return {
+            "connector": "postgresql",
+            "db": "",
+            "schema": self.schema,
+            "table": self.table,
+            "lsn": self.lsn,
+            "txId": self.tx_id,
+            "ts_ms": self.ts_ms,
+            "snapshot": "true" if self.snapshot else "false",
+        }
+
+
+@dataclass(slots=True)
+class ChangeEvent:
+    """One row change. `before`/`after` map column name to a Python value (Decimal for money,
+    aware UTC datetime for timestamptz, str for enums/text, None for NULL).
+
+    op: r snapshot read, c insert, u update, d delete. A primary-key change arrives as a `d` of
+    the old key followed by a `c` of the new one. `pos` is the 1-based position of the change in
+    its transaction (0 for snapshot rows); with `source.lsn` it gives the row's version.
+    """
+
+    op: Op
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    source: Source
+    ts_ms: int
+    pos: int = 0
+    # Columns whose value the source did not send (unchanged TOAST); the sink keeps the old value.
+    unchanged: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def version(self) -> int:
+        return make_version(self.source.lsn, self.pos)
+
+    @property
+    def key_row(self) -> dict[str, Any]:
+        """The row that identifies the key: `after` for r/c/u, `before` for d."""
+        row = self.before if self.op == "d" else self.after
+        assert row is not None, f"{self.op} event without a row"
+        return row
+
+    def to_debezium(self) -> dict[str, Any]:
+        return {
+            "before": self.before,
+            "after": self.after,
+            "op": self.op,
+            "source": self.source.to_debezium(),
+            "ts_ms": self.ts_ms,
+        }
