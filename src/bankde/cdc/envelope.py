@@ -53,8 +53,10 @@ class Source:
 
 @dataclass(slots=True)
 class ChangeEvent:
-    """One row change. `before`/`after` map column name to a Python value (Decimal for money,
-    aware UTC datetime for timestamptz, str for enums/text, None for NULL).
+    """One row change. `before`/`after` map column name to the value in Postgres' text output
+    form (as pgoutput sends it, and as Debezium does with decimal.handling.mode=string): a str,
+    or None for NULL. Money stays exact ("12.30"), timestamps keep their zone; the sink parses
+    each column with the warehouse's own casts, in bulk, never through float.
 
     op: r snapshot read, c insert, u update, d delete. A primary-key change arrives as a `d` of
     the old key followed by a `c` of the new one. `pos` is the 1-based position of the change in
