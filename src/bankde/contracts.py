@@ -37,7 +37,9 @@ class Sink(Protocol):
         """
         ...
 
-    def load_snapshot(self, schema: str, table: str, rows: pa.RecordBatch, snapshot_lsn: int) -> int:
+    def load_snapshot(
+        self, schema: str, table: str, rows: pa.RecordBatch, snapshot_lsn: int
+    ) -> int:
         """Write snapshot rows (op 'r', columnar) of one table at the slot's consistent point.
 
         Rows carry version make_version(snapshot_lsn, 0), below every streamed change. Safe to

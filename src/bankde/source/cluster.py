@@ -61,12 +61,12 @@ def find_pg_bin() -> Path:
     on_path = shutil.which("pg_ctl")
     if on_path:
         candidates.append(Path(on_path).resolve().parent)
-    for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_major_of_dir, reverse=True):
-        candidates.append(Path(d))
+    for found in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_major_of_dir, reverse=True):
+        candidates.append(Path(found))
     for d in candidates:
-        if (d / "initdb").exists() and (d / "pg_ctl").exists() and (d / "postgres").exists():
-            if _version_major(d) >= MIN_PG_MAJOR:
-                return d
+        has_all = all((d / exe).exists() for exe in ("initdb", "pg_ctl", "postgres"))
+        if has_all and _version_major(d) >= MIN_PG_MAJOR:
+            return d
     raise ConfigError(
         "no PostgreSQL >= 13 server binaries found (initdb, pg_ctl, postgres): install the Debian "
         "package `postgresql` (apt-get install postgresql), or set BANKDE_PG_DSN / DB_HOST to use "
@@ -287,7 +287,9 @@ class ManagedCluster:
             if _port_in_use(self.port):
                 return
             time.sleep(0.1)
-        raise BankdeError(f"Postgres did not start listening on port {self.port} (log: {self.log_file})")
+        raise BankdeError(
+            f"Postgres did not start listening on port {self.port} (log: {self.log_file})"
+        )
 
 
 def _pid_alive(pid: int) -> bool:

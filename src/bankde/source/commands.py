@@ -13,7 +13,9 @@ from bankde.console import out, print_json
 from bankde.errors import ConfigError
 from bankde.settings import get_settings
 
-app = typer.Typer(help="The source Postgres: managed local cluster and the bank schema.", no_args_is_help=True)
+app = typer.Typer(
+    help="The source Postgres: managed local cluster and the bank schema.", no_args_is_help=True
+)
 
 
 @app.command()
@@ -28,7 +30,9 @@ def up() -> None:
         verb = "created and started" if created else "started"
         out.print(f"Postgres {verb} on 127.0.0.1:{cluster.port} (data: {cluster.data_dir})")
     else:
-        out.print(f"Postgres already running on 127.0.0.1:{cluster.port} (data: {cluster.data_dir})")
+        out.print(
+            f"Postgres already running on 127.0.0.1:{cluster.port} (data: {cluster.data_dir})"
+        )
 
 
 @app.command()
@@ -115,8 +119,14 @@ def psql(ctx: typer.Context) -> None:
         raise ConfigError("psql not found: install the Debian package postgresql-client")
     env = dict(os.environ)
     # The password travels in the environment, never on the command line.
-    mapping = {"host": "PGHOST", "port": "PGPORT", "dbname": "PGDATABASE", "user": "PGUSER",
-               "password": "PGPASSWORD", "sslmode": "PGSSLMODE"}
+    mapping = {
+        "host": "PGHOST",
+        "port": "PGPORT",
+        "dbname": "PGDATABASE",
+        "user": "PGUSER",
+        "password": "PGPASSWORD",
+        "sslmode": "PGSSLMODE",
+    }
     for key, var in mapping.items():
         if key in info.params:
             env[var] = info.params[key]

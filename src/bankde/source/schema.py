@@ -22,7 +22,9 @@ def ensure_database(info: SourceInfo) -> bool:
     """Create the source database on the managed cluster if missing. True when created."""
     admin = info.with_db("postgres")
     with connect(admin, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (info.dbname,)).fetchone()
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (info.dbname,)
+        ).fetchone()
         if exists:
             return False
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(info.dbname)))
@@ -33,7 +35,7 @@ def apply_schema(info: SourceInfo) -> None:
     """Run schema.sql in one transaction (safe to run any number of times)."""
     with connect(info) as conn:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_INIT_LOCK,))
-        conn.execute(schema_sql().encode())  # type: ignore[call-overload]
+        conn.execute(schema_sql().encode())
         conn.commit()
 
 
@@ -46,23 +48,27 @@ def ensure_cdc_role(settings: Settings, info: SourceInfo) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_INIT_LOCK,))
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
         verb = "ALTER" if exists else "CREATE"
-        stmt = sql.SQL(verb + " ROLE {} WITH LOGIN REPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE").format(
-            sql.Identifier(role)
-        )
+        stmt = sql.SQL(
+            verb + " ROLE {} WITH LOGIN REPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE"
+        ).format(sql.Identifier(role))
         if password:
             stmt = stmt + sql.SQL(" PASSWORD {}").format(sql.Literal(password))
         conn.execute(stmt)
         for schema in SCHEMAS:
             ident = sql.Identifier(schema)
-            conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(ident, sql.Identifier(role)))
             conn.execute(
-                sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(ident, sql.Identifier(role))
+                sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(ident, sql.Identifier(role))
+            )
+            conn.execute(
+                sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(
+                    ident, sql.Identifier(role)
+                )
             )
             # Tables created later (e.g. by a newer schema) are readable too.
             conn.execute(
-                sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT ON TABLES TO {}").format(
-                    ident, sql.Identifier(role)
-                )
+                sql.SQL(
+                    "ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT ON TABLES TO {}"
+                ).format(ident, sql.Identifier(role))
             )
         conn.commit()
 
@@ -87,7 +93,9 @@ def table_counts(info: SourceInfo) -> dict[str, int]:
         ).fetchall()
         out: dict[str, int] = {}
         for schema, table in rows:
-            q = sql.SQL("SELECT count(*) FROM {}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+            q = sql.SQL("SELECT count(*) FROM {}.{}").format(
+                sql.Identifier(schema), sql.Identifier(table)
+            )
             row = conn.execute(q).fetchone()
             out[f"{schema}.{table}"] = int(row[0]) if row else 0
         return out
