@@ -1,0 +1,308 @@
+"""The filler against the real managed Postgres: invariants, signatures, determinism, reruns."""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+import pytest
+from psycopg import sql
+
+from bankde.generator.config import FillConfig
+from bankde.generator.runner import fill
+from bankde.generator.scenarios import SCENARIO_NAMES
+from bankde.source.connection import connect, source_info
+from bankde.source.schema import init_source
+
+AS_OF = datetime(2024, 6, 3, 9, 30, tzinfo=UTC)
+
+# One rule per scenario, reading bank.* only: the signature each scenario's docstring promises.
+RULES = {
+    "rapid_withdrawals": """
+        WITH w AS (SELECT txn_id, card_id, occurred_at FROM bank.transaction
+                   WHERE txn_type = 'withdrawal' AND card_id IS NOT NULL),
+        s AS (SELECT a.card_id, a.occurred_at AS s FROM w a JOIN w b ON b.card_id = a.card_id
+              AND b.occurred_at >= a.occurred_at AND b.occurred_at < a.occurred_at + interval '10 min'
+              GROUP BY a.txn_id, a.card_id, a.occurred_at HAVING count(*) >= 4)
+        SELECT DISTINCT w.txn_id FROM w JOIN s ON w.card_id = s.card_id
+        AND w.occurred_at >= s.s AND w.occurred_at < s.s + interval '10 min'""",
+    "after_card_closed": """
+        WITH p AS (SELECT t.txn_id, t.card_id, t.occurred_at FROM bank.transaction t
+                   JOIN bank.card c USING (card_id) WHERE t.occurred_at >= c.closed_at),
+        s AS (SELECT a.card_id, a.occurred_at AS s FROM p a JOIN p b ON b.card_id = a.card_id
+              AND b.occurred_at >= a.occurred_at AND b.occurred_at < a.occurred_at + interval '60 min'
+              GROUP BY a.txn_id, a.card_id, a.occurred_at HAVING count(*) >= 3)
+        SELECT DISTINCT p.txn_id FROM p JOIN s ON p.card_id = s.card_id
+        AND p.occurred_at >= s.s AND p.occurred_at < s.s + interval '60 min'""",
+    "amount_probing": """
+        WITH d AS (SELECT t.txn_id, t.card_id, t.terminal_id, t.occurred_at, t.amount, t.status,
+                          t.decline_reason, c.daily_limit FROM bank.transaction t
+                   JOIN bank.card c USING (card_id) WHERE t.terminal_id IS NOT NULL),
+        s AS (SELECT a.card_id, a.terminal_id, a.occurred_at AS s FROM d a JOIN d b
+              ON b.card_id = a.card_id AND b.terminal_id = a.terminal_id
+              AND b.occurred_at >= a.occurred_at AND b.occurred_at < a.occurred_at + interval '15 min'
+              WHERE a.decline_reason = 'limit_exceeded' AND a.amount > a.daily_limit
+              AND b.decline_reason IN ('limit_exceeded', 'insufficient_funds') AND b.amount <= a.amount
+              GROUP BY a.txn_id, a.card_id, a.terminal_id, a.occurred_at HAVING count(*) >= 3)
+        SELECT DISTINCT d.txn_id FROM d JOIN s ON d.card_id = s.card_id
+        AND d.terminal_id = s.terminal_id AND d.occurred_at >= s.s
+        AND d.occurred_at < s.s + interval '15 min'""",
+    "card_testing": """
+        WITH o AS (SELECT t.txn_id, t.card_id, t.terminal_id, t.occurred_at FROM bank.transaction t
+                   JOIN bank.terminal m USING (terminal_id)
+                   WHERE m.kind = 'online' AND t.txn_type = 'purchase' AND t.amount < 5),
+        s AS (SELECT a.card_id, a.occurred_at AS s FROM o a JOIN o b ON b.card_id = a.card_id
+              AND b.occurred_at >= a.occurred_at AND b.occurred_at < a.occurred_at + interval '30 min'
+              GROUP BY a.txn_id, a.card_id, a.occurred_at
+              HAVING count(*) >= 5 AND count(DISTINCT b.terminal_id) >= 5)
+        SELECT DISTINCT o.txn_id FROM o JOIN s ON o.card_id = s.card_id
+        AND o.occurred_at >= s.s AND o.occurred_at < s.s + interval '30 min'""",
+    "account_takeover": """
+        WITH cp AS (SELECT t.txn_id, t.card_id, t.occurred_at,
+                           2 * 6371 * asin(sqrt(power(sin(radians(m.lat - u.home_lat) / 2), 2)
+                             + cos(radians(u.home_lat)) * cos(radians(m.lat))
+                             * power(sin(radians(m.lon - u.home_lon) / 2), 2))) AS km
+                    FROM bank.transaction t JOIN bank.terminal m USING (terminal_id)
+                    JOIN bank.card c USING (card_id) JOIN bank.customer u ON u.customer_id = c.customer_id
+                    WHERE m.kind IN ('atm', 'pos'))
+        SELECT DISTINCT f.txn_id FROM cp f JOIN cp h ON h.card_id = f.card_id
+        AND h.km < 300 AND h.occurred_at BETWEEN f.occurred_at - interval '3 hours'
+        AND f.occurred_at + interval '3 hours' WHERE f.km > 1000""",
+}
+
+
+@contextmanager
+def extra_database(cluster_settings):
+    name = "t_" + uuid.uuid4().hex[:12]
+    settings = cluster_settings.model_copy(update={"db_name": name})
+    init_source(settings)
+    try:
+        yield settings
+    finally:
+        admin = source_info(cluster_settings).with_db("postgres")
+        with connect(admin, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+def _one(conn, q, *args):
+    return conn.execute(q, args).fetchone()[0]
+
+
+@pytest.fixture(scope="module")
+def filled(cluster_settings):
+    """One mid-sized fill shared by the read-only checks below."""
+    config = FillConfig(
+        n_new_txns=14_000, backfill_days=4, backfill_txns_per_day=6_000, fraud_share=0.03, seed=11,
+        as_of=AS_OF, customers=500, terminals=200, card_close_rate=0.08, account_close_rate=0.03,
+        customer_close_rate=0.02, terminal_close_rate=0.03, batch_size=9_000,
+    )  # fmt: skip
+    with extra_database(cluster_settings) as settings:
+        summary = fill(settings, config)
+        with connect(source_info(settings)) as conn:
+            yield settings, conn, summary, config
+
+
+def test_counts_summary_and_fraud_share(filled):
+    _, conn, summary, config = filled
+    assert (
+        summary.transactions
+        == config.total_txns
+        == _one(conn, "SELECT count(*) FROM bank.transaction")
+    )
+    labels = _one(conn, "SELECT count(*) FROM truth.fraud_label")
+    assert labels == sum(summary.fraud_txns.values())
+    assert abs(labels / summary.transactions - 0.03) < 0.004
+    assert summary.batches >= 5  # 38k rows in batches of 9k, plus the entities
+    assert all(summary.fraud_episodes[s] > 0 for s in SCENARIO_NAMES)
+    assert summary.closed.get("bank.card", 0) > 0 and summary.closed.get("bank.customer", 0) > 0
+    # All timestamps are anchored to as_of.
+    assert _one(conn, "SELECT max(occurred_at) FROM bank.transaction") <= AS_OF
+    assert _one(conn, "SELECT max(created_at) FROM bank.customer") < AS_OF
+
+
+def test_foreign_keys_and_closes_hold(filled):
+    _, conn, _, _ = filled
+    orphans = """SELECT count(*) FROM bank.transaction t
+        LEFT JOIN bank.account a USING (account_id) LEFT JOIN bank.card c USING (card_id)
+        LEFT JOIN bank.terminal m USING (terminal_id)
+        WHERE a.account_id IS NULL OR (t.card_id IS NOT NULL AND c.card_id IS NULL)
+           OR (t.terminal_id IS NOT NULL AND m.terminal_id IS NULL)"""
+    assert _one(conn, orphans) == 0
+    assert (
+        _one(
+            conn,
+            "SELECT count(*) FROM truth.fraud_label l LEFT JOIN bank.transaction t USING (txn_id) WHERE t.txn_id IS NULL",
+        )
+        == 0
+    )
+    # No approved transaction on a card, account or terminal after it closed.
+    assert (
+        _one(
+            conn,
+            """SELECT count(*) FROM bank.transaction t JOIN bank.card c USING (card_id)
+                         WHERE t.status = 'approved' AND t.occurred_at >= c.closed_at""",
+        )
+        == 0
+    )
+    assert (
+        _one(
+            conn,
+            """SELECT count(*) FROM bank.transaction t JOIN bank.account a USING (account_id)
+                         WHERE t.status = 'approved' AND t.occurred_at >= a.closed_at""",
+        )
+        == 0
+    )
+    assert (
+        _one(
+            conn,
+            """SELECT count(*) FROM bank.transaction t JOIN bank.terminal m USING (terminal_id)
+                         WHERE t.status = 'approved' AND t.occurred_at >= m.closed_at""",
+        )
+        == 0
+    )
+    # Closed cards did get declined attempts (legitimate and fraudulent).
+    assert (
+        _one(conn, "SELECT count(*) FROM bank.transaction WHERE decline_reason = 'card_closed'") > 0
+    )
+    # A closed customer's accounts and cards are closed too.
+    assert (
+        _one(
+            conn,
+            """SELECT count(*) FROM bank.customer u JOIN bank.card c USING (customer_id)
+                         WHERE u.status = 'closed' AND (c.closed_at IS NULL OR c.closed_at > u.closed_at)""",
+        )
+        == 0
+    )
+
+
+def test_ledger_is_consistent(filled):
+    _, conn, _, _ = filled
+    # Balances never below the overdraft floor, before or after any transaction.
+    assert (
+        _one(
+            conn,
+            """SELECT count(*) FROM bank.transaction t JOIN bank.account a USING (account_id)
+                         WHERE t.balance_after < -a.overdraft_limit""",
+        )
+        == 0
+    )
+    assert _one(conn, "SELECT count(*) FROM bank.transaction WHERE balance_after IS NULL") == 0
+    # Each balance_after = previous balance_after +/- amount when approved, unchanged otherwise.
+    broken = """SELECT count(*) FROM (
+        SELECT t.status, t.txn_type, t.amount, t.balance_after,
+               lag(t.balance_after) OVER (PARTITION BY t.account_id ORDER BY t.txn_id) AS prev
+        FROM bank.transaction t) x
+        WHERE prev IS NOT NULL AND balance_after <> prev + CASE
+            WHEN status <> 'approved' THEN 0
+            WHEN txn_type IN ('refund', 'deposit') THEN amount ELSE -amount END"""
+    assert _one(conn, broken) == 0
+    # The account's balance is the last balance_after.
+    assert (
+        _one(
+            conn,
+            """SELECT count(*) FROM bank.account a JOIN LATERAL (
+        SELECT balance_after FROM bank.transaction t WHERE t.account_id = a.account_id
+        ORDER BY txn_id DESC LIMIT 1) l ON true WHERE l.balance_after <> a.balance""",
+        )
+        == 0
+    )
+    # Ids follow time inside a run.
+    assert (
+        _one(
+            conn,
+            """SELECT count(*) FROM (SELECT occurred_at < lag(occurred_at) OVER (ORDER BY txn_id)
+                         AS back FROM bank.transaction) x WHERE back""",
+        )
+        == 0
+    )
+
+
+@pytest.mark.parametrize("scenario", SCENARIO_NAMES)
+def test_each_scenario_leaves_its_signature(filled, scenario):
+    _, conn, _, _ = filled
+    flagged = {r[0] for r in conn.execute(RULES[scenario]).fetchall()}
+    labelled = {
+        r[0]
+        for r in conn.execute(
+            "SELECT txn_id FROM truth.fraud_label WHERE scenario = %s", (scenario,)
+        )
+    }
+    assert labelled
+    hit = len(flagged & labelled)
+    recall, precision = hit / len(labelled), hit / max(len(flagged), 1)
+    assert recall >= 0.9, (scenario, recall, precision, len(labelled))
+    assert precision >= 0.8, (scenario, recall, precision, len(labelled))
+
+
+def test_fraud_is_not_given_away_by_one_column(filled):
+    _, conn, _, _ = filled
+    # Hours, amounts and terminals of fraud overlap with legitimate ones.
+    row = conn.execute("""SELECT count(DISTINCT extract(hour FROM t.occurred_at)),
+        count(*) FILTER (WHERE t.amount BETWEEN 20 AND 500),
+        count(DISTINCT t.terminal_id) FILTER (WHERE EXISTS (
+            SELECT 1 FROM bank.transaction o WHERE o.terminal_id = t.terminal_id
+            AND NOT EXISTS (SELECT 1 FROM truth.fraud_label x WHERE x.txn_id = o.txn_id))),
+        count(DISTINCT t.terminal_id)
+        FROM bank.transaction t JOIN truth.fraud_label l USING (txn_id)""").fetchone()
+    assert row[0] >= 18 and row[1] > 0 and row[2] >= 0.8 * row[3]
+    # Legitimate customers also make ATM bursts, tiny purchases and declined attempts.
+    legit = """SELECT count(*) FROM bank.transaction t WHERE NOT EXISTS
+        (SELECT 1 FROM truth.fraud_label l WHERE l.txn_id = t.txn_id) AND {}"""
+    assert _one(conn, legit.format("t.amount < 5 AND t.txn_type = 'purchase'")) > 100
+    assert _one(conn, legit.format("t.decline_reason = 'limit_exceeded'")) > 5
+    assert _one(conn, legit.format("t.decline_reason = 'card_closed'")) > 0
+
+
+def _checksum(settings) -> dict[str, str]:
+    tables = {
+        "bank.customer": "customer_id", "bank.account": "account_id", "bank.card": "card_id",
+        "bank.terminal": "terminal_id", "bank.transaction": "txn_id",
+        "truth.fraud_episode": "episode_id", "truth.fraud_label": "txn_id",
+    }  # fmt: skip
+    with connect(source_info(settings)) as conn:
+        return {
+            t: _one(conn, sql.SQL("SELECT md5(string_agg(x::text, '|' ORDER BY x.{})) FROM {} x").format(
+                sql.Identifier(pk), sql.SQL(t)))
+            for t, pk in tables.items()
+        }  # fmt: skip
+
+
+def test_same_seed_same_rows_and_reruns_continue(cluster_settings, source_settings):
+    config = FillConfig(
+        n_new_txns=3_000, backfill_days=1, backfill_txns_per_day=2_000, fraud_share=0.05, seed=5,
+        as_of=AS_OF, customers=120, terminals=80, batch_size=2_000,
+    )  # fmt: skip
+    fill(source_settings, config)
+    first = _checksum(source_settings)
+    with extra_database(cluster_settings) as other:
+        fill(other, config)
+        assert _checksum(other) == first
+    # A different seed gives different data.
+    with extra_database(cluster_settings) as other:
+        fill(other, FillConfig(**{**config.__dict__, "seed": 6}))
+        assert _checksum(other)["bank.transaction"] != first["bank.transaction"]
+    # A second run adds: ids continue, nothing collides, sequences move past.
+    with connect(source_info(source_settings)) as conn:
+        before = conn.execute(
+            "SELECT max(txn_id), count(*), max(customer_id) FROM bank.transaction, "
+            "(SELECT max(customer_id) AS customer_id FROM bank.customer) c"
+        ).fetchone()
+    summary = fill(source_settings, config)
+    with connect(source_info(source_settings)) as conn:
+        assert (
+            _one(conn, "SELECT count(*) FROM bank.transaction") == before[1] + summary.transactions
+        )
+        assert (
+            _one(conn, "SELECT min(txn_id) FROM bank.transaction WHERE txn_id > %s", before[0])
+            == before[0] + 1
+        )
+        assert (
+            _one(conn, "SELECT count(*) FROM bank.customer WHERE customer_id > %s", before[2])
+            == 120
+        )
+        nxt = _one(conn, "SELECT nextval(pg_get_serial_sequence('bank.transaction', 'txn_id'))")
+        assert nxt == _one(conn, "SELECT max(txn_id) FROM bank.transaction") + 1
+        assert _one(conn, "SELECT count(DISTINCT iban) = count(*) FROM bank.account")
