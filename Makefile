@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck pytest bench-fill bench venv clean
+.PHONY: demo test lint typecheck pytest bench-fill bench-sink bench venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ pytest: $(STAMP)
 
 bench-fill: $(STAMP)
 	$(BIN)/python bench/fill.py
+
+bench-sink: $(STAMP)
+	$(BIN)/python bench/sink.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -32,13 +32,17 @@ def make_home(prefix: str = "bankde-test-") -> Path:
 
 
 @pytest.fixture(scope="session")
-def cluster_settings() -> Iterator[Settings]:
-    """A started managed cluster for the whole session; its settings (db_name 'bank')."""
+def cluster_settings(warehouse_dir: Path) -> Iterator[Settings]:
+    """A started managed cluster for the whole session; its settings (db_name 'bank').
+
+    In-process warehouse access goes to the session's one chDB directory (warehouse_dir); a CLI
+    subprocess (cli_env) gets $BANKDE_HOME/warehouse instead, so it never waits on this process.
+    """
     from bankde.source.cluster import ManagedCluster
 
     home = make_home()
     port = free_port()
-    settings = Settings(home=home, pg_port=port, pg_dsn=None, db_host=None)
+    settings = Settings(home=home, pg_port=port, pg_dsn=None, db_host=None, wh_dir=warehouse_dir)
     cluster = ManagedCluster(settings)
     cluster.init()
     cluster.start()
@@ -82,3 +86,54 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
     )
     env.update(extra)
     return env
+
+
+# --- warehouse: chDB opens one data directory per process, so the whole test session shares one
+# embedded warehouse and each test gets databases of its own under a random prefix.
+
+
+@pytest.fixture(scope="session")
+def warehouse_dir() -> Iterator[Path]:
+    """The session's embedded warehouse directory (under /tmp), closed and removed at the end."""
+    home = make_home("bankde-wh-")
+    try:
+        yield home / "warehouse"
+    finally:
+        from bankde.warehouse.client import close_warehouse
+
+        close_warehouse()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _with_warehouse(settings: Settings, warehouse_dir: Path) -> Settings:
+    prefix = "t" + uuid.uuid4().hex[:10] + "_"
+    return settings.model_copy(
+        update={"wh_dir": warehouse_dir, "wh_prefix": prefix, "clickhouse_url": None}
+    )
+
+
+def _drop_warehouse_dbs(settings: Settings) -> None:
+    from bankde.warehouse.client import open_warehouse
+    from bankde.warehouse.ddl import drop_databases
+
+    drop_databases(open_warehouse(settings))
+
+
+@pytest.fixture()
+def wh_settings(warehouse_dir: Path) -> Iterator[Settings]:
+    """Settings on the session warehouse with this test's own databases (prefix); dropped after."""
+    settings = _with_warehouse(Settings(home=warehouse_dir.parent), warehouse_dir)
+    try:
+        yield settings
+    finally:
+        _drop_warehouse_dbs(settings)
+
+
+@pytest.fixture()
+def source_wh_settings(source_settings: Settings, warehouse_dir: Path) -> Iterator[Settings]:
+    """A fresh source database (as source_settings) plus this test's own warehouse databases."""
+    settings = _with_warehouse(source_settings, warehouse_dir)
+    try:
+        yield settings
+    finally:
+        _drop_warehouse_dbs(settings)

@@ -71,9 +71,14 @@ def main() -> None:
     except Exception as exc:  # click usage errors arrive here in non-standalone mode
         import click
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+        # Newer typer vendors click as typer._click: its usage errors are not click's classes.
+        usage_errors: tuple[type, ...] = (click.ClickException,)
+        vendored = getattr(getattr(typer, "_click", None), "exceptions", None)
+        if vendored is not None:
+            usage_errors += (vendored.ClickException,)
+        if isinstance(exc, usage_errors):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
         raise
 
 

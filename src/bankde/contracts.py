@@ -25,16 +25,54 @@ class Offset:
     snapshot_done: bool
 
 
+@dataclass(frozen=True)
+class SourceColumn:
+    """One column of a captured source table, as a Relation message or the catalog describes it.
+
+    `pg_type` is either the type OID (with `typmod`, as pgoutput sends them) or the type name as
+    format_type() spells it ('numeric(18,2)', 'timestamp with time zone', 'bank.txn_type').
+    `not_null` None means unknown (pgoutput does not say): a new column is then Nullable.
+    """
+
+    name: str
+    pg_type: int | str
+    typmod: int = -1
+    not_null: bool | None = None
+    key: bool = False
+
+
+# A source TRUNCATE inside the stream: (schema, table, version of the truncate itself).
+Truncate = tuple[str, str, int]
+
+
 class Sink(Protocol):
     """Where change events land (the ClickHouse raw tables)."""
 
-    def apply(self, events: Sequence[ChangeEvent], offset: Offset) -> None:
+    def apply(
+        self, events: Sequence[ChangeEvent], offset: Offset, truncates: Sequence[Truncate] = ()
+    ) -> None:
         """Write `events` (complete transactions, in commit order), then record `offset`.
 
         Idempotent: the same events may be delivered again after a crash; applying them twice
         changes nothing visible through FINAL, because versions come from the source LSNs.
         Durable on return: the caller acknowledges the slot up to `offset.lsn` only afterwards.
+        `truncates` of the same transactions hide every row of the table older than the
+        truncate's version (events after it in the stream stay); they land before the offset.
+        An offset with snapshot_done=True makes a snapshot staged since reset_for_snapshot()
+        visible, every table at once, before the offset is recorded.
         """
+        ...
+
+    def ensure_columns(self, schema: str, table: str, columns: Sequence[SourceColumn]) -> None:
+        """Make the landing table hold every source column (create it, ADD COLUMN), or raise
+        CaptureError naming table and column when it cannot (type changed). Call it for every
+        Relation message before applying events that use it, and before a table's snapshot."""
+        ...
+
+    def reset_for_snapshot(self, slot: str, tables: Sequence[tuple[str, str]]) -> None:
+        """Start a (re)snapshot of `tables`: empty staging tables receive load_snapshot() rows
+        and replace the landing tables only when apply() records snapshot_done, so a snapshot
+        interrupted halfway is never visible and a redo starts clean."""
         ...
 
     def load_snapshot(
@@ -42,9 +80,15 @@ class Sink(Protocol):
     ) -> int:
         """Write snapshot rows (op 'r', columnar) of one table at the slot's consistent point.
 
-        Rows carry version make_version(snapshot_lsn, 0), below every streamed change. Safe to
-        repeat: a redone snapshot replaces nothing newer. Returns the rows written.
+        Rows carry version make_version(snapshot_lsn, 0), below every streamed change. Columns
+        may be Arrow-typed (int, decimal128, timestamp, date32, bool, binary) or text form.
+        Staged when reset_for_snapshot() named the table, else written to the landing table.
+        Safe to repeat: a redone snapshot replaces nothing newer. Returns the rows written.
         """
+        ...
+
+    def reset(self, slot: str) -> None:
+        """Drop and re-create every landing table and forget `slot`'s offset (cdc resync)."""
         ...
 
     def load_offset(self, slot: str) -> Offset | None:

@@ -49,10 +49,32 @@ class Settings(BaseSettings):
     # Capture role (REPLICATION + SELECT only). On the managed cluster its password is generated.
     cdc_user: str = "bankde_cdc"
     cdc_password: str | None = Field(None, repr=False)
+    # Capture: slot and publication names (tests isolate them), batch bounds of `cdc run`.
+    cdc_slot: str = Field("bankde_slot", pattern=r"^[a-z0-9_]{1,63}$")
+    cdc_publication: str = Field("bankde_pub", pattern=r"^[a-z0-9_]{1,63}$")
+    cdc_batch_rows: int = Field(50_000, ge=1)
+    cdc_batch_seconds: float = Field(0.5, gt=0)
 
     # --- warehouse --------------------------------------------------------------------
     # Unset: embedded chDB under $BANKDE_HOME/warehouse. Set: a ClickHouse server.
     clickhouse_url: str | None = None
+    # Embedded warehouse directory when not $BANKDE_HOME/warehouse (tests share one per process).
+    wh_dir: Path | None = None
+    # Prefix of the warehouse databases ("t1_" -> t1_raw, t1_truth, t1_meta): isolates tests/pipelines.
+    wh_prefix: str = Field("", pattern=r"^[A-Za-z0-9_]*$", max_length=40)
+    # Seconds a process waits for another one to release the embedded warehouse (--wait overrides).
+    wh_lock_wait: float = Field(5.0, ge=0)
+
+    # --- orchestration ----------------------------------------------------------------
+    # `cdc_monitoring` (and `bankde demo`'s summary) fail a check above these thresholds.
+    monitor_max_lag_bytes: int = Field(256 * 1024**2, ge=0)
+    monitor_max_lag_seconds: float = Field(900.0, ge=0)
+    monitor_max_wal_retained_bytes: int = Field(2 * 1024**3, ge=0)
+    # Per table: how far the warehouse's newest change trails the source's newest updated_at.
+    monitor_max_staleness_seconds: float = Field(900.0, ge=0)
+    # Airflow pool for tasks that open the warehouse: 1 slot embedded (one chDB owner), this on a server.
+    airflow_pool_slots: int = Field(4, ge=1, le=128)
+    airflow_port: int = Field(8080, ge=1, le=65535)
 
     @field_validator("pg_dsn", "db_host", "clickhouse_url", "db_password", "cdc_password")
     @classmethod
@@ -77,6 +99,8 @@ class Settings(BaseSettings):
 
     @property
     def warehouse_dir(self) -> Path:
+        if self.wh_dir is not None:
+            return self.wh_dir.expanduser().resolve()
         return self.home_dir / "warehouse"
 
     @property

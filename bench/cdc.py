@@ -1,0 +1,237 @@
+"""Benchmark: CDC snapshot rows/s, streaming changes/s and commit-to-warehouse latency, with baselines."""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bankde.cdc import capture
+from bankde.cdc.capture import BatchStats
+from bankde.cdc.slot import drop_slot, ensure_publication
+from bankde.settings import Settings
+from bankde.source.cluster import ManagedCluster
+from bankde.source.connection import cdc_info, connect, source_info
+from bankde.source.schema import init_source
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def copy_out_baseline(settings: Settings) -> float:
+    """Rows/s of the same exported-snapshot binary COPY into Arrow, with no warehouse write."""
+    import adbc_driver_postgresql.dbapi as adbc
+    import psycopg2
+    import psycopg2.extras
+
+    from bankde.cdc.snapshot import _rechunk, adbc_uri
+
+    info = cdc_info(settings)
+    rc = psycopg2.connect(info.dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection)
+    cur = rc.cursor()
+    cur.execute("CREATE_REPLICATION_SLOT bench_baseline TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT")
+    snap = cur.fetchone()[2]
+    conn = adbc.connect(adbc_uri(info), autocommit=True)
+    c = conn.cursor()
+    c.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    c.execute(f"SET TRANSACTION SNAPSHOT '{snap}'")
+    rows = 0
+    started = time.perf_counter()
+    for table in ("customer", "account", "card", "terminal", "transaction"):
+        c.execute(f"SELECT * FROM bank.{table}")
+        for batch in _rechunk(c.fetch_record_batch(), 250_000):
+            rows += batch.num_rows
+    secs = time.perf_counter() - started
+    c.execute("COMMIT")
+    conn.close()
+    rc.close()
+    return rows / secs
+
+
+def mixed_load(settings: Settings, changes: int, per_txn: int = 1000) -> int:
+    """About `changes` inserts/updates/deletes in transactions of `per_txn` (50/30/20)."""
+    done = 0
+    with connect(source_info(settings)) as conn:
+        top = int(conn.execute("SELECT max(txn_id) FROM bank.transaction").fetchone()[0])  # type: ignore[index]
+        nxt = top + 1
+        low = 1
+        while done < changes:
+            ins, upd, dele = per_txn // 2, per_txn * 3 // 10, per_txn // 5
+            conn.execute(
+                "INSERT INTO bank.transaction (txn_id, account_id, card_id, terminal_id, txn_type, "
+                "status, decline_reason, amount, currency, balance_after, description, occurred_at) "
+                "SELECT g, account_id, card_id, terminal_id, txn_type, status, decline_reason, "
+                "amount + 1, currency, "
+                "balance_after, description, occurred_at FROM bank.transaction t "
+                "JOIN generate_series(%s::bigint, %s::bigint) g ON t.txn_id = g - %s",
+                (nxt, nxt + ins - 1, nxt - low),
+            )
+            nxt += ins
+            conn.execute(
+                "UPDATE bank.transaction SET amount = amount + 0.01, updated_at = now() "
+                "WHERE txn_id BETWEEN %s AND %s",
+                (low, low + upd - 1),
+            )
+            conn.execute(
+                "DELETE FROM bank.transaction WHERE txn_id BETWEEN %s AND %s AND NOT EXISTS "
+                "(SELECT 1 FROM truth.fraud_label l WHERE l.txn_id = transaction.txn_id)",
+                (low + upd, low + upd + dele - 1),
+            )
+            low += upd + dele
+            conn.commit()
+            done += ins + upd + dele
+    return done
+
+
+def latency(settings: Settings, rate: int, seconds: float) -> tuple[float, float, int]:
+    """p50/p99 seconds from source commit to warehouse write at a steady `rate` changes/s."""
+    lat: list[float] = []
+
+    def on_batch(b: BatchStats) -> None:
+        now_ms = time.time() * 1000
+        lat.extend((now_ms - c) / 1000 for c in b.commit_ms)
+
+    stop = threading.Event()
+    runner = threading.Thread(
+        target=capture.run,
+        args=(settings, stop),
+        kwargs={"on_batch": on_batch, "show_progress": False},
+    )
+    runner.start()
+    time.sleep(2)
+    per_tick, tick = max(1, rate // 100), 0.01
+    with connect(source_info(settings)) as conn:
+        nxt = int(conn.execute("SELECT max(txn_id) FROM bank.transaction").fetchone()[0]) + 1  # type: ignore[index]
+        start = time.perf_counter()
+        i = 0
+        while time.perf_counter() - start < seconds:
+            conn.execute(
+                "INSERT INTO bank.transaction (txn_id, account_id, txn_type, status, amount, currency, "
+                "occurred_at) SELECT g, 1, 'deposit', 'approved', 1.00, 'EUR', now() "
+                "FROM generate_series(%s::bigint, %s::bigint) g",
+                (nxt, nxt + per_tick - 1),
+            )
+            conn.commit()
+            nxt += per_tick
+            i += 1
+            delay = start + i * tick - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+    time.sleep(2)
+    stop.set()
+    runner.join()
+    lat.sort()
+    if not lat:
+        return 0.0, 0.0, 0
+    return lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))], len(lat)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--txns", type=int, default=1_000_000, help="Transactions in the source.")
+    ap.add_argument("--changes", type=int, default=300_000, help="Mixed changes to stream.")
+    ap.add_argument("--rate", type=int, default=5000, help="Changes/s for the latency run.")
+    ap.add_argument("--seconds", type=float, default=20.0, help="Length of the latency run.")
+    args = ap.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="bankde-bench-cdc-", dir="/tmp"))
+    home.chmod(0o755)
+    settings = Settings(home=home, pg_port=_free_port(), pg_dsn=None, db_host=None)
+    cluster = ManagedCluster(settings)
+    cluster.init()
+    cluster.start()
+    try:
+        init_source(settings)
+        from bankde.generator import load_fill_config
+        from bankde.generator.runner import fill
+
+        t0 = time.perf_counter()
+        fill(settings, load_fill_config({"n_new_txns": args.txns, "seed": 1}))
+        print(f"fill: {args.txns:,} transactions in {time.perf_counter() - t0:.1f}s")
+        ensure_publication(settings)
+
+        base_copy = copy_out_baseline(settings)
+        res = capture.sync(settings, show_progress=False)
+        snap_total = sum(res.snapshot_rows.values())
+        snap_rate = res.snapshot_rows_per_s
+        print(
+            f"snapshot: {snap_total:,} rows in {res.snapshot_seconds:.2f}s = {snap_rate:,.0f} rows/s "
+            f"(target >= 250,000) | baseline exported-snapshot COPY out to Arrow {base_copy:,.0f} "
+            f"rows/s | ratio {snap_rate / base_copy:.2f}"
+        )
+
+        # Streaming: a slot for the raw-decode baseline sees the same WAL as the capture slot.
+        with connect(cdc_info(settings)) as conn:
+            conn.execute("SELECT pg_create_logical_replication_slot('bench_decode', 'pgoutput')")
+            conn.commit()
+        made = mixed_load(settings, args.changes)
+        start = time.perf_counter()
+        res2 = capture.sync(settings, show_progress=False)
+        apply_rate = res2.changes / (time.perf_counter() - start)
+        base_decode = decode_baseline_existing(settings)
+        print(
+            f"stream: {res2.changes:,} changes ({made:,} made) applied at {apply_rate:,.0f} changes/s "
+            f"(target >= 100,000) | baseline read+decode only {base_decode:,.0f} changes/s | ratio "
+            f"{apply_rate / base_decode:.2f}"
+        )
+
+        p50, p99, n = latency(settings, args.rate, args.seconds)
+        print(
+            f"latency at {args.rate:,} changes/s: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms "
+            f"over {n:,} transactions (target p99 < 1000 ms; batch bound "
+            f"{settings.cdc_batch_seconds:g}s)"
+        )
+        print(f"peak RSS: {_peak_rss_mib():,.0f} MiB")
+    finally:
+        for slot in ("bench_decode", settings.cdc_slot):
+            try:
+                drop_slot(settings.model_copy(update={"cdc_slot": slot}))
+            except Exception as exc:
+                print(f"could not drop slot {slot}: {exc}")
+        cluster.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def decode_baseline_existing(settings: Settings) -> float:
+    """Read+decode rate on the baseline slot created before the load (same WAL as the capture)."""
+    from bankde.cdc.native import NativeEngine
+    from bankde.cdc.slot import current_wal_lsn, slot_state
+    from bankde.contracts import Offset
+
+    s = settings.model_copy(update={"cdc_slot": "bench_decode"})
+    start = slot_state(s).confirmed_flush_lsn or 0
+
+    class NoSink:
+        def load_offset(self, slot: str) -> Offset:
+            return Offset(slot, start, True)
+
+    eng = NativeEngine(s)
+    target = current_wal_lsn(s)
+    eng.open(NoSink())  # type: ignore[arg-type]
+    n = 0
+    began = time.perf_counter()
+    while not eng.caught_up(target):
+        txn = eng.poll(0.5)
+        if txn is not None:
+            n += len(txn.events)
+        else:
+            eng.request_status()
+    secs = time.perf_counter() - began
+    eng.close()
+    return n / secs if secs > 0 else 0.0
+
+
+if __name__ == "__main__":
+    main()

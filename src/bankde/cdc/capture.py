@@ -1,0 +1,527 @@
+"""The capture loop: snapshot, stream in bounded batches, write, then acknowledge; sync/run/resync."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bankde.cdc.engine import CaptureEngine, ProgressFn
+from bankde.cdc.envelope import ChangeEvent, format_lsn, make_version
+from bankde.cdc.pgoutput import Relation, Transaction
+from bankde.console import err
+from bankde.contracts import Offset, Sink, SourceColumn, Truncate
+from bankde.errors import BankdeError, CaptureError, ConfigError, SourceUnavailable
+from bankde.settings import Settings
+
+# Reconnect backoff after the source went away: doubles from the first to the last.
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 10.0
+# How long `cdc sync` keeps retrying an unreachable source before giving up.
+SYNC_RETRY_SECONDS = 120.0
+
+
+@dataclass
+class BatchStats:
+    """One applied batch, as reported to callers (and written to meta.cdc_batches by the sink)."""
+
+    events: int
+    transactions: int
+    first_lsn: int
+    last_lsn: int
+    seconds: float
+    tables: dict[str, int]
+    lag_ms: int  # now minus the commit time of the newest change written
+    commit_ms: list[int] = field(default_factory=list)  # commit time of each transaction
+
+
+@dataclass
+class SyncResult:
+    """What `cdc.sync` (or a finished `cdc.run`) did."""
+
+    slot: str
+    snapshot_rows: dict[str, int] = field(default_factory=dict)
+    snapshot_seconds: float = 0.0
+    changes: int = 0
+    transactions: int = 0
+    batches: int = 0
+    tables: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    stream_seconds: float = 0.0
+    lsn: int = 0
+    target_lsn: int | None = None
+    reconnects: int = 0
+
+    @property
+    def changes_per_s(self) -> float:
+        return self.changes / self.stream_seconds if self.stream_seconds > 0 else 0.0
+
+    @property
+    def snapshot_rows_per_s(self) -> float:
+        total = sum(self.snapshot_rows.values())
+        return total / self.snapshot_seconds if self.snapshot_seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "slot": self.slot,
+            "snapshot_rows": self.snapshot_rows,
+            "snapshot_seconds": round(self.snapshot_seconds, 3),
+            "changes": self.changes,
+            "transactions": self.transactions,
+            "batches": self.batches,
+            "tables": self.tables,
+            "seconds": round(self.seconds, 3),
+            "changes_per_s": round(self.changes_per_s, 1),
+            "lsn": format_lsn(self.lsn),
+            "target_lsn": format_lsn(self.target_lsn) if self.target_lsn is not None else None,
+            "reconnects": self.reconnects,
+        }
+
+
+def open_sink(settings: Settings) -> Sink:
+    """The warehouse sink the settings select (embedded chDB or a ClickHouse server)."""
+    from bankde.warehouse.sink import ClickHouseSink
+
+    return ClickHouseSink.open(settings)
+
+
+def make_engine(settings: Settings, engine: str = "native") -> CaptureEngine:
+    if engine == "native":
+        from bankde.cdc.native import NativeEngine
+
+        return NativeEngine(settings)
+    if engine == "debezium":
+        try:
+            from bankde.cdc.engines.debezium import DebeziumEngine
+        except ModuleNotFoundError as exc:
+            raise CaptureError(
+                f"the debezium engine is not available ({exc.name} missing): "
+                "pip install 'bankde[debezium]'"
+            ) from None
+        return DebeziumEngine(settings)
+    raise ConfigError(f"unknown capture engine {engine!r}: use --engine native or debezium")
+
+
+class Streamer:
+    """Drives one engine into one sink: batches bounded by rows and time, write, then ack.
+
+    Invariants: a batch holds only complete transactions; the sink writes the batch and the
+    offset (the end LSN of its last transaction) before the engine acknowledges that LSN; a lost
+    source connection drops the unacknowledged batch, which the slot delivers again.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        sink: Sink,
+        engine_factory: Callable[[], CaptureEngine],
+        batch_rows: int | None = None,
+        batch_seconds: float | None = None,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.engine_factory = engine_factory
+        self.engine: CaptureEngine | None = None
+        self.batch_rows = batch_rows or settings.cdc_batch_rows
+        self.batch_seconds = batch_seconds or settings.cdc_batch_seconds
+        self.on_batch = on_batch
+        self.result = SyncResult(settings.cdc_slot)
+        self._events: list[ChangeEvent] = []
+        self._truncates: list[Truncate] = []
+        self._txns = 0
+        self._first_lsn = 0
+        self._end_lsn = 0  # end LSN of the last complete transaction held or written
+        self._written = 0  # end LSN the sink holds
+        self._acked = 0
+        self._batch_started: float | None = None
+        self._columns: dict[tuple[str, str], tuple[str, ...]] = {}
+
+    # -- connection lifecycle -----------------------------------------------------------
+    def open(self, progress: ProgressFn | None = None) -> Offset:
+        self.engine = self.engine_factory()
+        try:
+            offset = self.engine.open(self.sink, progress)
+        except BaseException:
+            self.engine.close()
+            self.engine = None
+            raise
+        snap_rows = getattr(self.engine, "snapshot_rows", None)
+        if snap_rows:
+            self.result.snapshot_rows = dict(snap_rows)
+            self.result.snapshot_seconds = float(getattr(self.engine, "snapshot_seconds", 0.0))
+        self._reset_buffer()
+        self._written = self._acked = self._end_lsn = offset.lsn
+        self.result.lsn = offset.lsn
+        self._columns.clear()
+        return offset
+
+    def close(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
+
+    def _reset_buffer(self) -> None:
+        self._events = []
+        self._truncates = []
+        self._commit_ms: list[int] = []
+        self._txns = 0
+        self._first_lsn = 0
+        self._batch_started = None
+
+    # -- the loop -----------------------------------------------------------------------
+    def step(self, timeout: float) -> Transaction | None:
+        """Poll once; write a batch when it is full, old enough, or the engine asks."""
+        engine = self.engine
+        assert engine is not None
+        now = time.monotonic()
+        if self._batch_started is not None:
+            timeout = max(0.0, min(timeout, self._batch_started + self.batch_seconds - now))
+        txn = engine.poll(timeout)
+        if txn is not None:
+            self._take(txn)
+        now = time.monotonic()
+        due = self._batch_started is not None and now >= self._batch_started + self.batch_seconds
+        if len(self._events) >= self.batch_rows or due or engine.must_flush:
+            self.flush()
+        return txn
+
+    def _take(self, txn: Transaction) -> None:
+        if txn.relations:
+            self._ensure_columns(txn.relations)
+        if self._batch_started is None:
+            self._batch_started = time.monotonic()
+            self._first_lsn = txn.commit_lsn
+        self._events.extend(txn.events)
+        for schema, table, pos in txn.truncates:
+            # Rows of the table older than the truncate are hidden; later events stay.
+            self._truncates.append((schema, table, make_version(txn.commit_lsn, pos)))
+        self._txns += 1
+        self._commit_ms.append(txn.ts_ms)
+        self._end_lsn = txn.end_lsn
+
+    def _ensure_columns(self, relations: list[Relation]) -> None:
+        """A table described with columns we have not ensured yet: widen the warehouse first."""
+        for rel in relations:
+            key = (rel.schema, rel.table)
+            if self._columns.get(key) == rel.names:
+                continue
+            # Rows already held were decoded with the old columns: write them before altering.
+            self.flush()
+            self.sink.ensure_columns(rel.schema, rel.table, source_columns(rel))
+            self._columns[key] = rel.names
+
+    def flush(self) -> None:
+        """Write what is held (complete transactions) with its offset, then acknowledge."""
+        engine = self.engine
+        assert engine is not None
+        if self._end_lsn > self._written:
+            started = time.monotonic()
+            events = self._events
+            offset = Offset(self.settings.cdc_slot, self._end_lsn, True)
+            if events or self._truncates:
+                self.sink.apply(events, offset, self._truncates)
+            # A transaction with no captured rows needs no write: acknowledging it is enough.
+            self._written = self._end_lsn
+            self._record(events, started)
+        if self._written > self._acked:
+            engine.acknowledge(self._written)
+            self._acked = self._written
+            self.result.lsn = self._acked
+        elif engine.must_flush:
+            engine.acknowledge(self._acked)
+        self._reset_buffer()
+
+    def _record(self, events: list[ChangeEvent], started: float) -> None:
+        if not events:
+            return
+        tables = Counter(f"{e.source.schema}.{e.source.table}" for e in events)
+        res = self.result
+        res.changes += len(events)
+        res.transactions += self._txns
+        res.batches += 1
+        for name, n in tables.items():
+            res.tables[name] = res.tables.get(name, 0) + n
+        if self.on_batch is not None:
+            lag = int(time.time() * 1000) - events[-1].source.ts_ms
+            self.on_batch(
+                BatchStats(
+                    len(events),
+                    self._txns,
+                    self._first_lsn,
+                    self._end_lsn,
+                    time.monotonic() - started,
+                    dict(tables),
+                    lag,
+                    self._commit_ms,
+                )
+            )
+
+    def drop_unwritten(self) -> None:
+        """Forget held transactions (the connection broke; the slot re-sends them)."""
+        self._reset_buffer()
+        self._end_lsn = self._written
+
+
+def source_columns(rel: Relation) -> list[SourceColumn]:
+    """The relation's columns in the sink's terms."""
+    return [
+        SourceColumn(name=c.name, pg_type=c.type_oid, typmod=c.typmod, key=c.name in rel.key)
+        for c in rel.columns
+    ]
+
+
+def _is_disconnect(exc: BaseException) -> bool:
+    """A lost or refused source connection (worth a reconnect), not a real error."""
+    if isinstance(exc, SourceUnavailable):
+        return True
+    import psycopg
+    import psycopg2
+
+    if isinstance(exc, psycopg.OperationalError):
+        return True
+    if isinstance(exc, psycopg2.Error):
+        code = getattr(exc, "pgcode", None)
+        # No SQLSTATE: the socket went away ("server closed the connection", "no COPY in
+        # progress"); class 08 connection exception; class 57 shutdown or admin termination.
+        return code is None or code[:2] in ("08", "57")
+    return False
+
+
+class _Backoff:
+    def __init__(self) -> None:
+        self.delay = BACKOFF_FIRST
+        self.since: float | None = None
+
+    def wait(self, stop: threading.Event | None) -> None:
+        if self.since is None:
+            self.since = time.monotonic()
+        if stop is not None:
+            stop.wait(self.delay)
+        else:
+            time.sleep(self.delay)
+        self.delay = min(self.delay * 2, BACKOFF_MAX)
+
+    def reset(self) -> None:
+        self.delay = BACKOFF_FIRST
+        self.since = None
+
+    def elapsed(self) -> float:
+        return 0.0 if self.since is None else time.monotonic() - self.since
+
+
+def _stream(
+    settings: Settings,
+    sink: Sink,
+    engine_name: str,
+    *,
+    until_lsn: Callable[[], int] | None,
+    stop: threading.Event | None,
+    progress: ProgressFn | None,
+    batch_rows: int | None = None,
+    batch_seconds: float | None = None,
+    on_batch: Callable[[BatchStats], None] | None = None,
+    max_outage: float | None = None,
+) -> SyncResult:
+    """Open (snapshot if needed), then stream until caught up with `until_lsn` or until `stop`."""
+    started = time.monotonic()
+    if engine_name == "debezium":
+        # Its own slot, publication and offset row: never the native engine's.
+        from bankde.cdc.engines.debezium_config import engine_settings
+
+        settings = engine_settings(settings)
+    streamer = Streamer(
+        settings,
+        sink,
+        lambda: make_engine(settings, engine_name),
+        batch_rows,
+        batch_seconds,
+        on_batch,
+    )
+    backoff = _Backoff()
+    target = until_lsn() if until_lsn is not None else None
+    streamer.result.target_lsn = target
+    stream_started: float | None = None
+    try:
+        while stop is None or not stop.is_set():
+            try:
+                if streamer.engine is None:
+                    streamer.open(progress)
+                    progress = None  # a reconnect never snapshots with a bar again
+                    if stream_started is None:
+                        stream_started = time.monotonic()
+                    backoff.reset()
+                streamer.step(0.25)
+                if target is not None:
+                    engine = streamer.engine
+                    assert engine is not None
+                    if engine.caught_up(target):
+                        streamer.flush()
+                        break
+                    request = getattr(engine, "request_status", None)
+                    if request is not None and not streamer._events:
+                        request()
+            except BankdeError as exc:
+                if not _is_disconnect(exc):
+                    raise
+                _on_disconnect(streamer, backoff, exc, stop, max_outage)
+            except Exception as exc:
+                if not _is_disconnect(exc):
+                    raise
+                _on_disconnect(streamer, backoff, exc, stop, max_outage)
+        else:
+            # Stopped: write what is complete, so a clean shutdown loses no work.
+            if streamer.engine is not None:
+                try:
+                    streamer.flush()
+                except Exception as exc:
+                    if not _is_disconnect(exc):
+                        raise
+    finally:
+        streamer.close()
+    res = streamer.result
+    res.seconds = time.monotonic() - started
+    res.stream_seconds = time.monotonic() - stream_started if stream_started else 0.0
+    return res
+
+
+def _on_disconnect(
+    streamer: Streamer,
+    backoff: _Backoff,
+    exc: BaseException,
+    stop: threading.Event | None,
+    max_outage: float | None,
+) -> None:
+    streamer.drop_unwritten()
+    streamer.close()
+    streamer.result.reconnects += 1
+    if max_outage is not None and backoff.elapsed() > max_outage:
+        raise SourceUnavailable(
+            f"source unreachable for {max_outage:.0f}s, giving up: {_first_line(exc)}"
+        ) from None
+    err.print(
+        f"[yellow]source connection lost ({_first_line(exc)}); reconnecting in "
+        f"{backoff.delay:.1f}s[/yellow]"
+    )
+    backoff.wait(stop)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+# -- public library API (CLI, demo/run loops and Airflow tasks call these) ----------------
+def sync(
+    settings: Settings,
+    *,
+    sink: Sink | None = None,
+    engine: str = "native",
+    show_progress: bool = True,
+) -> SyncResult:
+    """Snapshot if needed, then apply every change committed before the WAL position current at
+    the start (pg_current_wal_lsn()), then return. Safe to run repeatedly (micro-batches)."""
+    from bankde.cdc.slot import current_wal_lsn
+
+    sink = sink or open_sink(settings)
+    with snapshot_progress(show_progress) as progress:
+        return _stream(
+            settings,
+            sink,
+            engine,
+            until_lsn=lambda: current_wal_lsn(settings),
+            stop=None,
+            progress=progress,
+            max_outage=SYNC_RETRY_SECONDS,
+        )
+
+
+def run(
+    settings: Settings,
+    stop_event: threading.Event,
+    *,
+    sink: Sink | None = None,
+    engine: str = "native",
+    batch_rows: int | None = None,
+    batch_seconds: float | None = None,
+    on_batch: Callable[[BatchStats], None] | None = None,
+    show_progress: bool = True,
+) -> SyncResult:
+    """Stream until `stop_event` is set; reconnects with backoff while the source is down. On
+    stop, the complete transactions held are written and acknowledged before returning."""
+    make_engine(settings, engine)  # a wrong engine name fails before anything opens
+    sink = sink or open_sink(settings)
+    with snapshot_progress(show_progress) as progress:
+        return _stream(
+            settings,
+            sink,
+            engine,
+            until_lsn=None,
+            stop=stop_event,
+            progress=progress,
+            batch_rows=batch_rows,
+            batch_seconds=batch_seconds,
+            on_batch=on_batch,
+        )
+
+
+def resync(
+    settings: Settings, *, sink: Sink | None = None, show_progress: bool = True
+) -> SyncResult:
+    """Drop the slot and the landing tables, then snapshot and catch up again (the way out of an
+    invalidated slot or a lost warehouse)."""
+    from bankde.cdc.slot import drop_slot
+
+    sink = sink or open_sink(settings)
+    drop_slot(settings)
+    sink.reset(settings.cdc_slot)
+    return sync(settings, sink=sink, show_progress=show_progress)
+
+
+class snapshot_progress:
+    """A rich progress bar per table on stderr while a snapshot runs (None when hidden)."""
+
+    def __init__(self, show: bool) -> None:
+        self.show = show
+        self._progress: Any = None
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> ProgressFn | None:
+        if not self.show:
+            return None
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("snapshot {task.description:<24}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=False,
+        )
+        return self._update
+
+    def _update(self, table: str, done: int, total: int | None) -> None:
+        prog = self._progress
+        if not prog.live.is_started:
+            prog.start()
+        task = self._tasks.get(table)
+        if task is None:
+            task = prog.add_task(table, total=total)
+            self._tasks[table] = task
+        if total is not None and total < done:
+            total = done
+        prog.update(task, completed=done, total=total)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None and self._progress.live.is_started:
+            self._progress.stop()

@@ -1,0 +1,141 @@
+"""`bankde cdc ...`: snapshot and stream the source into the warehouse; status; resync."""
+
+from __future__ import annotations
+
+import typer
+
+from bankde.console import err, out, print_json
+from bankde.settings import get_settings
+
+app = typer.Typer(
+    help="Change data capture: Postgres logical replication into the warehouse.",
+    no_args_is_help=True,
+)
+
+ENGINE_HELP = "Capture engine: native (pgoutput, default) or debezium (extra [debezium])."
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="cdc")
+
+
+def _print_result(res: object, as_json: bool) -> None:
+    from bankde.cdc.capture import SyncResult
+
+    assert isinstance(res, SyncResult)
+    if as_json:
+        print_json(res.to_dict())
+        return
+    if res.snapshot_rows:
+        total = sum(res.snapshot_rows.values())
+        out.print(
+            f"snapshot: {total:,} rows in {res.snapshot_seconds:.1f}s "
+            f"({res.snapshot_rows_per_s:,.0f} rows/s)"
+        )
+        for name, n in res.snapshot_rows.items():
+            out.print(f"  {name:<24} {n:>12,}")
+    out.print(
+        f"stream: {res.changes:,} changes in {res.transactions:,} transactions, "
+        f"{res.batches} batches, {res.stream_seconds:.1f}s ({res.changes_per_s:,.0f} changes/s)"
+    )
+    for name, n in sorted(res.tables.items()):
+        out.print(f"  {name:<24} {n:>12,}")
+    out.print(f"slot {res.slot} at {res.to_dict()['lsn']}")
+
+
+@app.command()
+def sync(
+    engine: str = typer.Option("native", "--engine", help=ENGINE_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Snapshot progress bars."),
+) -> None:
+    """Snapshot if needed, apply every change committed before now, then exit."""
+    from bankde.cdc.capture import sync as do_sync
+
+    res = do_sync(get_settings(), engine=engine, show_progress=progress and not as_json)
+    _print_result(res, as_json)
+
+
+@app.command()
+def run(
+    engine: str = typer.Option("native", "--engine", help=ENGINE_HELP),
+    batch_rows: int | None = typer.Option(
+        None, "--batch-rows", min=1, help="Max changes per batch."
+    ),
+    batch_seconds: float | None = typer.Option(
+        None,
+        "--batch-seconds",
+        min=0.01,
+        help="Max seconds a change waits in a batch (default 0.5).",
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Snapshot progress bars."),
+) -> None:
+    """Stream until Ctrl-C or SIGTERM; the last complete batch is written before exit."""
+    import signal
+    import threading
+
+    from bankde.cdc.capture import run as do_run
+
+    settings = get_settings()
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: object) -> None:
+        err.print(f"{signal.Signals(signum).name}: finishing the current batch, then stopping")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    err.print(f"streaming slot {settings.cdc_slot} (Ctrl-C to stop)")
+    res = do_run(
+        settings,
+        stop,
+        engine=engine,
+        batch_rows=batch_rows,
+        batch_seconds=batch_seconds,
+        show_progress=progress,
+    )
+    _print_result(res, False)
+
+
+@app.command()
+def status(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    wait: float = typer.Option(0.0, "--wait", min=0, help="Seconds to wait for a busy warehouse."),
+) -> None:
+    """Slot, lag, WAL retained, last batch, changes/s, row counts source vs warehouse."""
+    from bankde.cdc.status import status as get_status
+
+    data = get_status(get_settings(), wait=wait)
+    if as_json:
+        print_json(data)
+    else:
+        tables = data.pop("tables")
+        for k, v in data.items():
+            out.print(f"{k:>20}: {v}")
+        if tables:
+            out.print(f"{'table':<24} {'source':>12} {'warehouse':>12}")
+            for name, c in tables.items():
+                wh = "-" if c["warehouse"] is None else f"{c['warehouse']:,}"
+                flag = "" if c["warehouse"] == c["source"] else "  [yellow]differs[/yellow]"
+                out.print(f"{name:<24} {c['source']:>12,} {wh:>12}{flag}")
+    if data.get("problem"):
+        err.print(f"[red]{data['problem']}[/red]")
+        raise typer.Exit(1)
+
+
+@app.command()
+def resync(
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Snapshot progress bars."),
+) -> None:
+    """Drop and recreate the slot and the landing tables, then snapshot again."""
+    from bankde.cdc.capture import resync as do_resync
+
+    settings = get_settings()
+    if not yes and not typer.confirm(
+        f"drop slot {settings.cdc_slot} and every landing table, then snapshot again?", err=True
+    ):
+        raise typer.Exit(1)
+    res = do_resync(settings, show_progress=progress and not as_json)
+    _print_result(res, as_json)

@@ -1,0 +1,225 @@
+"""Publication, replica identity and replication slot: create, inspect, drop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from psycopg import sql
+
+from bankde.contracts import SourceColumn
+from bankde.errors import CaptureError
+from bankde.settings import Settings
+from bankde.source.connection import cdc_info, connect, source_info
+from bankde.source.schema import SCHEMAS
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """One row of pg_replication_slots, with the lag measured against the current WAL."""
+
+    name: str
+    exists: bool
+    active: bool = False
+    active_pid: int | None = None
+    confirmed_flush_lsn: int | None = None
+    restart_lsn: int | None = None
+    wal_status: str | None = None  # reserved | extended | unreserved | lost
+    current_lsn: int = 0
+    database: str | None = None
+
+    @property
+    def lag_bytes(self) -> int | None:
+        if self.confirmed_flush_lsn is None:
+            return None
+        return max(0, self.current_lsn - self.confirmed_flush_lsn)
+
+    @property
+    def retained_bytes(self) -> int | None:
+        if self.restart_lsn is None:
+            return None
+        return max(0, self.current_lsn - self.restart_lsn)
+
+    @property
+    def lost(self) -> bool:
+        return self.wal_status == "lost"
+
+
+def captured_tables(settings: Settings) -> list[tuple[str, str]]:
+    """Every base table of the captured schemas (bank, truth), in a stable order."""
+    with connect(source_info(settings)) as conn:
+        rows = conn.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables "
+            "WHERE table_schema = ANY(%s) AND table_type = 'BASE TABLE' ORDER BY 1, 2",
+            (list(SCHEMAS),),
+        ).fetchall()
+    return [(str(s), str(t)) for s, t in rows]
+
+
+def primary_keys(settings: Settings) -> dict[tuple[str, str], tuple[str, ...]]:
+    """Primary-key columns per captured table, in key order."""
+    with connect(cdc_info(settings)) as conn:
+        rows = conn.execute(
+            """
+            SELECT n.nspname, c.relname, array_agg(a.attname ORDER BY k.ord)
+            FROM pg_index i
+            JOIN pg_class c ON c.oid = i.indrelid
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+            JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+            WHERE i.indisprimary AND n.nspname = ANY(%s)
+            GROUP BY 1, 2
+            """,
+            (list(SCHEMAS),),
+        ).fetchall()
+    return {(str(s), str(t)): tuple(cols) for s, t, cols in rows}
+
+
+def ensure_publication(settings: Settings) -> list[tuple[str, str]]:
+    """Create (or widen) the publication over every captured table, as the application role.
+
+    The capture role has only REPLICATION and SELECT, so it cannot own a publication; the table
+    owner creates it. Tables get REPLICA IDENTITY FULL (also set by schema.sql): delete events
+    then carry the whole old row, and an update's unchanged TOAST values come with its old row.
+    Returns the published tables.
+    """
+    tables = captured_tables(settings)
+    if not tables:
+        raise CaptureError("no tables in schemas bank/truth to capture: run `bankde db init`")
+    pub = settings.cdc_publication
+    idents = sql.SQL(", ").join(sql.Identifier(s, t) for s, t in tables)
+    with connect(source_info(settings)) as conn:
+        for s, t in tables:
+            ident = conn.execute(
+                "SELECT c.relreplident FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relname = %s",
+                (s, t),
+            ).fetchone()
+            if ident and ident[0] != "f":
+                conn.execute(
+                    sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(sql.Identifier(s, t))
+                )
+        have = conn.execute(
+            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (pub,)
+        ).fetchall()
+        exists = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (pub,)).fetchone()
+        if not exists:
+            conn.execute(
+                sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(pub), idents)
+            )
+        elif {(str(a), str(b)) for a, b in have} != set(tables):
+            conn.execute(
+                sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(sql.Identifier(pub), idents)
+            )
+        conn.commit()
+    return tables
+
+
+def drop_publication(settings: Settings) -> None:
+    with connect(source_info(settings), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP PUBLICATION IF EXISTS {}").format(
+                sql.Identifier(settings.cdc_publication)
+            )
+        )
+
+
+def slot_state(settings: Settings) -> SlotState:
+    """The slot as the server sees it (readable by the capture role)."""
+    name = settings.cdc_slot
+    with connect(cdc_info(settings), autocommit=True) as conn:
+        row = conn.execute(
+            """
+            SELECT active, active_pid, confirmed_flush_lsn::text, restart_lsn::text, wal_status,
+                   pg_current_wal_lsn()::text, database
+            FROM pg_replication_slots WHERE slot_name = %s
+            """,
+            (name,),
+        ).fetchone()
+        if row is None:
+            cur = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+            return SlotState(name, False, current_lsn=_lsn(cur[0] if cur else None) or 0)
+    active, pid, confirmed, restart, wal_status, current, database = row
+    return SlotState(
+        name,
+        True,
+        bool(active),
+        pid,
+        _lsn(confirmed),
+        _lsn(restart),
+        wal_status,
+        _lsn(current) or 0,
+        database,
+    )
+
+
+def current_wal_lsn(settings: Settings) -> int:
+    with connect(cdc_info(settings), autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    return _lsn(row[0] if row else None) or 0
+
+
+def drop_slot(settings: Settings, wait: float = 10.0) -> bool:
+    """Drop the slot if it exists; a capture still attached is terminated first. True if dropped."""
+    import time
+
+    name = settings.cdc_slot
+    deadline = time.monotonic() + wait
+    with connect(cdc_info(settings), autocommit=True) as conn:
+        while True:
+            row = conn.execute(
+                "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (name,)
+            ).fetchone()
+            if row is None:
+                return False
+            if row[0] is None:
+                try:
+                    conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+                    return True
+                except Exception as exc:  # raced with a reconnecting capture: retry
+                    if time.monotonic() > deadline:
+                        raise CaptureError(f"cannot drop replication slot {name}: {exc}") from None
+            elif time.monotonic() > deadline:
+                raise CaptureError(
+                    f"replication slot {name} is in use by pid {row[0]}: stop `bankde cdc run` first"
+                )
+            time.sleep(0.2)
+
+
+def lost_slot_message(settings: Settings) -> str:
+    return (
+        f"replication slot {settings.cdc_slot} was invalidated by max_slot_wal_keep_size (WAL it "
+        "needed is gone, changes were lost): run `bankde cdc resync` to snapshot again"
+    )
+
+
+def _lsn(text: str | None) -> int | None:
+    if not text:
+        return None
+    from bankde.cdc.envelope import parse_lsn
+
+    return parse_lsn(text)
+
+
+def catalog_columns(
+    settings: Settings, tables: list[tuple[str, str]]
+) -> dict[tuple[str, str], list[SourceColumn]]:
+    """Columns of each table from the catalog: type OID and typmod (as pgoutput sends them), NOT
+    NULL, primary key."""
+    keys = primary_keys(settings)
+    out: dict[tuple[str, str], list[SourceColumn]] = {}
+    with connect(cdc_info(settings)) as conn:
+        for schema, table in tables:
+            rows = conn.execute(
+                "SELECT a.attname, a.atttypid::int8, a.atttypmod, a.attnotnull "
+                "FROM pg_attribute a WHERE a.attrelid = %s::regclass AND a.attnum > 0 "
+                "AND NOT a.attisdropped ORDER BY a.attnum",
+                (sql.Identifier(schema, table).as_string(conn),),
+            ).fetchall()
+            key = keys.get((schema, table), ())
+            out[(schema, table)] = [
+                SourceColumn(
+                    name=str(n), pg_type=int(t), typmod=int(m), not_null=bool(nn), key=str(n) in key
+                )
+                for n, t, m, nn in rows
+            ]
+    return out

@@ -1,0 +1,1 @@
+"""Monitoring: reconcile source vs warehouse, status and reports."""

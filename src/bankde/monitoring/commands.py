@@ -1,0 +1,63 @@
+"""`bankde reconcile`: source vs warehouse, table by table."""
+
+from __future__ import annotations
+
+import typer
+
+from bankde.console import out, print_json
+from bankde.settings import get_settings
+
+WAIT_HELP = "Seconds to wait for another process holding the embedded warehouse (default BANKDE_WH_LOCK_WAIT)."
+
+
+def reconcile_command(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    sample: int = typer.Option(10, "--sample", min=1, help="Differing keys to show per table."),
+    wait: float | None = typer.Option(None, "--wait", min=0, help=WAIT_HELP),
+) -> None:
+    """Source vs warehouse per table: row count and checksum of all columns (exit 1 if any differ)."""
+    from bankde.monitoring.reconcile import reconcile
+    from bankde.warehouse.client import open_warehouse
+
+    settings = get_settings()
+    result = reconcile(settings, open_warehouse(settings, wait), sample_size=sample)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        from rich.table import Table
+
+        table = Table(show_header=True, header_style="bold")
+        table.add_column("table", no_wrap=True)
+        table.add_column("source rows", justify="right")
+        table.add_column("warehouse rows", justify="right")
+        table.add_column("checksum", no_wrap=True)
+        table.add_column("", no_wrap=True)
+        data = result.to_dict()["tables"]
+        for t, d in zip(result.tables, data, strict=True):
+            same = d["source_checksum"] == d["warehouse_checksum"]
+            checksum = (
+                d["source_checksum"]
+                if same
+                else f"{d['source_checksum']} ≠ {d['warehouse_checksum']}"
+            )
+            table.add_row(
+                t.table,
+                f"{t.source_rows:,}",
+                f"{t.warehouse_rows:,}",
+                checksum,
+                "[green]equal[/]" if t.equal else "[red]DIFFERENT[/]",
+            )
+        out.print(table)
+        for t in result.differing:
+            for problem in t.problems:
+                out.print(f"{t.table}: {problem}")
+            for diff in t.sample:
+                out.print(f"{t.table}: {diff.key}: {diff.problem}")
+        verdict = "equal" if result.equal else f"{len(result.differing)} table(s) differ"
+        out.print(f"{verdict} ({len(result.tables)} tables, {result.seconds:.1f}s)")
+    if not result.equal:
+        raise typer.Exit(1)
+
+
+def register(root: typer.Typer) -> None:
+    root.command("reconcile")(reconcile_command)

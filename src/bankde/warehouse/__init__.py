@@ -1,0 +1,1 @@
+"""The warehouse stage: ClickHouse client (chDB or server), lock, DDL, CDC sink."""

@@ -1,0 +1,81 @@
+"""`bankde wh ...`: create the warehouse schema and query the warehouse."""
+
+from __future__ import annotations
+
+import csv
+import enum
+import sys
+from typing import Any
+
+import typer
+
+from bankde.console import out, print_json
+from bankde.settings import get_settings
+
+app = typer.Typer(
+    help="The ClickHouse warehouse (embedded chDB, or a server via BANKDE_CLICKHOUSE_URL).",
+    no_args_is_help=True,
+)
+
+WAIT_HELP = "Seconds to wait for another process holding the embedded warehouse (default BANKDE_WH_LOCK_WAIT)."
+
+
+class OutputFormat(enum.StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+@app.command()
+def init(wait: float | None = typer.Option(None, "--wait", min=0, help=WAIT_HELP)) -> None:
+    """Create the warehouse databases and tables (clickhouse_init/01_schema_dwh.sql); idempotent."""
+    from bankde.warehouse.client import open_warehouse
+    from bankde.warehouse.ddl import apply_schema, db_names
+
+    settings = get_settings()
+    wh = open_warehouse(settings, wait)
+    count = apply_schema(wh)
+    names = db_names(settings)
+    out.print(
+        f"warehouse {wh.location}: schema applied ({count} statements; databases "
+        f"{names.raw}, {names.truth}, {names.meta})"
+    )
+
+
+@app.command("sql")
+def run_sql(
+    query: str = typer.Argument(
+        ..., help='A ClickHouse SQL statement, e.g. "SELECT count() FROM raw.transaction FINAL".'
+    ),
+    fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
+    wait: float | None = typer.Option(None, "--wait", min=0, help=WAIT_HELP),
+) -> None:
+    """Run a query in the warehouse and print the result."""
+    from bankde.warehouse.client import open_warehouse
+
+    wh = open_warehouse(get_settings(), wait)
+    columns, rows = wh.query_with_names(query)
+    if fmt is OutputFormat.json:
+        print_json([dict(zip(columns, row, strict=True)) for row in rows])
+    elif fmt is OutputFormat.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([_plain(v) for v in row] for row in rows)
+    else:
+        from rich.table import Table
+
+        table = Table(show_header=True, header_style="bold")
+        for name in columns:
+            table.add_column(name)
+        for row in rows:
+            table.add_row(*(("NULL" if v is None else str(_plain(v))) for v in row))
+        out.print(table)
+        out.print(f"{len(rows)} row{'s' if len(rows) != 1 else ''}")
+
+
+def _plain(value: Any) -> Any:
+    return "" if value is None else value
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="wh")

@@ -1,0 +1,287 @@
+"""Warehouse DDL: database names, the schema file applied idempotently, columns added as the source grows."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+
+from bankde.contracts import SourceColumn
+from bankde.errors import CaptureError
+from bankde.settings import Settings, get_settings
+from bankde.warehouse.client import Warehouse
+from bankde.warehouse.types import (
+    ch_column_type,
+    ident,
+    parse_pg_type,
+    pg_type_from_oid,
+    same_family,
+    sql_str,
+    strip_wrappers,
+)
+
+# Metadata columns every raw table carries after the source columns, in this order.
+META_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("_version", "UInt128"),
+    ("_is_deleted", "UInt8"),
+    ("_op", "LowCardinality(String)"),
+    ("_lsn", "UInt64"),
+    ("_tx_id", "UInt64"),
+    ("_source_ts", "DateTime64(3, 'UTC')"),
+    ("_ingested_at", "DateTime64(3, 'UTC') DEFAULT now64(3)"),
+)
+META_NAMES = frozenset(name for name, _ in META_COLUMNS)
+
+# Source schema -> logical warehouse database.
+_SOURCE_TO_DB = {"bank": "raw", "truth": "truth"}
+_LOGICAL_DBS = ("raw", "truth", "meta")
+SNAPSHOT_PREFIX = "snapshot__"
+
+
+@dataclass(frozen=True)
+class DbNames:
+    """Real names of the warehouse databases under the configured prefix (BANKDE_WH_PREFIX)."""
+
+    prefix: str
+
+    @property
+    def raw(self) -> str:
+        return f"{self.prefix}raw"
+
+    @property
+    def truth(self) -> str:
+        return f"{self.prefix}truth"
+
+    @property
+    def meta(self) -> str:
+        return f"{self.prefix}meta"
+
+    def real(self, logical: str) -> str:
+        """'raw' -> 't1_raw'."""
+        return f"{self.prefix}{logical}"
+
+    def landing_db(self, source_schema: str) -> str:
+        """Database landing a source schema: bank -> raw, truth -> truth."""
+        try:
+            return self.real(_SOURCE_TO_DB[source_schema])
+        except KeyError:
+            raise CaptureError(
+                f"source schema {source_schema!r} has no warehouse database (captured: bank, truth)"
+            ) from None
+
+    def landing_table(self, source_schema: str, table: str) -> str:
+        """Quoted `db`.`table` of a captured source table (bank.card -> `raw`.`card`)."""
+        return f"{ident(self.landing_db(source_schema))}.{ident(table)}"
+
+    def snapshot_table(self, source_schema: str, table: str) -> str:
+        """Where a snapshot of the table is staged before it is swapped in."""
+        return f"{ident(self.meta)}.{ident(f'{SNAPSHOT_PREFIX}{source_schema}__{table}')}"
+
+    @property
+    def offsets(self) -> str:
+        return f"{ident(self.meta)}.cdc_offsets"
+
+    @property
+    def batches(self) -> str:
+        return f"{ident(self.meta)}.cdc_batches"
+
+    def landing_dbs(self) -> tuple[str, str]:
+        return self.raw, self.truth
+
+
+def db_names(settings: Settings | None = None) -> DbNames:
+    return DbNames((settings or get_settings()).wh_prefix)
+
+
+def schema_sql() -> str:
+    """clickhouse_init/01_schema_dwh.sql as packaged (a test keeps the copy identical)."""
+    return (
+        resources.files("bankde.warehouse").joinpath("schema_dwh.sql").read_text(encoding="utf-8")
+    )
+
+
+_CREATE_RE = re.compile(
+    r"(CREATE\s+(?:DATABASE|TABLE)\s+IF\s+NOT\s+EXISTS\s+)(raw|truth|meta)\b", re.IGNORECASE
+)
+
+
+def schema_statements(prefix: str = "") -> list[str]:
+    """The schema file's statements with database names prefixed (only where objects are created)."""
+    text = "\n".join(
+        line for line in schema_sql().splitlines() if not line.lstrip().startswith("--")
+    )
+    # Statements end with ';' at the end of a line (a ';' inside a COMMENT string does not).
+    stmts = [s.strip() for s in re.split(r";[ \t]*$", text, flags=re.MULTILINE) if s.strip()]
+    return [_CREATE_RE.sub(lambda m: m.group(1) + prefix + m.group(2), s) for s in stmts]
+
+
+def apply_schema(wh: Warehouse) -> int:
+    """Create every database and table that is missing; existing ones are left as they are."""
+    stmts = schema_statements(wh.settings.wh_prefix)
+    for stmt in stmts:
+        wh.command(stmt)
+    return len(stmts)
+
+
+def ensure_schema(wh: Warehouse) -> None:
+    """Apply the schema once per process and prefix (cheap to call before every use)."""
+    key = (wh.location, wh.settings.wh_prefix)
+    if key not in _applied:
+        apply_schema(wh)
+        _applied.add(key)
+
+
+_applied: set[tuple[str, str]] = set()
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """A landing table as the warehouse has it: source columns (name, type) and sort key."""
+
+    name: str  # quoted db.table
+    columns: tuple[tuple[str, str], ...]
+    key: tuple[str, ...]
+
+    @property
+    def column_types(self) -> dict[str, str]:
+        return dict(self.columns)
+
+
+def table_info(wh: Warehouse, database: str, table: str) -> TableInfo | None:
+    """Columns (metadata excluded) and ORDER BY columns of a table, or None if it does not exist."""
+    rows = wh.query(
+        "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {t:String} "
+        "ORDER BY position",
+        {"db": database, "t": table},
+    )
+    if not rows:
+        return None
+    key_text = wh.scalar(
+        "SELECT sorting_key FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+        {"db": database, "t": table},
+    )
+    key = tuple(k.strip().strip("`") for k in str(key_text or "").split(",") if k.strip())
+    cols = tuple((str(n), str(t)) for n, t in rows if n not in META_NAMES)
+    return TableInfo(f"{ident(database)}.{ident(table)}", cols, key)
+
+
+def _pg_type(col: SourceColumn) -> str:
+    t = (
+        pg_type_from_oid(col.pg_type, col.typmod)
+        if isinstance(col.pg_type, int)
+        else parse_pg_type(col.pg_type)
+    )
+    return ch_column_type(t, col.not_null)
+
+
+def create_table_sql(
+    database: str, table: str, columns: Sequence[SourceColumn], source: str
+) -> str:
+    key = [c.name for c in columns if c.key]
+    if not key:
+        raise CaptureError(
+            f"{source} has no primary key: add one (CDC lands rows by key) or drop it from the publication"
+        )
+    body = [f"    {ident(c.name)} {_pg_type(c)}" for c in columns]
+    body += [f"    {name} {typ}" for name, typ in META_COLUMNS]
+    return (
+        f"CREATE TABLE IF NOT EXISTS {ident(database)}.{ident(table)}\n(\n"
+        + ",\n".join(body)
+        + "\n)\nENGINE = ReplacingMergeTree(_version, _is_deleted)\n"
+        + f"ORDER BY ({', '.join(ident(k) for k in key)})\n"
+        + f"COMMENT {sql_str('CDC landing of ' + source)}"
+    )
+
+
+def ensure_columns(
+    wh: Warehouse, schema: str, table: str, columns: Sequence[SourceColumn]
+) -> list[str]:
+    """Make the landing table of `schema.table` hold every source column; returns columns added.
+
+    Missing table: created (ordered by the key columns). Missing column: ALTER TABLE ADD COLUMN
+    with the mapped type. A column whose type changed incompatibly raises CaptureError naming
+    table and column: the stream stops rather than skipping or mangling a change.
+    """
+    names = DbNames(wh.settings.wh_prefix)
+    return ensure_columns_in(wh, names.landing_db(schema), table, columns, f"{schema}.{table}")
+
+
+def ensure_columns_in(
+    wh: Warehouse, database: str, table: str, columns: Sequence[SourceColumn], source: str
+) -> list[str]:
+    """ensure_columns() against an explicit table (a landing table or its staged snapshot)."""
+    info = table_info(wh, database, table)
+    if info is None:
+        wh.command(create_table_sql(database, table, columns, source))
+        return [c.name for c in columns]
+    have = info.column_types
+    added: list[str] = []
+    after = info.columns[-1][0] if info.columns else None
+    for col in columns:
+        want = _pg_type(col)
+        if col.name in META_NAMES:
+            raise CaptureError(f"{source}.{col.name}: column name collides with CDC metadata")
+        if col.name not in have:
+            position = f" AFTER {ident(after)}" if after else " FIRST"
+            wh.command(
+                f"ALTER TABLE {info.name} ADD COLUMN IF NOT EXISTS {ident(col.name)} {want}{position}"
+            )
+            added.append(col.name)
+            after = col.name
+            continue
+        have_base, have_null = strip_wrappers(have[col.name])
+        want_base, _ = strip_wrappers(want)
+        if not same_family(have_base, want_base):
+            raise CaptureError(
+                f"{source}.{col.name} changed type: warehouse {info.name} has {have[col.name]}, "
+                f"source now maps to {want}; run `bankde cdc resync` to reload it"
+            )
+        if col.not_null is False and not have_null:
+            # The source dropped NOT NULL: the landing column must accept NULL from now on.
+            base, _ = strip_wrappers(have[col.name])
+            low = have[col.name].startswith("LowCardinality(")
+            new_type = f"LowCardinality(Nullable({base}))" if low else f"Nullable({base})"
+            wh.command(f"ALTER TABLE {info.name} MODIFY COLUMN {ident(col.name)} {new_type}")
+    return added
+
+
+def landing_tables(wh: Warehouse) -> list[tuple[str, str]]:
+    """(database, table) of every landing table under the prefix (raw.* and truth.*)."""
+    names = DbNames(wh.settings.wh_prefix)
+    rows = wh.query(
+        "SELECT database, name FROM system.tables WHERE database IN ({r:String}, {t:String}) "
+        "ORDER BY database, name",
+        {"r": names.raw, "t": names.truth},
+    )
+    return [(str(d), str(n)) for d, n in rows]
+
+
+def recreate_tables(wh: Warehouse) -> list[str]:
+    """Drop every landing table and staged snapshot, then re-create them from the schema file.
+
+    The way back from an invalidated slot (`bankde cdc resync`): the caller snapshots again.
+    Tables the schema file does not declare (created by ensure_columns) are dropped too; the
+    capture re-creates them from the source catalog before their snapshot.
+    """
+    names = DbNames(wh.settings.wh_prefix)
+    dropped = []
+    for database, table in landing_tables(wh):
+        wh.command(f"DROP TABLE IF EXISTS {ident(database)}.{ident(table)} SYNC")
+        dropped.append(f"{database}.{table}")
+    staged = wh.query(
+        "SELECT name FROM system.tables WHERE database = {m:String} AND startsWith(name, {p:String})",
+        {"m": names.meta, "p": SNAPSHOT_PREFIX},
+    )
+    for (name,) in staged:
+        wh.command(f"DROP TABLE IF EXISTS {ident(names.meta)}.{ident(str(name))} SYNC")
+    apply_schema(wh)
+    return dropped
+
+
+def drop_databases(wh: Warehouse) -> None:
+    """Drop the prefixed databases entirely (test teardown, or a clean start)."""
+    names = DbNames(wh.settings.wh_prefix)
+    for logical in _LOGICAL_DBS:
+        wh.command(f"DROP DATABASE IF EXISTS {ident(names.real(logical))} SYNC")
+    _applied.discard((wh.location, wh.settings.wh_prefix))

@@ -1,0 +1,558 @@
+"""CDC end to end: real Postgres, real chDB; snapshot, stream, crashes, restarts, DDL, TOAST."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from bankde.cdc import capture
+from bankde.cdc.slot import drop_publication, drop_slot, slot_state
+from bankde.settings import Settings
+from bankde.source.connection import connect, source_info
+from tests.conftest import cli_env, make_home
+
+REPO = Path(__file__).resolve().parents[2]
+BANKDE = str(REPO / ".venv" / "bin" / "bankde")
+TABLES = [
+    ("bank", "customer"),
+    ("bank", "account"),
+    ("bank", "card"),
+    ("bank", "terminal"),
+    ("bank", "transaction"),
+    ("truth", "fraud_episode"),
+    ("truth", "fraud_label"),
+]
+
+
+# -- fixtures ------------------------------------------------------------------------------
+@pytest.fixture()
+def cdc_settings(cdc_empty: Settings) -> Settings:
+    """cdc_empty with a small seeded bank."""
+    seed(cdc_empty)
+    return cdc_empty
+
+
+@pytest.fixture()
+def cdc_empty(source_settings: Settings) -> Iterator[Settings]:
+    """This test's own source database, slot, publication and warehouse database prefix."""
+    tag = source_settings.db_name
+    settings = source_settings.model_copy(
+        update={
+            "cdc_slot": f"slot_{tag}",
+            "cdc_publication": f"pub_{tag}",
+            "wh_prefix": f"{tag}_",
+            "cdc_batch_seconds": 0.2,
+        }
+    )
+    try:
+        yield settings
+    finally:
+        # An undropped slot retains WAL and blocks DROP DATABASE.
+        drop_slot(settings, wait=30)
+        drop_publication(settings)
+        if not settings.wh_dir:
+            from bankde.warehouse.client import open_warehouse
+            from bankde.warehouse.ddl import drop_databases
+
+            drop_databases(open_warehouse(settings))
+
+
+# -- workload ------------------------------------------------------------------------------
+def sql(settings: Settings, *statements: str, params: Any = None) -> None:
+    """Run statements in ONE source transaction."""
+    with connect(source_info(settings)) as conn:
+        for stmt in statements:
+            conn.execute(stmt, params)  # type: ignore[arg-type]
+        conn.commit()
+
+
+def seed(settings: Settings, customers: int = 40, txns: int = 400) -> None:
+    sql(
+        settings,
+        f"""INSERT INTO bank.customer (customer_id, first_name, last_name, email, phone, birth_date,
+            address, city, country, home_lat, home_lon, segment)
+        SELECT g, 'F' || g, 'L' || g, 'u' || g || '@x.org', '+49' || g, date '1970-01-01' + g,
+            g || ' Hauptstr.', 'Berlin', 'DE', 52.520008, 13.404954, 'retail'
+        FROM generate_series(1, {customers}) g""",
+        f"""INSERT INTO bank.account (account_id, customer_id, iban, kind, currency, balance,
+            overdraft_limit)
+        SELECT g, g, 'DE' || lpad(g::text, 20, '0'), 'checking', 'EUR', 100.10, 50
+        FROM generate_series(1, {customers}) g""",
+        f"""INSERT INTO bank.card (card_id, account_id, customer_id, pan, pan_last4, network,
+            expires_on, daily_limit)
+        SELECT g, g, g, '4' || lpad(g::text, 15, '0'), right(lpad(g::text, 15, '0'), 4), 'visa',
+            date '2030-01-31', 500
+        FROM generate_series(1, {customers}) g""",
+        """INSERT INTO bank.terminal (terminal_id, kind, merchant_name, mcc, city, country, lat, lon)
+        SELECT g, 'pos', 'Shop ' || g, '5411', 'Berlin', 'DE', 52.1, 13.2
+        FROM generate_series(1, 10) g""",
+        f"""INSERT INTO bank.transaction (txn_id, account_id, card_id, terminal_id, txn_type, status,
+            amount, currency, balance_after, description, occurred_at)
+        SELECT g, 1 + g % {customers}, 1 + g % {customers}, 1 + g % 10, 'purchase', 'approved',
+            (g % 1000) / 100.0 + 0.01, 'EUR', 99.99, CASE WHEN g % 3 = 0 THEN NULL ELSE 'txn ' || g END,
+            timestamptz '2024-03-01 12:00:00+00' + g * interval '1 minute'
+        FROM generate_series(1, {txns}) g""",
+        """INSERT INTO truth.fraud_episode (episode_id, scenario, customer_id, started_at, ended_at, params)
+        VALUES (1, 'card_testing', 3, '2024-03-01', '2024-03-02', '{"n": 5, "note": "é"}')""",
+        "INSERT INTO truth.fraud_label (txn_id, scenario, episode_id) VALUES (5, 'card_testing', 1)",
+    )
+
+
+class Workload:
+    """Random small transactions: inserts, updates, deletes, primary-key changes, closes."""
+
+    def __init__(self, settings: Settings, seed_: int, next_id: int = 100_000) -> None:
+        self.settings = settings
+        self.rng = random.Random(seed_)
+        self.next_id = next_id
+        self.done = 0
+
+    def run_one(self, conn: psycopg.Connection) -> None:
+        rng = self.rng
+        for _ in range(rng.randint(1, 6)):
+            kind = rng.random()
+            if kind < 0.45:
+                n = rng.randint(1, 20)
+                conn.execute(
+                    """INSERT INTO bank.transaction (txn_id, account_id, card_id, terminal_id, txn_type,
+                        status, amount, currency, balance_after, description, occurred_at)
+                    SELECT g, 1 + g %% 40, 1 + g %% 40, 1 + g %% 10, 'deposit', 'approved', 12.34, 'EUR',
+                        -5.50, 'live ' || g, now() FROM generate_series(%s::bigint, %s::bigint) g""",
+                    (self.next_id, self.next_id + n - 1),
+                )
+                self.next_id += n
+            elif kind < 0.75:
+                conn.execute(
+                    """UPDATE bank.transaction SET amount = amount + 0.01, status = 'reversed',
+                        updated_at = now() WHERE txn_id IN (SELECT txn_id FROM bank.transaction
+                        WHERE txn_id %% 7 = %s LIMIT 5)""",
+                    (rng.randint(0, 6),),
+                )
+            elif kind < 0.9:
+                conn.execute(
+                    """DELETE FROM bank.transaction WHERE txn_id IN (SELECT txn_id FROM bank.transaction
+                        WHERE txn_id %% 11 = %s ORDER BY txn_id DESC LIMIT 2)""",
+                    (rng.randint(0, 10),),
+                )
+            else:
+                conn.execute(
+                    """UPDATE bank.transaction SET txn_id = %s WHERE txn_id = (SELECT max(txn_id)
+                        FROM bank.transaction WHERE txn_id NOT IN (SELECT txn_id FROM truth.fraud_label))""",
+                    (self.next_id,),
+                )
+                self.next_id += 1
+        conn.commit()
+        self.done += 1
+
+    def run(self, stop: threading.Event, pause: float = 0.005) -> None:
+        with connect(source_info(self.settings)) as conn:
+            while not stop.is_set():
+                self.run_one(conn)
+                time.sleep(pause)
+
+
+# -- equality ------------------------------------------------------------------------------
+def _norm(v: Any) -> Any:
+    if isinstance(v, datetime):
+        return (v.astimezone(UTC) if v.tzinfo else v.replace(tzinfo=UTC)).isoformat()
+    if isinstance(v, uuid.UUID):
+        return str(v)
+    if isinstance(v, dict | list):
+        return json.dumps(v, sort_keys=True)
+    if isinstance(v, Decimal):
+        return str(v.normalize())
+    if isinstance(v, date):
+        return v.isoformat()
+    if isinstance(v, str) and v[:1] in "{[":
+        try:
+            return json.dumps(json.loads(v), sort_keys=True)
+        except ValueError:
+            return v
+    return v
+
+
+def source_state(settings: Settings) -> dict[str, dict[Any, tuple[Any, ...]]]:
+    out: dict[str, dict[Any, tuple[Any, ...]]] = {}
+    with connect(source_info(settings)) as conn:
+        for schema, table in TABLES:
+            cur = conn.execute(f"SELECT * FROM {schema}.{table}")
+            names = [d.name for d in cur.description or []]
+            out[f"{schema}.{table}"] = {
+                r[0]: tuple(_norm(v) for v in r) for r in cur.fetchall()
+            } | {"__cols__": tuple(names)}  # type: ignore[dict-item]
+    return out
+
+
+def warehouse_state(settings: Settings, columns: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+    """Rows visible through FINAL (not deleted), plus a duplicate count per table."""
+    from bankde.warehouse.client import open_warehouse
+    from bankde.warehouse.ddl import db_names
+
+    wh = open_warehouse(settings)
+    names = db_names(settings)
+    out: dict[str, Any] = {}
+    for schema, table in TABLES:
+        cols = columns[f"{schema}.{table}"]
+        target = names.landing_table(schema, table)
+        rows = wh.query(
+            f"SELECT {', '.join('`' + c + '`' for c in cols)} FROM {target} FINAL WHERE _is_deleted = 0"
+        )
+        dup = wh.scalar(
+            f"SELECT count() - uniqExact(`{cols[0]}`) FROM {target} FINAL WHERE _is_deleted = 0"
+        )
+        out[f"{schema}.{table}"] = {r[0]: tuple(_norm(v) for v in r) for r in rows}
+        out[f"{schema}.{table}:dups"] = int(dup)
+    return out
+
+
+def diff(settings: Settings, wh_state: dict[str, Any] | None = None) -> list[str]:
+    src = source_state(settings)
+    cols = {k: v.pop("__cols__") for k, v in src.items()}
+    got = wh_state if wh_state is not None else warehouse_state(settings, cols)
+    problems = []
+    for name, rows in src.items():
+        have = got[name]
+        if got.get(f"{name}:dups"):
+            problems.append(f"{name}: {got[name + ':dups']} duplicate keys through FINAL")
+        if have != rows:
+            missing = sorted(set(rows) - set(have))[:5]
+            extra = sorted(set(have) - set(rows))[:5]
+            changed = [k for k in rows if k in have and have[k] != rows[k]][:3]
+            detail = [f"{k}: src={rows[k]} wh={have[k]}" for k in changed]
+            problems.append(f"{name}: missing {missing} extra {extra} changed {detail}")
+    return problems
+
+
+def wait_equal(settings: Settings, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    problems: list[str] = []
+    while time.monotonic() < deadline:
+        problems = diff(settings)
+        if not problems:
+            return
+        time.sleep(0.5)
+    raise AssertionError("warehouse differs from source:\n" + "\n".join(problems))
+
+
+def sync(settings: Settings) -> capture.SyncResult:
+    return capture.sync(settings, show_progress=False)
+
+
+# -- tests ---------------------------------------------------------------------------------
+def test_snapshot_then_inserts_updates_deletes_pk_changes_and_closes(
+    cdc_settings: Settings,
+) -> None:
+    s = cdc_settings
+    res = sync(s)
+    assert res.snapshot_rows["bank.transaction"] == 400
+    assert res.snapshot_rows["bank.customer"] == 40
+    assert diff(s) == []
+    st = slot_state(s)
+    assert st.exists and not st.active and st.confirmed_flush_lsn == res.lsn
+
+    sql(
+        s,
+        "UPDATE bank.account SET balance = balance - 10.05, updated_at = now() WHERE account_id = 2",
+    )
+    sql(
+        s,
+        "INSERT INTO bank.transaction (txn_id, account_id, txn_type, status, decline_reason, amount, "
+        "currency, occurred_at) VALUES (1001, 1, 'withdrawal', 'declined', 'insufficient_funds', "
+        "1234567.89, 'EUR', '2024-05-01 10:00:00.123456+02')",
+    )
+    sql(s, "DELETE FROM bank.transaction WHERE txn_id IN (10, 11, 12)")
+    sql(s, "UPDATE bank.transaction SET txn_id = 5000 WHERE txn_id = 20")  # primary-key change
+    # Lifecycle closes: the filler closes entities by UPDATE, never DELETE.
+    sql(s, "UPDATE bank.card SET status = 'closed', closed_at = now() WHERE card_id = 7")
+    sql(s, "UPDATE bank.customer SET status = 'closed', closed_at = now() WHERE customer_id = 9")
+    # One multi-statement transaction touching several tables, with a key moved twice.
+    sql(
+        s,
+        "INSERT INTO bank.terminal (terminal_id, kind, merchant_name, mcc, city, country, lat, lon) "
+        "VALUES (99, 'atm', 'ATM Mitte', '6011', 'Berlin', 'DE', 52.5, 13.4)",
+        "UPDATE bank.transaction SET terminal_id = 99, amount = 0.01 WHERE txn_id BETWEEN 30 AND 40",
+        "DELETE FROM bank.transaction WHERE txn_id = 41",
+        "UPDATE bank.transaction SET txn_id = 6000 WHERE txn_id = 42",
+        "UPDATE bank.transaction SET txn_id = 6001 WHERE txn_id = 6000",
+        "INSERT INTO bank.transaction (txn_id, account_id, txn_type, status, amount, currency, "
+        "occurred_at) VALUES (42, 3, 'fee', 'approved', 0.50, 'EUR', now())",
+    )
+    res2 = sync(s)
+    assert not res2.snapshot_rows  # resumed, no second snapshot
+    assert res2.changes >= 20
+    assert diff(s) == []
+    # Nothing new: a sync is a no-op that still exits.
+    assert sync(s).changes == 0
+
+
+def test_with_the_filler_running_live(cdc_empty: Settings) -> None:
+    from bankde.generator import load_fill_config, run_live
+    from bankde.generator.runner import fill
+
+    s = cdc_empty
+    config = load_fill_config({"n_new_txns": 2000, "customers": 100, "terminals": 20, "seed": 5})
+    fill(s, config)
+    res = sync(s)
+    assert sum(res.snapshot_rows.values()) > 2000
+    assert diff(s) == []
+    stop_fill, stop_cdc = threading.Event(), threading.Event()
+    filler = threading.Thread(target=run_live, args=(s, config, 400.0, stop_fill), daemon=True)
+    results: list[capture.SyncResult] = []
+    runner = threading.Thread(
+        target=lambda: results.append(capture.run(s, stop_cdc, show_progress=False)), daemon=True
+    )
+    runner.start()
+    filler.start()
+    try:
+        time.sleep(4)
+        stop_fill.set()
+        filler.join(timeout=30)
+        wait_equal(s, timeout=60)
+    finally:
+        stop_fill.set()
+        stop_cdc.set()
+        runner.join(timeout=60)
+    assert results and results[0].changes > 200
+
+
+def test_kill_dash_nine_at_random_points(cdc_settings: Settings) -> None:
+    """`bankde cdc run` killed with SIGKILL 10 times during a mixed workload, restarted each time."""
+    s = cdc_settings
+    wh_home = make_home("bankde-cdc-kill-")
+    env = cli_env(
+        s,
+        BANKDE_CDC_SLOT=s.cdc_slot,
+        BANKDE_CDC_PUBLICATION=s.cdc_publication,
+        BANKDE_WH_DIR=str(wh_home / "warehouse"),
+        BANKDE_WH_PREFIX="k_",
+        BANKDE_CDC_BATCH_SECONDS="0.1",
+        BANKDE_CDC_BATCH_ROWS="200",
+    )
+    stop = threading.Event()
+    work = Workload(s, seed_=7)
+    writer = threading.Thread(target=work.run, args=(stop,), daemon=True)
+    writer.start()
+    rng = random.Random(11)
+    kills = 0
+    confirmed: list[int | None] = []
+    try:
+        for _ in range(10):
+            proc = subprocess.Popen(
+                [BANKDE, "cdc", "run", "--no-progress"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            time.sleep(rng.uniform(2.0, 4.0))
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            kills += 1
+            confirmed.append(slot_state(s).confirmed_flush_lsn)
+    finally:
+        stop.set()
+        writer.join(timeout=30)
+    assert kills == 10 and work.done > 50
+    # The capture made progress between kills (it was killed while working, not while idle).
+    assert len(set(confirmed)) >= 6, confirmed
+    # Catch up after the last kill, then compare in a process that owns that warehouse.
+    done = subprocess.run(
+        [BANKDE, "cdc", "sync", "--json", "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    src = source_state(s)
+    cols = {k: list(v.pop("__cols__")) for k, v in src.items()}
+    dump = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, json; from tests.integration.test_cdc import _dump_main; _dump_main()",
+        ],
+        input=json.dumps(cols),
+        env={**env, "PYTHONPATH": str(REPO)},
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert dump.returncode == 0, dump.stderr
+    raw = json.loads(dump.stdout)
+    got: dict[str, Any] = {}
+    for name, value in raw.items():
+        got[name] = value if name.endswith(":dups") else {r[0]: tuple(r) for r in value}
+    problems = diff(s, got)
+    assert problems == [], problems
+
+
+def _dump_main() -> None:
+    """Subprocess side of the kill test: print the warehouse rows (normalised) as JSON."""
+    from bankde.settings import load_settings
+
+    settings = load_settings()
+    cols = {k: tuple(v) for k, v in json.loads(sys.stdin.read()).items()}
+    state = warehouse_state(settings, cols)
+    out = {k: (v if k.endswith(":dups") else list(v.values())) for k, v in state.items()}
+    print(json.dumps(out, default=str))
+
+
+def test_postgres_restart_mid_stream_reconnects(cdc_settings: Settings) -> None:
+    from bankde.source.cluster import ManagedCluster
+
+    s = cdc_settings
+    sync(s)
+    stop = threading.Event()
+    results: list[capture.SyncResult] = []
+    runner = threading.Thread(
+        target=lambda: results.append(capture.run(s, stop, show_progress=False)), daemon=True
+    )
+    runner.start()
+    work = Workload(s, seed_=3)
+    cluster = ManagedCluster(s)
+    try:
+        with connect(source_info(s)) as conn:
+            for _ in range(30):
+                work.run_one(conn)
+        cluster.stop()
+        time.sleep(1.5)
+        cluster.start()
+        with connect(source_info(s)) as conn:
+            for _ in range(30):
+                work.run_one(conn)
+        wait_equal(s, timeout=60)
+    finally:
+        stop.set()
+        runner.join(timeout=60)
+    assert results and results[0].reconnects >= 1
+
+
+def test_toast_added_column_and_truncate(cdc_settings: Settings) -> None:
+    s = cdc_settings
+    sync(s)
+    # ~40 kB of incompressible text: stored out of line (TOAST).
+    big = "string_agg(md5(i::text || 'x'), '') FROM generate_series(1, 1300) i"
+    sql(s, f"UPDATE bank.transaction SET description = (SELECT {big}) WHERE txn_id IN (50, 51)")
+    # An update that leaves the TOASTed column alone: pgoutput does not resend it.
+    sql(s, "UPDATE bank.transaction SET amount = 77.70 WHERE txn_id = 50")
+    sql(s, "DELETE FROM bank.transaction WHERE txn_id = 51")
+    sql(s, "ALTER TABLE bank.customer ADD COLUMN nickname text")
+    sql(s, "UPDATE bank.customer SET nickname = 'Kiki' WHERE customer_id = 4")
+    sql(
+        s,
+        "INSERT INTO bank.customer (customer_id, first_name, last_name, email, phone, birth_date, "
+        "address, city, country, home_lat, home_lon, segment, nickname) VALUES (500, 'A', 'B', "
+        "'a@b.c', '+1', '1990-01-01', 'x', 'Berlin', 'DE', 1.5, 2.5, 'student', NULL)",
+    )
+    # TRUNCATE, then new rows in the same transaction: the old rows go, the new ones stay.
+    sql(
+        s,
+        "TRUNCATE truth.fraud_label",
+        "INSERT INTO truth.fraud_label (txn_id, scenario, episode_id) VALUES (7, 'card_testing', 1)",
+    )
+    res = sync(s)
+    assert res.changes > 0
+    problems = diff(s)
+    assert problems == [], problems
+    from bankde.warehouse.client import open_warehouse
+    from bankde.warehouse.ddl import db_names
+
+    wh = open_warehouse(s)
+    tbl = db_names(s).landing_table("bank", "transaction")
+    length = wh.scalar(f"SELECT length(description) FROM {tbl} FINAL WHERE txn_id = 50")
+    assert length == 1300 * 32
+    nick = wh.scalar(
+        f"SELECT nickname FROM {db_names(s).landing_table('bank', 'customer')} FINAL WHERE customer_id = 4"
+    )
+    assert nick == "Kiki"
+
+
+def test_lost_slot_is_reported_and_resync_recovers(cdc_settings: Settings) -> None:
+    s = cdc_settings
+    sync(s)
+    admin = source_info(s)
+    with connect(admin, autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        with connect(admin, autocommit=True) as conn:
+            for _ in range(4):
+                conn.execute("CREATE TEMP TABLE IF NOT EXISTS pad (x text)")
+                conn.execute("INSERT INTO pad SELECT md5(i::text) FROM generate_series(1, 20000) i")
+                conn.execute("SELECT pg_switch_wal()")
+                conn.execute("CHECKPOINT")
+        deadline = time.monotonic() + 30
+        while slot_state(s).wal_status != "lost" and time.monotonic() < deadline:
+            with connect(admin, autocommit=True) as conn:
+                conn.execute("SELECT pg_switch_wal()")
+                conn.execute("CHECKPOINT")
+            time.sleep(0.5)
+        assert slot_state(s).wal_status == "lost"
+    finally:
+        with connect(admin, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
+            conn.execute("SELECT pg_reload_conf()")
+    from bankde.errors import CaptureError
+
+    with pytest.raises(CaptureError, match="cdc resync"):
+        sync(s)
+    sql(s, "DELETE FROM bank.transaction WHERE txn_id = 60")
+    res = capture.resync(s, show_progress=False)
+    assert res.snapshot_rows["bank.transaction"] == 399
+    assert diff(s) == []
+
+
+def test_cli_sync_and_status_json(cdc_settings: Settings) -> None:
+    s = cdc_settings
+    wh_home = make_home("bankde-cdc-cli-")
+    env = cli_env(
+        s,
+        BANKDE_CDC_SLOT=s.cdc_slot,
+        BANKDE_CDC_PUBLICATION=s.cdc_publication,
+        BANKDE_WH_DIR=str(wh_home / "warehouse"),
+    )
+    first = subprocess.run(
+        [BANKDE, "cdc", "sync"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert first.returncode == 0, first.stderr
+    assert "bank.transaction" in first.stdout and "rows/s" in first.stdout
+    assert "snapshot" in first.stderr  # progress bars go to stderr
+    sql(s, "UPDATE bank.account SET balance = 1.00 WHERE account_id < 5")
+    second = subprocess.run(
+        [BANKDE, "cdc", "sync", "--json"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout)["tables"] == {"bank.account": 4}
+    status = subprocess.run(
+        [BANKDE, "cdc", "status", "--json"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert status.returncode == 0, status.stderr
+    data = json.loads(status.stdout)
+    assert data["slot"] == s.cdc_slot and data["exists"] and data["snapshot_done"]
+    assert data["tables"]["bank.account"] == {"source": 40, "warehouse": 40}
+    assert data["last_batch_at"] is not None
+    bad = subprocess.run(
+        [BANKDE, "cdc", "run", "--engine", "nope"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 2 and "unknown capture engine" in bad.stderr

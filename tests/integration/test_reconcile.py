@@ -1,0 +1,175 @@
+"""Reconcile on real Postgres and real chDB: equal after landing the source, differences named by key."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from bankde.cdc.envelope import ChangeEvent, Source
+from bankde.contracts import Offset
+from bankde.monitoring.reconcile import reconcile
+from bankde.settings import Settings, get_settings
+from bankde.source.connection import connect, source_info
+from bankde.warehouse.client import open_warehouse
+from bankde.warehouse.ddl import db_names
+from bankde.warehouse.sink import ClickHouseSink
+
+SEED_SQL = """
+INSERT INTO bank.customer (customer_id, first_name, last_name, email, phone, birth_date, address,
+    city, country, home_lat, home_lon, segment, status, created_at, updated_at, closed_at)
+VALUES
+ (1, 'Ada', 'Lovelace', 'ada@example.org', '+44 1', '1815-12-10', '1 St James''s Sq', 'London', 'GB',
+  51.507400, -0.127800, 'affluent', 'active', '2024-01-01 10:00:00.123456+00', '2024-01-01 10:00:00.123456+00', NULL),
+ (2, 'Émile', 'Zola', 'ez@example.org', '+33 2', '1840-04-02', '21bis rue de Bruxelles', 'Paris', 'FR',
+  48.856600, 2.352200, 'retail', 'closed', '2024-01-02 11:00:00+00', '2024-03-02 11:00:00+01', '2024-03-02 10:00:00+00');
+INSERT INTO bank.account (account_id, customer_id, iban, kind, currency, balance, overdraft_limit,
+    status, created_at, updated_at, closed_at)
+VALUES (10, 1, 'GB00BANK0000000010', 'checking', 'GBP', 12345678901234.99, 0.29, 'active', now(), now(), NULL),
+       (11, 2, 'FR00BANK0000000011', 'savings', 'EUR', -0.29, 100.00, 'active', now(), now(), NULL);
+INSERT INTO bank.terminal (terminal_id, kind, merchant_name, mcc, city, country, lat, lon, status)
+VALUES (5, 'pos', 'Café "Zéro"; Ltd', '5812', 'Paris', 'FR', 48.85, 2.35, 'active');
+INSERT INTO bank.card (card_id, account_id, customer_id, pan, pan_last4, network, expires_on, daily_limit, status)
+VALUES (20, 10, 1, '4111111111111111', '1111', 'visa', '2029-12-31', 500.00, 'active');
+INSERT INTO bank.transaction (txn_id, account_id, card_id, terminal_id, txn_type, status, decline_reason,
+    amount, currency, balance_after, description, occurred_at)
+SELECT 100 + g, 10, CASE WHEN g % 3 = 0 THEN NULL ELSE 20 END, 5,
+       (ARRAY['purchase','refund','fee'])[1 + g % 3]::bank.txn_type,
+       CASE WHEN g % 5 = 0 THEN 'declined' ELSE 'approved' END::bank.txn_status,
+       CASE WHEN g % 5 = 0 THEN 'insufficient_funds' END,
+       g + 0.01, 'GBP', CASE WHEN g % 2 = 0 THEN g * 10.5 END,
+       CASE WHEN g % 4 = 0 THEN repeat('long text ', 50) END,
+       timestamptz '2024-05-01 00:00:00+00' + g * interval '1 minute 0.000123 second'
+FROM generate_series(1, 60) g;
+INSERT INTO truth.fraud_episode (episode_id, scenario, card_id, started_at, ended_at, params)
+VALUES (1, 'card_testing', 20, '2024-05-01 00:00:00+00', '2024-05-01 01:00:00+00', '{"n": 3, "mcc": ["5812"]}');
+INSERT INTO truth.fraud_label (txn_id, scenario, episode_id) VALUES (101, 'card_testing', 1), (102, 'card_testing', 1);
+"""
+
+
+def land_source(settings: Settings) -> None:
+    """Copy every bank.* and truth.* row into the warehouse through the sink, as text form."""
+    sink = ClickHouseSink(open_warehouse(settings))
+    events: list[ChangeEvent] = []
+    with connect(source_info(settings)) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        tables = conn.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables "
+            "WHERE table_schema IN ('bank', 'truth') AND table_type = 'BASE TABLE'"
+        ).fetchall()
+        for schema, table in tables:
+            cols = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_schema = %s "
+                    "AND table_name = %s ORDER BY ordinal_position",
+                    (schema, table),
+                ).fetchall()
+            ]
+            select = ", ".join(f'"{c}"::text' for c in cols)
+            for pos, row in enumerate(
+                conn.execute(f'SELECT {select} FROM "{schema}"."{table}"').fetchall()
+            ):
+                after = dict(zip(cols, row, strict=True))
+                events.append(
+                    ChangeEvent("c", None, after, Source(1000, 1, 0, schema, table), 0, pos + 1)
+                )
+    sink.apply(events, Offset("rec", 1001, True))
+
+
+def run_sql(settings: Settings, statement: str) -> None:
+    with connect(source_info(settings)) as conn:
+        conn.execute(statement)
+        conn.commit()
+
+
+def test_equal_after_landing_then_differences_name_keys(source_wh_settings: Settings) -> None:
+    settings = source_wh_settings
+    run_sql(settings, SEED_SQL)
+    land_source(settings)
+    result = reconcile(settings)
+    assert result.equal, [
+        (t.table, t.problems, t.sample, t.source_rows, t.warehouse_rows) for t in result.differing
+    ]
+    counts = {t.table: t.source_rows for t in result.tables}
+    assert counts["bank.transaction"] == 60 and counts["truth.fraud_label"] == 2
+    assert all(t.source_checksum == t.warehouse_checksum for t in result.tables)
+    assert {t.table for t in result.tables} >= {
+        "bank.customer",
+        "bank.account",
+        "bank.card",
+        "truth.fraud_episode",
+    }
+
+    # One cent on one transaction, one row gone from the source, one timestamp moved by 1 µs.
+    run_sql(settings, "UPDATE bank.transaction SET amount = amount + 0.01 WHERE txn_id = 117")
+    run_sql(settings, "DELETE FROM truth.fraud_label WHERE txn_id = 102")
+    run_sql(
+        settings,
+        "UPDATE bank.customer SET created_at = created_at + interval '1 microsecond' WHERE customer_id = 2",
+    )
+    result = reconcile(settings)
+    assert not result.equal
+    bad = {t.table: t for t in result.differing}
+    assert set(bad) == {"bank.transaction", "bank.customer", "truth.fraud_label"}
+    txn = bad["bank.transaction"]
+    assert txn.source_rows == txn.warehouse_rows == 60
+    assert [(d.key, d.problem) for d in txn.sample] == [("txn_id=117", "values differ")]
+    label = bad["truth.fraud_label"]
+    assert (label.source_rows, label.warehouse_rows) == (1, 2)
+    assert [(d.key, d.problem) for d in label.sample] == [
+        ("txn_id=102", "in the warehouse but not in the source")
+    ]
+    assert [d.key for d in bad["bank.customer"].sample] == ["customer_id=2"]
+
+
+def test_missing_rows_and_columns_are_reported(source_wh_settings: Settings) -> None:
+    settings = source_wh_settings
+    run_sql(settings, SEED_SQL)
+    land_source(settings)
+    wh = open_warehouse(settings)
+    raw = db_names(settings).landing_table("bank", "transaction")
+    wh.command(f"ALTER TABLE {raw} DELETE WHERE txn_id IN (103, 140) SETTINGS mutations_sync = 2")
+    run_sql(settings, "ALTER TABLE bank.terminal ADD COLUMN note text")
+    result = reconcile(settings)
+    bad = {t.table: t for t in result.differing}
+    assert set(bad) == {"bank.transaction", "bank.terminal"}
+    assert [(d.key, d.problem) for d in bad["bank.transaction"].sample] == [
+        ("txn_id=103", "missing in the warehouse"),
+        ("txn_id=140", "missing in the warehouse"),
+    ]
+    assert bad["bank.terminal"].problems == ["column note missing in the warehouse"]
+
+
+@pytest.fixture()
+def cli_settings_env(source_wh_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    for name, value in {
+        "BANKDE_HOME": str(source_wh_settings.home),
+        "BANKDE_PG_PORT": str(source_wh_settings.pg_port),
+        "DB_NAME": source_wh_settings.db_name,
+        "BANKDE_WH_DIR": str(source_wh_settings.warehouse_dir),
+        "BANKDE_WH_PREFIX": source_wh_settings.wh_prefix,
+    }.items():
+        monkeypatch.setenv(name, value)
+    get_settings.cache_clear()
+    yield source_wh_settings
+    get_settings.cache_clear()
+
+
+def test_reconcile_command_exit_codes_and_json(cli_settings_env: Settings) -> None:
+    from bankde.cli import app
+
+    settings = cli_settings_env
+    run_sql(settings, SEED_SQL)
+    land_source(settings)
+    runner = CliRunner()
+    res = runner.invoke(app, ["reconcile", "--json"])
+    assert res.exit_code == 0, res.output
+    data: dict[str, Any] = json.loads(res.output)
+    assert data["equal"] is True and len(data["tables"]) == 7
+    run_sql(settings, "UPDATE bank.account SET balance = balance - 0.01 WHERE account_id = 11")
+    res = runner.invoke(app, ["reconcile"])
+    assert res.exit_code == 1
+    assert "bank.account: account_id=11: values differ" in res.output
