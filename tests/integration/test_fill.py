@@ -306,3 +306,65 @@ def test_same_seed_same_rows_and_reruns_continue(cluster_settings, source_settin
         nxt = _one(conn, "SELECT nextval(pg_get_serial_sequence('bank.transaction', 'txn_id'))")
         assert nxt == _one(conn, "SELECT max(txn_id) FROM bank.transaction") + 1
         assert _one(conn, "SELECT count(DISTINCT iban) = count(*) FROM bank.account")
+
+
+SMALL = dict(n_new_txns=3_000, seed=3, as_of=AS_OF, customers=60, terminals=30, batch_size=1_000)
+
+
+def test_bulk_batches_skip_fk_triggers_yet_every_row_reaches_logical_decoding(cluster_settings):
+    with extra_database(cluster_settings) as settings:
+        slot = "t_fill_" + uuid.uuid4().hex[:10]
+        with connect(source_info(settings), autocommit=True) as conn:
+            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'test_decoding')", (slot,))
+            try:
+                summary = fill(settings, FillConfig(**SMALL, fraud_share=0.05))
+                assert summary.fk_triggers_skipped  # the managed cluster's app role is superuser
+                decoded = dict(
+                    conn.execute(
+                        "SELECT substring(data from '^table ([a-z_.]+): INSERT:'), count(*)"
+                        " FROM pg_logical_slot_get_changes(%s, NULL, NULL)"
+                        " WHERE data LIKE 'table %%: INSERT:%%' GROUP BY 1",
+                        (slot,),
+                    ).fetchall()
+                )
+            finally:
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            for table in ("bank.transaction", "truth.fraud_label", "bank.card"):
+                assert (
+                    decoded[table]
+                    == summary.rows[table]
+                    == _one(conn, f"SELECT count(*) FROM {table}")
+                )
+            assert summary.rows["truth.fraud_label"] > 0
+
+
+def test_role_that_may_not_skip_fk_triggers_fills_with_checks(cluster_settings):
+    role, password = "t_nosu_" + uuid.uuid4().hex[:10], uuid.uuid4().hex
+    admin = source_info(cluster_settings).with_db("postgres")
+    with connect(admin, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(password)
+            )
+        )
+    try:
+        with extra_database(cluster_settings) as settings:
+            with connect(source_info(settings), autocommit=True) as conn:
+                for stmt in (
+                    "GRANT USAGE ON SCHEMA bank, truth TO {r}",
+                    "GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA bank, truth TO {r}",
+                    "GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA bank, truth TO {r}",
+                ):
+                    conn.execute(sql.SQL(stmt).format(r=sql.Identifier(role)))
+            as_role = settings.model_copy(update={"db_user": role, "db_password": password})
+            summary = fill(as_role, FillConfig(**SMALL, fraud_share=0.02))
+            assert not summary.fk_triggers_skipped
+            with connect(source_info(settings)) as conn:
+                assert _one(conn, "SELECT count(*) FROM bank.transaction") == 3_000
+                orphans = """SELECT count(*) FROM bank.transaction t
+                    LEFT JOIN bank.card c USING (card_id) WHERE t.card_id IS NOT NULL
+                    AND c.card_id IS NULL"""
+                assert _one(conn, orphans) == 0
+    finally:
+        with connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))

@@ -98,3 +98,42 @@ def test_live_streams_at_rate_and_stops_cleanly_on_sigint(source_settings):
         bad = conn.execute("""SELECT count(*) FROM bank.transaction t JOIN bank.account a USING (account_id)
                               WHERE t.balance_after < -a.overdraft_limit""").fetchone()[0]
         assert bad == 0
+
+
+def test_killed_fill_leaves_whole_batches_and_a_rerun_continues(source_settings):
+    env = cli_env(source_settings, BANKDE_FILL_CUSTOMERS="80", BANKDE_FILL_TERMINALS="40")
+    big = [*BANKDE, "fill", "--n-new-txns", "2000000", "--batch-size", "1000", "--json"]
+    proc = subprocess.Popen(big, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while _count(source_settings) < 5_000 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)  # no chance to clean up: only commits count
+        proc.communicate(timeout=30)
+    with connect(source_info(source_settings), autocommit=True) as conn:
+        # Wait until the server has noticed: its backend aborts (or commits) what was in flight.
+        while (
+            conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            ).fetchone()[0]
+            and time.monotonic() < deadline + 30
+        ):
+            time.sleep(0.05)
+    killed_at = _count(source_settings)
+    assert 5_000 <= killed_at < 2_000_000
+    # Every batch writes its transactions, the balances they move and the sequence together:
+    # after the kill each account's balance is still its last transaction's balance_after.
+    stale = """SELECT count(*) FROM bank.account a JOIN (
+        SELECT DISTINCT ON (account_id) account_id, balance_after FROM bank.transaction
+        ORDER BY account_id, txn_id DESC) l USING (account_id) WHERE l.balance_after <> a.balance"""
+    with connect(source_info(source_settings)) as conn:
+        assert conn.execute(stale).fetchone()[0] == 0
+    r = _run([*BANKDE, "fill", "--n-new-txns", "1500", "--json"], env)
+    assert r.returncode == 0, r.stderr
+    assert _count(source_settings) == killed_at + json.loads(r.stdout)["transactions"]
+    with connect(source_info(source_settings)) as conn:
+        assert conn.execute(stale).fetchone()[0] == 0
+        gaps = conn.execute("SELECT max(txn_id) - count(*) FROM bank.transaction").fetchone()[0]
+        assert gaps == 0  # ids continue right after the last committed batch

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bankde.cdc.columnar import ChangeBatch
 from bankde.cdc.engine import CaptureEngine, ProgressFn
-from bankde.cdc.envelope import ChangeEvent, format_lsn, make_version
+from bankde.cdc.envelope import format_lsn
 from bankde.cdc.pgoutput import Relation, Transaction
 from bankde.console import err
-from bankde.contracts import Offset, Sink, SourceColumn, Truncate
+from bankde.contracts import Offset, Sink, SourceColumn
 from bankde.errors import BankdeError, CaptureError, ConfigError, SourceUnavailable
 from bankde.settings import Settings
 
@@ -130,8 +130,8 @@ class Streamer:
         self.batch_seconds = batch_seconds or settings.cdc_batch_seconds
         self.on_batch = on_batch
         self.result = SyncResult(settings.cdc_slot)
-        self._events: list[ChangeEvent] = []
-        self._truncates: list[Truncate] = []
+        self._batch = ChangeBatch()
+        self._commit_ms: list[int] = []
         self._txns = 0
         self._first_lsn = 0
         self._end_lsn = 0  # end LSN of the last complete transaction held or written
@@ -165,9 +165,8 @@ class Streamer:
             self.engine = None
 
     def _reset_buffer(self) -> None:
-        self._events = []
-        self._truncates = []
-        self._commit_ms: list[int] = []
+        self._batch = ChangeBatch()
+        self._commit_ms = []
         self._txns = 0
         self._first_lsn = 0
         self._batch_started = None
@@ -185,7 +184,7 @@ class Streamer:
             self._take(txn)
         now = time.monotonic()
         due = self._batch_started is not None and now >= self._batch_started + self.batch_seconds
-        if len(self._events) >= self.batch_rows or due or engine.must_flush:
+        if self._batch.rows >= self.batch_rows or due or engine.must_flush:
             self.flush()
         return txn
 
@@ -195,10 +194,8 @@ class Streamer:
         if self._batch_started is None:
             self._batch_started = time.monotonic()
             self._first_lsn = txn.commit_lsn
-        self._events.extend(txn.events)
-        for schema, table, pos in txn.truncates:
-            # Rows of the table older than the truncate are hidden; later events stay.
-            self._truncates.append((schema, table, make_version(txn.commit_lsn, pos)))
+        # Row messages stay raw: the batch decodes them in bulk when the sink writes it.
+        self._batch.add(txn)
         self._txns += 1
         self._commit_ms.append(txn.ts_ms)
         self._end_lsn = txn.end_lsn
@@ -220,13 +217,15 @@ class Streamer:
         assert engine is not None
         if self._end_lsn > self._written:
             started = time.monotonic()
-            events = self._events
+            batch = self._batch
             offset = Offset(self.settings.cdc_slot, self._end_lsn, True)
-            if events or self._truncates:
-                self.sink.apply(events, offset, self._truncates)
+            # Rows of a table older than a truncate are hidden; later events stay.
+            truncates = batch.truncates()
+            if batch.rows or truncates:
+                self.sink.apply(batch, offset, truncates)
             # A transaction with no captured rows needs no write: acknowledging it is enough.
             self._written = self._end_lsn
-            self._record(events, started)
+            self._record(batch, started)
         if self._written > self._acked:
             engine.acknowledge(self._written)
             self._acked = self._written
@@ -235,26 +234,27 @@ class Streamer:
             engine.acknowledge(self._acked)
         self._reset_buffer()
 
-    def _record(self, events: list[ChangeEvent], started: float) -> None:
-        if not events:
+    def _record(self, batch: ChangeBatch, started: float) -> None:
+        if not batch.rows:
             return
-        tables = Counter(f"{e.source.schema}.{e.source.table}" for e in events)
+        tables = batch.table_counts()
+        changes = sum(tables.values())
         res = self.result
-        res.changes += len(events)
+        res.changes += changes
         res.transactions += self._txns
         res.batches += 1
         for name, n in tables.items():
             res.tables[name] = res.tables.get(name, 0) + n
         if self.on_batch is not None:
-            lag = int(time.time() * 1000) - events[-1].source.ts_ms
+            lag = int(time.time() * 1000) - self._commit_ms[-1]
             self.on_batch(
                 BatchStats(
-                    len(events),
+                    changes,
                     self._txns,
                     self._first_lsn,
                     self._end_lsn,
                     time.monotonic() - started,
-                    dict(tables),
+                    tables,
                     lag,
                     self._commit_ms,
                 )
@@ -362,7 +362,7 @@ def _stream(
                         streamer.flush()
                         break
                     request = getattr(engine, "request_status", None)
-                    if request is not None and not streamer._events:
+                    if request is not None and not streamer._batch.rows:
                         request()
             except BankdeError as exc:
                 if not _is_disconnect(exc):

@@ -91,3 +91,29 @@ class ChangeEvent:
             "source": self.source.to_debezium(),
             "ts_ms": self.ts_ms,
         }
+
+
+@dataclass(slots=True)
+class ChangeColumns:
+    """Change events of one table in columnar form: the same envelopes, pivoted for bulk writes.
+
+    Row i is one ChangeEvent: `values[j][i]` is column `names[j]` of its key row (`after` for
+    c/u, `before` for d) in Postgres text form (Arrow string, null for NULL), `op[i]` its op
+    (Arrow string), `deleted[i]` whether op is d, and `lsn`/`pos`/`tx_id`/`ts_ms` its source
+    fields (numpy arrays; `lsn` is the commit LSN, so the version is `lsn << 32 | pos`). Rows
+    are in no particular order: versions decide. Never holds unchanged-TOAST gaps.
+    """
+
+    schema: str
+    table: str
+    names: tuple[str, ...]
+    values: list[Any]  # pa.StringArray per name
+    op: Any  # pa.StringArray
+    deleted: Any  # np.ndarray[bool]
+    lsn: Any  # np.ndarray[uint64]
+    pos: Any  # np.ndarray[uint32]
+    tx_id: Any  # np.ndarray[uint64]
+    ts_ms: Any  # np.ndarray[int64]
+
+    def __len__(self) -> int:
+        return len(self.deleted)

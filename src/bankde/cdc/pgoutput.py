@@ -52,19 +52,94 @@ class Relation:
         return f"{self.schema}.{self.table}"
 
 
+@dataclass(slots=True)
+class RowChunk:
+    """Raw Insert/Update/Delete messages of one relation, in stream order, not yet decoded.
+
+    `seq` holds each message's 0-based place among the row and truncate entries of its
+    transaction; positions (`ChangeEvent.pos`) follow from it once key changes are known.
+    """
+
+    relation: Relation
+    payloads: list[bytes] = field(default_factory=list)
+    seq: list[int] = field(default_factory=list)
+
+
 @dataclass
 class Transaction:
-    """One committed transaction: its changes in order, and where it ends in the WAL."""
+    """One committed transaction: its changes in order, and where it ends in the WAL.
+
+    The native decoder keeps row messages raw in `chunks` (decoding them is the costly part, and
+    the sink decodes a whole batch of them at once, columnar); `events` decodes them into
+    ChangeEvents on first use. Engines that build events themselves append to `events`.
+    """
 
     xid: int
     commit_lsn: int
     end_lsn: int
     ts_ms: int
-    events: list[ChangeEvent] = field(default_factory=list)
     # Relations (re)described inside this transaction: a column may have been added.
     relations: list[Relation] = field(default_factory=list)
-    # (schema, table) truncated, with the position of the truncate inside the transaction.
-    truncates: list[tuple[str, str, int]] = field(default_factory=list)
+    chunks: list[RowChunk] = field(default_factory=list)
+    # Row messages plus truncated relations: the entries `seq` counts.
+    entries: int = 0
+    # (schema, table, seq) of each relation truncated (native decoder, before positions).
+    truncate_seqs: list[tuple[str, str, int]] = field(default_factory=list)
+    _events: list[ChangeEvent] | None = field(default=None, repr=False)
+    _truncates: list[tuple[str, str, int]] | None = field(default=None, repr=False)
+
+    @property
+    def rows(self) -> int:
+        """Row messages (native) or events held: what batch bounds count."""
+        if self._events is None and (self.chunks or self.truncate_seqs):
+            return self.entries - len(self.truncate_seqs)
+        return len(self.events)
+
+    @property
+    def events(self) -> list[ChangeEvent]:
+        if self._events is None:
+            self._materialise()
+        assert self._events is not None
+        return self._events
+
+    @property
+    def truncates(self) -> list[tuple[str, str, int]]:
+        """(schema, table, position of the truncate inside the transaction)."""
+        if self._truncates is None:
+            self._materialise()
+        assert self._truncates is not None
+        return self._truncates
+
+    def _materialise(self) -> None:
+        events: list[ChangeEvent] = []
+        truncates: list[tuple[str, str, int]] = []
+        entries: list[tuple[int, RowChunk | None, bytes | tuple[str, str]]] = [
+            (seq, chunk, buf)
+            for chunk in self.chunks
+            for seq, buf in zip(chunk.seq, chunk.payloads, strict=True)
+        ]
+        entries += [(seq, None, (schema, table)) for schema, table, seq in self.truncate_seqs]
+        entries.sort(key=lambda e: e[0])
+        sources: dict[int, Source] = {}
+        pos = 0
+        for _seq, chunk, item in entries:
+            if chunk is None:
+                assert isinstance(item, tuple)
+                pos += 1
+                truncates.append((item[0], item[1], pos))
+                continue
+            assert isinstance(item, bytes)
+            rel = chunk.relation
+            src = sources.get(id(rel))
+            if src is None:
+                src = sources[id(rel)] = Source(
+                    self.commit_lsn, self.xid, self.ts_ms, rel.schema, rel.table
+                )
+            for op, before, after, unchanged in _decode_row(item, rel):
+                pos += 1
+                events.append(ChangeEvent(op, before, after, src, self.ts_ms, pos, unchanged))  # type: ignore[arg-type]
+        self._events = events
+        self._truncates = truncates
 
 
 KeyLookup = Callable[[str, str], tuple[str, ...] | None]
@@ -79,7 +154,8 @@ class Decoder:
 
     `feed` takes one XLogData payload and returns a Transaction when that payload was a Commit,
     else None. Relation messages are remembered per relid for the life of the decoder (the
-    server re-sends them after a reconnect and after any schema change).
+    server re-sends them after a reconnect and after any schema change). Row messages stay raw
+    until `Transaction.events` or the columnar batch decoder (bankde.cdc.columnar) reads them.
 
     Updates arrive with the old row when REPLICA IDENTITY FULL is set (bankde sets it): the
     decoder fills unchanged-TOAST ('u') columns of the new row from the old row, so `after` is
@@ -92,15 +168,16 @@ class Decoder:
         self.types: dict[int, tuple[str, str]] = {}
         self._primary_keys = primary_keys
         self._txn: Transaction | None = None
-        self._pos = 0
-        self._source_cache: dict[int, Source] = {}
+        self._seq = 0
+        # The chunk collecting each relation's rows in the open transaction, by raw relid bytes.
+        self._open: dict[bytes, RowChunk] = {}
         self.dispatch: Mapping[int, Callable[[bytes], Transaction | None]] = {
             ord("B"): self._begin,
             ord("C"): self._commit,
             ord("R"): self._relation,
-            ord("I"): self._insert,
-            ord("U"): self._update,
-            ord("D"): self._delete,
+            ord("I"): self._row,
+            ord("U"): self._row,
+            ord("D"): self._row,
             ord("T"): self._truncate,
             ord("Y"): self._type,
             ord("O"): self._ignore,  # origin: we capture every origin alike
@@ -114,10 +191,19 @@ class Decoder:
     def reset(self) -> None:
         """Forget a partly received transaction (after a lost connection)."""
         self._txn = None
-        self._pos = 0
-        self._source_cache.clear()
+        self._seq = 0
+        self._open = {}
 
     def feed(self, payload: bytes) -> Transaction | None:
+        # The hot path (one call per row change): file the raw message under its relation.
+        if payload[0] in _ROW_KINDS:
+            chunk = self._open.get(payload[1:5])
+            if chunk is None:
+                chunk = self._new_chunk(payload)
+            chunk.payloads.append(payload)
+            chunk.seq.append(self._seq)
+            self._seq += 1
+            return None
         handler = self.dispatch.get(payload[0])
         if handler is None:
             raise CaptureError(
@@ -130,8 +216,8 @@ class Decoder:
     def _begin(self, buf: bytes) -> None:
         commit_lsn, ts, xid = _BEGIN.unpack_from(buf, 1)
         self._txn = Transaction(xid, commit_lsn, 0, (ts + PG_EPOCH_US) // 1000)
-        self._pos = 0
-        self._source_cache.clear()
+        self._seq = 0
+        self._open = {}
         return None
 
     def _commit(self, buf: bytes) -> Transaction:
@@ -139,7 +225,9 @@ class Decoder:
         txn = self._current()
         txn.commit_lsn = commit_lsn
         txn.end_lsn = end_lsn
+        txn.entries = self._seq
         self._txn = None
+        self._open = {}
         return txn
 
     def _current(self) -> Transaction:
@@ -169,7 +257,8 @@ class Decoder:
         key = self._primary_keys(schema, table) or tuple(c.name for c in cols if c.is_key)
         rel = Relation(relid, schema, table, ident, tuple(cols), key)
         self.relations[relid] = rel
-        self._source_cache.pop(relid, None)
+        # Later rows of this relation belong to a new chunk with the new column list.
+        self._open.pop(buf[1:5], None)
         if self._txn is not None:
             self._txn.relations.append(rel)
         return None
@@ -190,77 +279,15 @@ class Decoder:
                 f"pgoutput change for relation {relid} before its Relation message"
             ) from None
 
-    def _source(self, relid: int, rel: Relation) -> Source:
-        src = self._source_cache.get(relid)
-        if src is None:
-            txn = self._current()
-            # The commit LSN is known from Begin, so a Source can be shared by the whole txn.
-            src = Source(txn.commit_lsn, txn.xid, txn.ts_ms, rel.schema, rel.table)
-            self._source_cache[relid] = src
-        return src
-
-    def _emit(
-        self,
-        op: str,
-        relid: int,
-        before: dict[str, str | None] | None,
-        after: dict[str, str | None] | None,
-        unchanged: frozenset[str] = frozenset(),
-    ) -> None:
+    def _new_chunk(self, buf: bytes) -> RowChunk:
         txn = self._current()
-        rel = self._rel(relid)
-        self._pos += 1
-        txn.events.append(
-            ChangeEvent(
-                op,  # type: ignore[arg-type]
-                before,
-                after,
-                self._source(relid, rel),
-                txn.ts_ms,
-                self._pos,
-                unchanged,
-            )
-        )
+        chunk = RowChunk(self._rel(_U32.unpack_from(buf, 1)[0]))
+        txn.chunks.append(chunk)
+        self._open[buf[1:5]] = chunk
+        return chunk
 
-    def _insert(self, buf: bytes) -> None:
-        relid = _U32.unpack_from(buf, 1)[0]
-        # buf[5] is 'N'
-        row, _, _ = _tuple(buf, 6, self._rel(relid).names)
-        self._emit("c", relid, None, row)
-        return None
-
-    def _update(self, buf: bytes) -> None:
-        relid = _U32.unpack_from(buf, 1)[0]
-        rel = self._rel(relid)
-        names = rel.names
-        kind = buf[5]
-        old: dict[str, str | None] | None = None
-        off = 6
-        old_is_key_only = False
-        if kind in (0x4B, 0x4F):  # 'K' old key only, 'O' whole old row
-            old, off, _ = _tuple(buf, 6, names)
-            old_is_key_only = kind == 0x4B
-            off += 1  # the 'N' before the new tuple
-        new, _, unchanged = _tuple(buf, off, names)
-        if unchanged and old is not None and not old_is_key_only:
-            for col in unchanged:
-                new[col] = old[col]
-            unchanged = []
-        before = None if old_is_key_only else old
-        if old is not None and rel.key and any(old[k] != new[k] for k in rel.key):
-            # Primary key changed: the old key disappears, the new key appears.
-            old_row = old if not old_is_key_only else {n: old.get(n) for n in names}
-            self._emit("d", relid, old_row, None)
-            self._emit("c", relid, None, new, frozenset(unchanged))
-            return None
-        self._emit("u", relid, before, new, frozenset(unchanged))
-        return None
-
-    def _delete(self, buf: bytes) -> None:
-        relid = _U32.unpack_from(buf, 1)[0]
-        # buf[5] is 'K' (key columns only, others null) or 'O' (whole old row)
-        old, _, _ = _tuple(buf, 6, self._rel(relid).names)
-        self._emit("d", relid, old, None)
+    def _row(self, buf: bytes) -> None:
+        self.feed(buf)
         return None
 
     def _truncate(self, buf: bytes) -> None:
@@ -268,9 +295,52 @@ class Decoder:
         txn = self._current()
         for i in range(nrels):
             rel = self._rel(_U32.unpack_from(buf, 6 + 4 * i)[0])
-            self._pos += 1
-            txn.truncates.append((rel.schema, rel.table, self._pos))
+            txn.truncate_seqs.append((rel.schema, rel.table, self._seq))
+            self._seq += 1
         return None
+
+
+_ROW_KINDS = frozenset(b"IUD")
+
+Row = dict[str, str | None]
+
+
+def _decode_row(
+    buf: bytes, rel: Relation
+) -> list[tuple[str, Row | None, Row | None, frozenset[str]]]:
+    """One Insert/Update/Delete message as (op, before, after, unchanged) changes.
+
+    Updates arrive with the old row when REPLICA IDENTITY FULL is set: unchanged-TOAST ('u')
+    columns of the new row are filled from it. An update that changes the primary key becomes
+    a delete of the old key and an insert of the new one.
+    """
+    names = rel.names
+    kind = buf[0]
+    if kind == 0x49:  # 'I'; buf[5] is 'N'
+        row, _, _ = _tuple(buf, 6, names)
+        return [("c", None, row, frozenset())]
+    if kind == 0x44:  # 'D'; buf[5] is 'K' (key columns only, others null) or 'O' (whole row)
+        gone, _, _ = _tuple(buf, 6, names)
+        return [("d", gone, None, frozenset())]
+    sub = buf[5]
+    old: Row | None = None
+    off = 6
+    old_is_key_only = False
+    if sub in (0x4B, 0x4F):  # 'K' old key only, 'O' whole old row
+        old, off, _ = _tuple(buf, 6, names)
+        old_is_key_only = sub == 0x4B
+        off += 1  # the 'N' before the new tuple
+    new, _, unchanged = _tuple(buf, off, names)
+    if unchanged and old is not None and not old_is_key_only:
+        for col in unchanged:
+            new[col] = old[col]
+        unchanged = []
+    before = None if old_is_key_only else old
+    if old is not None and rel.key and any(old[k] != new[k] for k in rel.key):
+        # Primary key changed: the old key disappears, the new key appears.
+        old_row = old if not old_is_key_only else {n: old.get(n) for n in names}
+        return [("d", old_row, None, frozenset()), ("c", None, new, frozenset(unchanged))]
+    return [("u", before, new, frozenset(unchanged))]
 
 
 def _cstring(buf: bytes, off: int) -> tuple[str, int]:

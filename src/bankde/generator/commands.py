@@ -54,6 +54,11 @@ def fill_command(
         print_json(summary.as_dict())
     else:
         show_summary(summary)
+        if not live and summary.transactions and not summary.fk_triggers_skipped:
+            out.print(
+                "foreign keys were checked row by row: this role may not set"
+                " session_replication_role (not a superuser), so bulk loads are slower"
+            )
 
 
 def _once(settings: Any, config: Any, quiet: bool) -> FillSummary:
@@ -129,6 +134,14 @@ def show_summary(summary: FillSummary) -> None:
         f"({summary.txns_per_second:,.0f} txns/s), fraud share {summary.fraud_share:.2%}, "
         f"seed {summary.seed}, as-of {summary.as_of.isoformat()}"
     )
+    if summary.fk_triggers_skipped:
+        out.print("foreign-key triggers skipped for bulk batches (rows valid by construction)")
+    if summary.transactions < summary.requested:
+        err.print(
+            f"warning: {summary.transactions:,} of {summary.requested:,} transactions written:"
+            " usually the customers ran out of open cards (raise --customers or lower the close rates"
+            " and FRAUD_SHARE; every after_card_closed episode closes a card)"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -29,7 +29,6 @@ from bankde.generator.entities import new_entities
 from bankde.generator.lifecycle import (
     DECLINE_REASONS,
     Closes,
-    Settled,
     due_closes,
     plan_closes,
     settle,
@@ -43,7 +42,7 @@ from bankde.generator.scenarios import (
     allocate,
 )
 from bankde.generator.world import World, load_world
-from bankde.generator.writer import Batch, lock_and_check, write_batch
+from bankde.generator.writer import Batch, fk_triggers_skippable, lock_and_check, write_batch
 from bankde.settings import Settings
 from bankde.source.connection import connect, source_info
 
@@ -71,6 +70,10 @@ class FillSummary:
     transactions: int = 0
     batches: int = 0
     seconds: float = 0.0
+    # Bulk batches ran without foreign-key triggers (superuser; see writer.write_batch).
+    fk_triggers_skipped: bool = False
+    # Transactions asked for; more than `transactions` when the world ran out of open cards.
+    requested: int = 0
 
     @property
     def fraud_share(self) -> float:
@@ -90,6 +93,8 @@ class FillSummary:
             "as_of": self.as_of.isoformat(),
             "transactions": self.transactions,
             "batches": self.batches,
+            "fk_triggers_skipped": self.fk_triggers_skipped,
+            "requested": self.requested,
             "seconds": round(self.seconds, 3),
             "txns_per_second": round(self.txns_per_second, 1),
             "rows": dict(sorted(self.rows.items())),
@@ -201,17 +206,10 @@ class Generator:
         refs = np.frombuffer(rng.bytes(16 * n), dtype=np.uint8).reshape(n, 16).copy()
         refs[:, 6] = (refs[:, 6] & 0x0F) | 0x40  # RFC 4122 version 4, variant 1
         refs[:, 8] = (refs[:, 8] & 0x3F) | 0x80
-        # Ids follow time; the COPY stream follows accounts: consecutive rows then hit the same
-        # foreign-key and index pages, which measured ~1.6x faster ingest than time order.
-        by_acct = np.argsort(rows.acct, kind="stable")
-        rows, txn_ids, refs = rows.take(by_acct), txn_ids[by_acct], refs[by_acct]
-        st = Settled(
-            st.status_declined[by_acct],
-            st.reason[by_acct],
-            st.balance_after[by_acct],
-            st.touched,
-            st.touched_at,
-        )
+        # The COPY stream stays in txn_id order (encode_blocks keeps it within each layout
+        # block): primary-key inserts then walk the index left to right. Account order, which
+        # helped while foreign-key triggers and per-account indexes ran, costs ~20% more
+        # server CPU without them (docs/filler.md).
         card_null = rows.card < 0
         term_null = rows.term < 0
         cols: list[copybin.Column] = [
@@ -330,6 +328,7 @@ def fill(settings: Settings, config: FillConfig, progress: Progress | None = Non
     summary = FillSummary(seed=config.seed, as_of=config.as_of)
     with connect(info) as conn:
         lock_and_check(conn)
+        summary.fk_triggers_skipped = fk_triggers_skippable(conn)
         world = load_world(conn)
         conn.commit()
         as_of = to_us(config.as_of)
@@ -342,6 +341,7 @@ def fill(settings: Settings, config: FillConfig, progress: Progress | None = Non
         gen.activity.trips = plan_trips(rng, world, span_start, as_of)
         gen.closes = plan_closes(rng, world, config, span_start, as_of)
         total = config.total_txns
+        summary.requested = total
         _pipeline(conn, gen, first, windows, summary, progress, total)
     summary.seconds = time.perf_counter() - started
     return summary
@@ -364,8 +364,9 @@ def _pipeline(
                 item = q.get()
                 if item is _DONE:
                     return
-                write_batch(conn, item)
-                _account(summary, item)
+                batch, durable = item
+                write_batch(conn, batch, summary.fk_triggers_skipped, durable)
+                _account(summary, batch)
                 if progress:
                     progress(summary.transactions, total)
         except BaseException as exc:
@@ -377,11 +378,13 @@ def _pipeline(
     th = threading.Thread(target=writer, name="bankde-fill-writer", daemon=True)
     th.start()
     try:
-        q.put(first)
-        for tl, u0, u1, n, final in windows:
+        # Only the last batch waits for its WAL flush, which makes every earlier one durable
+        # too: the summary never counts a row that a server crash could still take back.
+        q.put((first, not windows))
+        for i, (tl, u0, u1, n, final) in enumerate(windows):
             if failure:
                 break
-            q.put(gen.window(tl, u0, u1, n, final))
+            q.put((gen.window(tl, u0, u1, n, final), i == len(windows) - 1))
     finally:
         q.put(_DONE)
         th.join()
@@ -407,7 +410,7 @@ def run_live(
     started = time.perf_counter()
     with connect(info) as conn:
         lock_and_check(conn)
-        world = load_world(conn)
+        world = load_world(conn, last_txn_at=True)
         conn.commit()
         rng = _rng(config, world)
         now = to_us(datetime.now(UTC))

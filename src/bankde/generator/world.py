@@ -152,8 +152,9 @@ def _us(col: str) -> str:
     return f"coalesce((extract(epoch from {col}) * 1000000)::bigint, {NEVER})"
 
 
-def load_world(conn: psycopg.Connection) -> World:
-    """Read every entity's generator-relevant state (small tables; transactions are not read)."""
+def load_world(conn: psycopg.Connection, last_txn_at: bool = False) -> World:
+    """Read every entity's generator-relevant state (small tables; of transactions only the
+    max id, plus with `last_txn_at` the latest occurred_at, a full scan: no index serves it)."""
     w = World()
     rows = conn.execute(
         f"SELECT customer_id, city, segment, home_lat::float8, home_lon::float8, {_us('closed_at')}"
@@ -218,10 +219,13 @@ def load_world(conn: psycopg.Connection) -> World:
         " (SELECT coalesce(max(card_id), 0) FROM bank.card),"
         " (SELECT coalesce(max(terminal_id), 0) FROM bank.terminal),"
         " (SELECT coalesce(max(txn_id), 0) FROM bank.transaction),"
-        " (SELECT coalesce(max(episode_id), 0) FROM truth.fraud_episode),"
-        " (SELECT (extract(epoch from max(occurred_at)) * 1000000)::bigint FROM bank.transaction)"
+        " (SELECT coalesce(max(episode_id), 0) FROM truth.fraud_episode)"
     ).fetchone()
     assert row is not None
-    w.next_ids = NextIds(*(int(v) + 1 for v in row[:6]))
-    w.last_txn_at = None if row[6] is None else int(row[6])
+    w.next_ids = NextIds(*(int(v) + 1 for v in row))
+    if last_txn_at:
+        got = conn.execute(
+            "SELECT (extract(epoch from max(occurred_at)) * 1000000)::bigint FROM bank.transaction"
+        ).fetchone()
+        w.last_txn_at = None if got is None or got[0] is None else int(got[0])
     return w

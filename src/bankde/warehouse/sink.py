@@ -31,7 +31,7 @@ from bankde.warehouse.types import (
 )
 
 if TYPE_CHECKING:
-    from bankde.cdc.envelope import ChangeEvent
+    from bankde.cdc.envelope import ChangeColumns, ChangeEvent
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,16 @@ class ClickHouseSink:
     ) -> None:
         with self._mutex, _gc_paused():
             started_us = time.time_ns() // 1000
+            # A batch that can hand over its changes columnar skips the per-event pivot.
+            columnar = getattr(events, "columnar", None)
+            groups: list[ChangeColumns] = []
+            rest: Sequence[ChangeEvent] = events
+            if columnar is not None:
+                groups, rest = columnar()
+            for cols in groups:
+                self._write_columns(cols)
             by_table: dict[tuple[str, str], list[ChangeEvent]] = {}
-            for ev in events:
+            for ev in rest:
                 src = ev.source
                 group = by_table.get((src.schema, src.table))
                 if group is None:
@@ -81,8 +89,8 @@ class ClickHouseSink:
             if offset.snapshot_done and self._staged.get(offset.slot):
                 self._publish_snapshot(offset.slot)
             self._write_offset(offset)
-            if events:
-                self._write_metrics(offset, events, by_table, started_us)
+            if groups or rest:
+                self._write_metrics(offset, groups, rest, started_us)
 
     def ensure_columns(self, schema: str, table: str, columns: Sequence[SourceColumn]) -> None:
         with self._mutex:
@@ -266,6 +274,40 @@ class ClickHouseSink:
             pa.array([t or 0 for t in map(_TX, events)], pa.uint64()),
             pa.array(map(_TS, events), pa.int64(), size=len(events)),
         ]
+        self._insert_text(info, names, arrays)
+
+    def _write_columns(self, cols: ChangeColumns) -> None:
+        """One table's changes already in Arrow text columns: one INSERT ... SELECT."""
+        schema, table = cols.schema, cols.table
+        info = self._info(schema, table)
+        names = [n for n, _ in info.columns]
+        for name in cols.names:
+            if name not in info.column_types:
+                raise CaptureError(
+                    f"{schema}.{table}.{name} is not in warehouse table {info.name}: the "
+                    "capture must call ensure_columns() for the new column before its changes"
+                )
+        n = len(cols)
+        index = {name: i for i, name in enumerate(cols.names)}
+        # A warehouse column the source no longer sends (dropped there) lands as NULL/default.
+        arrays = [
+            cols.values[index[name]] if name in index else pa.nulls(n, pa.string())
+            for name in names
+        ]
+        deleted = pa.array(cols.deleted, pa.bool_())
+        self._check_not_null(schema, table, info, arrays, deleted)
+        arrays += [
+            pa.array(cols.lsn, pa.uint64()),
+            pa.array(cols.pos, pa.uint32()),
+            deleted.cast(pa.uint8()),
+            cols.op,
+            pa.array(cols.tx_id, pa.uint64()),
+            pa.array(cols.ts_ms, pa.int64()),
+        ]
+        self._insert_text(info, names, arrays)
+
+    def _insert_text(self, info: TableInfo, names: list[str], arrays: list[pa.Array]) -> None:
+        """INSERT text columns c0.. plus the metadata columns, cast by the engine."""
         data = pa.Table.from_arrays(
             arrays,
             names=[f"c{i}" for i in range(len(names))]
@@ -442,15 +484,21 @@ class ClickHouseSink:
     def _write_metrics(
         self,
         offset: Offset,
+        groups: Sequence[ChangeColumns],
         events: Sequence[ChangeEvent],
-        by_table: dict[tuple[str, str], list[ChangeEvent]],
         started_us: int,
     ) -> None:
         ops = Counter(map(_OP, events))
+        tables = Counter(f"{e.source.schema}.{e.source.table}" for e in events)
+        newest_commit_ms = max(map(_TS, events), default=0)
+        first_lsn = min(map(_LSN, events), default=offset.lsn)
+        for g in groups:
+            for op, n in zip(*pc.value_counts(g.op).flatten(), strict=True):
+                ops[op.as_py()] += n.as_py()
+            tables[f"{g.schema}.{g.table}"] += len(g)
+            newest_commit_ms = max(newest_commit_ms, int(g.ts_ms.max()))
+            first_lsn = min(first_lsn, int(g.lsn.min()))
         finished_us = time.time_ns() // 1000
-        newest_commit_ms = max(map(_TS, events))
-        first_lsn = min(map(_LSN, events))
-        tables = {f"{s}.{t}": len(evs) for (s, t), evs in by_table.items()}
         self._insert_metrics(
             offset.slot,
             "stream",
@@ -458,11 +506,11 @@ class ClickHouseSink:
             finished_us,
             first_lsn,
             offset.lsn,
-            len(events),
+            sum(tables.values()),
             ops["c"] + ops["r"],
             ops["u"],
             ops["d"],
-            tables,
+            dict(tables),
             finished_us // 1000 - newest_commit_ms,
         )
 

@@ -1,0 +1,122 @@
+{#- Incremental facts over CDC tables: the target keeps each row's cdc_version; every key whose
+    version in the landing table is above the target's highest one has changed since the last run.
+
+    The model (1) deletes those keys from the target in a pre-hook, then (2) appends their
+    current state (FINAL, not deleted). Updated keys are replaced, deleted keys stay deleted, new
+    keys arrive. Both steps render the watermark before the delete runs, so they agree on it; a
+    run that only deleted rows leaves the watermark lower and the next run re-deletes the same
+    absent keys, which changes nothing. -#}
+
+{% macro cdc_watermark(relation=none) -%}
+    {%- set relation = relation or this -%}
+    {%- if execute and is_incremental() -%}
+        {%- set row = run_query('select toString(max(cdc_version)) from ' ~ relation).rows[0] -%}
+        toUInt128('{{ row[0] or 0 }}')
+    {%- else -%}
+        toUInt128(0)
+    {%- endif -%}
+{%- endmacro %}
+
+{% macro delete_changed_keys(changes_model, key) -%}
+    {%- if is_incremental() -%}
+        delete from {{ this }} where {{ key }} in (
+            select {{ key }} from {{ ref(changes_model) }} where cdc_version > {{ cdc_watermark() }}
+        )
+    {%- else -%}
+        select 1
+    {%- endif -%}
+{%- endmacro %}
+
+{#- Incremental marts over days. A run first pins the highest CDC version landed so far
+    (on-run-start: a '__run__' row in <prefix>marts.dbt_cdc_watermarks). Each mart then
+    recomputes the days touched by changes in (its own watermark, pinned version], and records
+    the pinned version as its watermark in a post-hook. Pinning keeps the compile, the delete and
+    the watermark of one run consistent while CDC keeps landing rows. -#}
+
+{% macro cdc_watermarks() -%}
+    `{{ env_var('BANKDE_WH_PREFIX', '') }}marts`.dbt_cdc_watermarks
+{%- endmacro %}
+
+{% macro pin_cdc_watermark_statements() -%}
+    {#- Run once per invocation (on-run-start). Besides the pinned version, it collects the days
+        touched by the changes above the lowest watermark any mart recorded, with the newest
+        version per day, into dbt_cdc_changed_days: each mart then picks the days whose newest
+        change is above its own watermark, without scanning the landing tables again. -#}
+    {%- set prefix = env_var('BANKDE_WH_PREFIX', '') -%}
+    {%- set marts = "`" ~ prefix ~ "marts`" -%}
+    {%- set raw = "`" ~ prefix ~ "raw`" -%}
+    {%- set low = "(select coalesce(minIf(cdc_version, model != '__run__'), toUInt128(0)) from (select model, argMax(cdc_version, written_at) as cdc_version from " ~ cdc_watermarks() ~ " group by model))" -%}
+    {%- set pinned = "(select argMaxIf(cdc_version, written_at, model = '__run__') from " ~ cdc_watermarks() ~ ")" -%}
+    {{ return([
+        "create database if not exists " ~ marts,
+        "create table if not exists " ~ cdc_watermarks() ~ " (model String, cdc_version UInt128, "
+            ~ "written_at DateTime64(6, 'UTC') default now64(6)) "
+            ~ "engine = ReplacingMergeTree(written_at) order by model",
+        "insert into " ~ cdc_watermarks() ~ " (model, cdc_version) select '__run__', greatest("
+            ~ "(select coalesce(max(_version), toUInt128(0)) from " ~ raw ~ ".`transaction`), "
+            ~ "(select coalesce(max(_version), toUInt128(0)) from " ~ raw ~ ".`card`))",
+        "create or replace table " ~ marts ~ ".dbt_cdc_changed_days engine = MergeTree order by tuple() as "
+            ~ "select day, max(cdc_version) as cdc_version from ("
+            ~ "select toDate(occurred_at) as day, _version as cdc_version from " ~ raw ~ ".`transaction` "
+            ~ "where _version > " ~ low ~ " and _version <= " ~ pinned
+            ~ " union all select addDays(toDate(closed_at), arrayJoin([0, 1])) as day, _version as cdc_version from "
+            ~ raw ~ ".`card` where closed_at is not null and _version > " ~ low ~ " and _version <= " ~ pinned
+            ~ ") group by day",
+    ]) }}
+{%- endmacro %}
+
+{% macro cdc_bounds() -%}
+    {#- [low, high] as SQL literals: this model's watermark and the version pinned by the run. -#}
+    {%- if execute and is_incremental() -%}
+        {%- set row = run_query(
+            "select toString(argMaxIf(cdc_version, written_at, model = '__run__')), "
+            ~ "toString(argMaxIf(cdc_version, written_at, model = '" ~ this.identifier ~ "')), "
+            ~ "countIf(model = '" ~ this.identifier ~ "') from " ~ cdc_watermarks()
+        ).rows[0] -%}
+        {%- set low = row[1] if row[2] > 0 else '0' -%}
+        {{ return(["toUInt128('" ~ low ~ "')", "toUInt128('" ~ row[0] ~ "')"]) }}
+    {%- else -%}
+        {{ return(["toUInt128(0)", "toUInt128(0)"]) }}
+    {%- endif -%}
+{%- endmacro %}
+
+{% macro changed_days(spill_days=0) -%}
+    {#- Literal list of the days whose rows may change: days with a transaction changed between
+        this model's watermark and the pinned version (old and new versions, deletes included),
+        widened by spill_days either side, plus the day of each card close and the next one (they
+        matter to fraud_after_card_closed). Collected once per run by
+        pin_cdc_watermark_statements. -#}
+    {%- set bounds = cdc_bounds() -%}
+    {%- set rows = run_query(
+        "select toString(d) from (select distinct addDays(day, arrayJoin(range(-" ~ spill_days ~ ", "
+        ~ (spill_days + 1) ~ "))) as d from `" ~ env_var('BANKDE_WH_PREFIX', '') ~ "marts`.dbt_cdc_changed_days "
+        ~ "where cdc_version > " ~ bounds[0] ~ ") order by d"
+    ).rows if execute else [] -%}
+    {%- if rows | length == 0 -%}
+        toDate(0)
+    {%- else -%}
+        {%- for row in rows -%}toDate('{{ row[0] }}'){{ ", " if not loop.last }}{%- endfor -%}
+    {%- endif -%}
+{%- endmacro %}
+
+{% macro delete_changed_days(day_expression, spill_days=0) -%}
+    {%- if is_incremental() -%}
+        delete from {{ this }} where {{ day_expression }} in ({{ changed_days(spill_days) }})
+    {%- else -%}
+        select 1
+    {%- endif -%}
+{%- endmacro %}
+
+{% macro record_cdc_watermark() -%}
+    insert into {{ cdc_watermarks() }} (model, cdc_version)
+    select '{{ this.identifier }}', argMaxIf(cdc_version, written_at, model = '__run__')
+    from {{ cdc_watermarks() }}
+{%- endmacro %}
+
+{% macro in_changed_days(day_expression, spill_days=0) -%}
+    {%- if is_incremental() -%}
+        {{ day_expression }} in ({{ changed_days(spill_days) }})
+    {%- else -%}
+        1
+    {%- endif -%}
+{%- endmacro %}

@@ -1,0 +1,29 @@
+with
+
+snapshot as (
+
+    select * from {{ ref('snap_terminal_status') }}
+
+),
+
+final as (
+
+    select
+        terminal_id,
+        status,
+        is_closed,
+        closed_at,
+        -- The first known state of a terminal starts when it was created, not when it was first seen.
+        if(
+            row_number() over (partition by terminal_id order by dbt_valid_from) = 1,
+            least(created_at, dbt_valid_from),
+            dbt_valid_from
+        ) as valid_from,
+        dbt_valid_to as valid_to,
+        dbt_valid_to is null as is_current
+
+    from snapshot
+
+)
+
+select * from final

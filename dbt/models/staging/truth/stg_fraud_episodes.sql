@@ -1,0 +1,26 @@
+with
+
+source as (
+
+    select * from {{ source('truth', 'fraud_episode') }} final
+    where _is_deleted = 0
+
+),
+
+final as (
+
+    select
+        episode_id,
+        cast(scenario as String) as scenario,
+        customer_id,
+        card_id,
+        terminal_id,
+        started_at,
+        ended_at,
+        params
+
+    from source
+
+)
+
+select * from final

@@ -1,0 +1,305 @@
+"""Bulk pgoutput decoding: a batch of raw row messages into per-table Arrow text columns."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, overload
+
+import numpy as np
+import pyarrow as pa
+
+from bankde.cdc.envelope import ChangeColumns, ChangeEvent, make_version
+from bankde.cdc.pgoutput import Relation, RowChunk, Transaction
+from bankde.contracts import Truncate
+from bankde.errors import CaptureError
+
+_T, _N, _U = 0x74, 0x6E, 0x75  # tuple column kinds: text, null, unchanged TOAST
+_K, _O, _NEW = 0x4B, 0x4F, 0x4E  # old key, old row, new row markers
+_UPD, _DEL = 0x55, 0x44
+_OPS = pa.array(["c", "u", "d"], pa.string())
+_C, _UOP, _D = 0, 1, 2
+_MAX_STRING_BYTES = 2**31 - 1  # Arrow string offsets are int32
+# Columns whose values are all at most this long are copied as fixed-width windows.
+_WINDOW = 64
+_PAD = _WINDOW + 8
+
+
+class _Irregular(Exception):
+    """A group the bulk decoder leaves to the per-row decoder (flagged unchanged TOAST...)."""
+
+
+class ChangeBatch(Sequence[ChangeEvent]):
+    """The complete transactions of one sink batch, as a sequence of ChangeEvents.
+
+    The events are decoded only when read; a sink that knows the columnar form calls
+    `columnar()` instead, which decodes every row message of a table in the batch at once,
+    with numpy, straight into Arrow columns (the same envelopes: ops, key changes split into
+    d + c, unchanged TOAST filled from the old row, positions counted like
+    `Transaction.events` does). Transactions an engine built as events (no raw chunks) and
+    groups the bulk decoder cannot take come back as events.
+    """
+
+    def __init__(self) -> None:
+        self.txns: list[Transaction] = []
+        self.rows = 0  # row messages or events: what batch bounds count
+        self._columnar: tuple[list[ChangeColumns], list[ChangeEvent]] | None = None
+        self._truncates: list[Truncate] | None = None
+        self._events: list[ChangeEvent] | None = None
+
+    def add(self, txn: Transaction) -> None:
+        self.txns.append(txn)
+        self.rows += txn.rows
+        self._columnar = self._truncates = self._events = None
+
+    # -- Sequence[ChangeEvent] ------------------------------------------------------------
+    def _all(self) -> list[ChangeEvent]:
+        if self._events is None:
+            self._events = [ev for txn in self.txns for ev in txn.events]
+        return self._events
+
+    def __len__(self) -> int:
+        groups, rest = self.columnar()
+        return sum(len(g) for g in groups) + len(rest)
+
+    @overload
+    def __getitem__(self, i: int) -> ChangeEvent: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[ChangeEvent]: ...
+    def __getitem__(self, i: int | slice) -> ChangeEvent | Sequence[ChangeEvent]:
+        return self._all()[i]
+
+    def __iter__(self) -> Iterator[ChangeEvent]:
+        return iter(self._all())
+
+    # -- columnar -------------------------------------------------------------------------
+    def truncates(self) -> list[Truncate]:
+        """(schema, table, version) of every truncate in the batch."""
+        if self._truncates is None:
+            self.columnar()
+        assert self._truncates is not None
+        return self._truncates
+
+    def table_counts(self) -> dict[str, int]:
+        groups, rest = self.columnar()
+        counts: dict[str, int] = {}
+        for g in groups:
+            name = f"{g.schema}.{g.table}"
+            counts[name] = counts.get(name, 0) + len(g)
+        for ev in rest:
+            name = f"{ev.source.schema}.{ev.source.table}"
+            counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    def columnar(self) -> tuple[list[ChangeColumns], list[ChangeEvent]]:
+        """ChangeColumns per table for the raw row messages; ChangeEvents for everything else."""
+        if self._columnar is None:
+            try:
+                self._columnar, self._truncates = self._decode()
+            except _Irregular:
+                self._columnar = ([], self._all())
+                self._truncates = [
+                    (s, t, make_version(txn.commit_lsn, pos))
+                    for txn in self.txns
+                    for s, t, pos in txn.truncates
+                ]
+        return self._columnar
+
+    def _decode(self) -> tuple[tuple[list[ChangeColumns], list[ChangeEvent]], list[Truncate]]:
+        # Still raw: the native decoder's transactions nobody has read as events yet.
+        raw = [t for t in self.txns if t._events is None and (t.chunks or t.truncate_seqs)]
+        raw_ids = {id(t) for t in raw}
+        built = [t for t in self.txns if id(t) not in raw_ids]
+        rest = [ev for t in built for ev in t.events]
+        truncates: list[Truncate] = [
+            (s, tb, make_version(t.commit_lsn, pos)) for t in built for s, tb, pos in t.truncates
+        ]
+        if not raw:
+            return ([], rest), truncates
+        entries = np.fromiter((t.entries for t in raw), np.int64, len(raw))
+        base = np.zeros(len(raw), np.int64)
+        np.cumsum(entries[:-1], out=base[1:])
+        groups: dict[tuple[str, str, tuple[str, ...]], list[tuple[int, RowChunk]]] = {}
+        for i, txn in enumerate(raw):
+            for chunk in txn.chunks:
+                rel = chunk.relation
+                groups.setdefault((rel.schema, rel.table, rel.names), []).append((i, chunk))
+        decoded = []
+        weight = np.ones(int(entries.sum()), np.int64)
+        for parts in groups.values():
+            rel = parts[-1][1].relation
+            payloads = [p for _, c in parts for p in c.payloads]
+            seq = np.concatenate([np.asarray(c.seq, np.int64) + base[i] for i, c in parts])
+            txn_idx = np.concatenate([np.full(len(c.seq), i, np.int64) for i, c in parts])
+            rows = _Rows(rel, payloads)
+            weight[seq[rows.changed]] = 2  # a key change is a d and a c: two positions
+            decoded.append((rel, rows, seq, txn_idx))
+        # 1-based position of each entry's first change inside its transaction.
+        before = np.cumsum(weight) - weight
+        first_pos = before - np.repeat(before[base[entries > 0]], entries[entries > 0]) + 1
+        lsn = np.fromiter((t.commit_lsn for t in raw), np.uint64, len(raw))
+        xid = np.fromiter((t.xid for t in raw), np.uint64, len(raw))
+        ts = np.fromiter((t.ts_ms for t in raw), np.int64, len(raw))
+        columns = [
+            rows.columns(rel, first_pos[seq], lsn[txn_idx], xid[txn_idx], ts[txn_idx])
+            for rel, rows, seq, txn_idx in decoded
+        ]
+        for i, txn in enumerate(raw):
+            for s, tb, seq_i in txn.truncate_seqs:
+                pos = int(first_pos[base[i] + seq_i])
+                truncates.append((s, tb, make_version(txn.commit_lsn, pos)))
+        return (columns, rest), truncates
+
+
+class _Rows:
+    """The row messages of one relation, decoded in bulk: where each value sits in one buffer.
+
+    `start`/`length`/`kind` have one row per column and one column per message; `new*` is the
+    key row of each message (new row of inserts and updates, old row of deletes), `old*` the
+    first tuple (the old row when an update or delete carries one).
+    """
+
+    def __init__(self, rel: Relation, payloads: list[bytes]) -> None:
+        n = len(payloads)
+        ncols = len(rel.names)
+        sizes = np.fromiter(map(len, payloads), np.int64, n)
+        at = np.zeros(n, np.int64)
+        np.cumsum(sizes[:-1], out=at[1:])
+        # Padding: reads past the last value (a length after a trailing null, a fixed-width
+        # window in _text) stay inside the buffer.
+        self.buf = buf = np.frombuffer(b"".join(payloads) + bytes(_PAD), np.uint8)
+        mtype = buf[at]
+        sub = buf[at + 5]
+        o_start, o_len, o_kind, end = _walk(buf, at + 6, ncols)
+        self.old = (o_start, o_len, o_kind)
+        start, length, kind = o_start.copy(), o_len.copy(), o_kind.copy()
+        upd_old = np.flatnonzero((mtype == _UPD) & ((sub == _K) | (sub == _O)))
+        if len(upd_old):
+            if (buf[end[upd_old]] != _NEW).any():
+                raise CaptureError("pgoutput update without its new row: the stream is malformed")
+            s2, l2, k2, _ = _walk(buf, end[upd_old] + 1, ncols)
+            start[:, upd_old], length[:, upd_old], kind[:, upd_old] = s2, l2, k2
+        unchanged = kind == _U
+        if unchanged.any():
+            fill = unchanged & ((mtype == _UPD) & (sub == _O))[None, :]
+            if (unchanged & ~fill).any():
+                raise _Irregular  # no old row to fill from: the sink's row path keeps the value
+            start = np.where(fill, o_start, start)
+            length = np.where(fill, o_len, length)
+            kind = np.where(fill, o_kind, kind)
+        self.new = (start, length, kind)
+        self.changed = np.zeros(n, bool)
+        if len(upd_old) and rel.key:
+            try:
+                key_cols = [rel.names.index(k) for k in rel.key]
+            except ValueError:
+                raise _Irregular from None
+            differs = np.zeros(len(upd_old), bool)
+            for j in key_cols:
+                differs |= _differ(
+                    buf,
+                    (o_start[j, upd_old], o_len[j, upd_old], o_kind[j, upd_old]),
+                    (start[j, upd_old], length[j, upd_old], kind[j, upd_old]),
+                )
+            self.changed[upd_old] = differs
+        op = np.full(n, _UOP, np.int8)
+        op[mtype == _DEL] = _D
+        op[mtype == 0x49] = _C
+        op[self.changed] = _C
+        self.op = op
+
+    def columns(
+        self, rel: Relation, first_pos: Any, lsn: Any, xid: Any, ts: Any
+    ) -> ChangeColumns:
+        """The ChangeColumns of these messages: one row each, plus a d row per key change."""
+        moved = np.flatnonzero(self.changed)
+        start, length, kind = self.new
+        o_start, o_len, o_kind = self.old
+        if len(moved):
+            start = np.hstack([start, o_start[:, moved]])
+            length = np.hstack([length, o_len[:, moved]])
+            kind = np.hstack([kind, o_kind[:, moved]])
+        op = np.concatenate([self.op, np.full(len(moved), _D, np.int8)])
+        # The d of a key change takes the message's first position, its c the next.
+        pos = np.concatenate([first_pos + self.changed, first_pos[moved]]).astype(np.uint32)
+        values = [_text(self.buf, start[j], length[j], kind[j] == _T) for j in range(len(start))]
+        return ChangeColumns(
+            rel.schema,
+            rel.table,
+            rel.names,
+            values,
+            _OPS.take(pa.array(op)),
+            op == _D,
+            np.concatenate([lsn, lsn[moved]]),
+            pos,
+            np.concatenate([xid, xid[moved]]),
+            np.concatenate([ts, ts[moved]]),
+        )
+
+
+def _walk(buf: Any, at: Any, ncols: int) -> tuple[Any, Any, Any, Any]:
+    """TupleData starting at each offset in `at`: value starts, lengths, kinds, and the end."""
+    n = len(at)
+    count = (buf[at].astype(np.int64) << 8) | buf[at + 1]
+    if (count != ncols).any():
+        raise _Irregular  # not the relation's column count: leave it to the row decoder
+    start = np.empty((ncols, n), np.int64)
+    length = np.empty((ncols, n), np.int64)
+    kind = np.empty((ncols, n), np.uint8)
+    p = at + 2
+    four = np.arange(1, 5)
+    for j in range(ncols):
+        k = buf[p]
+        is_text = k == _T
+        size = buf[p[:, None] + four].view(">u4").ravel().astype(np.int64) * is_text
+        start[j] = p + 5
+        length[j] = size
+        kind[j] = k
+        p = p + 1 + (4 + size) * is_text
+    bad = (kind != _T) & (kind != _N) & (kind != _U)
+    if bad.any():
+        raise CaptureError(
+            f"pgoutput tuple column kind {chr(int(kind[bad][0]))!r}: binary tuples must stay off"
+        )
+    return start, length, kind, p
+
+
+def _differ(buf: Any, a: tuple[Any, Any, Any], b: tuple[Any, Any, Any]) -> Any:
+    """Per pair of values: True when kind, length or bytes differ."""
+    a_start, a_len, a_kind = a
+    b_start, b_len, b_kind = b
+    differs = (a_kind != b_kind) | (a_len != b_len)
+    same = np.flatnonzero(~differs & (a_len > 0))
+    if len(same):
+        lens = a_len[same]
+        row = np.repeat(np.arange(len(same)), lens)
+        offset = np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens)
+        unequal = buf[a_start[same][row] + offset] != buf[b_start[same][row] + offset]
+        differs[same] = np.bincount(row, weights=unequal, minlength=len(same)) > 0
+    return differs
+
+
+def _text(buf: Any, start: Any, length: Any, valid: Any) -> pa.Array:
+    """An Arrow string array of the values at `start`/`length` in `buf` (null where not valid)."""
+    n = len(start)
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(length, out=offsets[1:])
+    total = int(offsets[-1])
+    if total > _MAX_STRING_BYTES:
+        raise _Irregular
+    width = int(length.max()) if n else 0
+    if total and width <= _WINDOW:
+        # Short values (ids, amounts, times): copy a fixed-width window per row, then keep
+        # each row's first `length` bytes; far cheaper than an index per byte.
+        windows = np.lib.stride_tricks.sliding_window_view(buf, width)
+        data = windows[start][np.arange(width) < length[:, None]]
+    elif total:
+        index = np.repeat(start - offsets[:-1], length)
+        index += np.arange(total)
+        data = buf[index]
+    else:
+        data = np.zeros(0, np.uint8)
+    nulls = n - int(np.count_nonzero(valid))
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
+    return pa.StringArray.from_buffers(
+        n, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data), bitmap, nulls
+    )

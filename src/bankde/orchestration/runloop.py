@@ -1,0 +1,250 @@
+"""`bankde run`: live filler, CDC streaming and periodic dbt builds in one process, until Ctrl-C."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from bankde.console import err
+from bankde.errors import BankdeError
+from bankde.settings import Settings
+
+
+@dataclass
+class RunState:
+    """Shared between the loop's threads and the status line; counters only grow."""
+
+    started: float = field(default_factory=time.monotonic)
+    changes: int = 0
+    batches: int = 0
+    lag_ms: int = 0
+    lag_bytes: int | None = None
+    recent: list[tuple[float, int]] = field(default_factory=list)  # (when, events) per batch
+    dbt_runs: int = 0
+    dbt_failures: int = 0
+    last_dbt_at: float | None = None
+    last_dbt_seconds: float | None = None
+    alerts: dict[str, int] = field(default_factory=dict)
+    phase: str = "starting"
+    errors: list[str] = field(default_factory=list)
+    mutex: threading.Lock = field(default_factory=threading.Lock)
+
+    def on_batch(self, stats: Any) -> None:
+        now = time.monotonic()
+        with self.mutex:
+            self.changes += int(stats.events)
+            self.batches += 1
+            self.lag_ms = int(stats.lag_ms)
+            self.recent.append((now, int(stats.events)))
+            self.recent = [(t, n) for t, n in self.recent if now - t <= 10.0]
+
+    def changes_per_s(self) -> float:
+        now = time.monotonic()
+        with self.mutex:
+            window = [n for t, n in self.recent if now - t <= 10.0]
+        span = min(10.0, max(now - self.started, 1e-3))
+        return sum(window) / span
+
+    def line(self) -> str:
+        dbt = "never"
+        if self.last_dbt_at is not None:
+            ago = time.monotonic() - self.last_dbt_at
+            dbt = f"{ago:.0f}s ago ({self.last_dbt_seconds:.1f}s)"
+        alerts = sum(self.alerts.values())
+        lag_b = "-" if self.lag_bytes is None else f"{self.lag_bytes:,} B"
+        return (
+            f"{self.phase:<8} | {self.changes_per_s():8.0f} changes/s | {self.changes:,} applied | "
+            f"lag {self.lag_ms / 1000:.2f}s / {lag_b} | dbt {dbt}, {self.dbt_runs} runs | "
+            f"alerts {alerts:,}"
+        )
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    rate: float = 200.0
+    dbt_every: float = 60.0
+    fill: bool = True
+    status: bool = True
+    # Stop by itself after this many seconds (tests, scripted demos); None: until Ctrl-C.
+    duration: float | None = None
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """First Ctrl-C/SIGTERM: stop cleanly after the work in flight. Second Ctrl-C: interrupt."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+        err.print("\n[yellow]stopping: finishing the current batch/build…[/yellow]")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old_int = signal.signal(signal.SIGINT, handler)
+    old_term = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def run_pipeline(
+    settings: Settings, options: RunOptions, stop: threading.Event | None = None
+) -> RunState:
+    """Run until `stop` (or a signal, or `options.duration`). The filler writes only to Postgres;
+    CDC and dbt share this process's warehouse and never run at the same time: CDC streams in
+    segments of `dbt_every` seconds, each ended cleanly (complete transactions written and
+    acknowledged) before dbt builds. On stop the filler returns between two transactions, then a
+    last sync applies its final commits: raw equals the source when this returns."""
+    from bankde.cdc.capture import run as cdc_run
+    from bankde.cdc.capture import sync as cdc_sync
+    from bankde.orchestration.demo import start_source
+    from bankde.warehouse.client import close_warehouse, open_warehouse
+
+    stop = stop or threading.Event()
+    state = RunState()
+    if not settings.external_source or options.fill:
+        start_source(settings)
+    open_warehouse(settings)  # hold it for the whole run; fail fast if another process has it
+
+    threads: list[threading.Thread] = []
+    if options.fill:
+        threads.append(_start(_filler, "filler", settings, options.rate, stop, state))
+    watcher = _start(_watch_lag, "lag", settings, stop, state)
+    deadline = None if options.duration is None else time.monotonic() + options.duration
+
+    segment = threading.Event()
+    cdc: threading.Thread | None = None
+    with _stop_on_signals(stop), _status_line(state, options.status, stop):
+        try:
+            while not stop.is_set():
+                segment = threading.Event()
+                state.phase = "cdc"
+                before = state.changes
+                cdc = _start(_cdc_segment, "cdc", cdc_run, settings, segment, state)
+                _wait(stop, options.dbt_every, deadline, cdc)
+                segment.set()
+                cdc.join()
+                if deadline is not None and time.monotonic() >= deadline:
+                    stop.set()
+                # Stopping never starts a build: what landed is complete in raw, and the next
+                # run (or `bankde dbt build`) picks it up incrementally.
+                if not stop.is_set() and (state.changes > before or state.dbt_runs == 0):
+                    state.phase = "dbt"
+                    _build(settings, state)
+                if state.errors:
+                    stop.set()
+        finally:
+            stop.set()
+            segment.set()
+            state.phase = "stopping"
+            for t in threads:
+                t.join()  # the filler returns between two transactions
+            if cdc is not None:
+                cdc.join()
+            watcher.join()
+        try:
+            if not state.errors:
+                # The filler has stopped: apply its last commits so raw equals the source.
+                state.phase = "catch-up"
+                res = cdc_sync(settings, show_progress=False)
+                state.changes += res.changes
+        finally:
+            close_warehouse()
+    if state.errors:
+        raise BankdeError(state.errors[0])
+    return state
+
+
+def _start(target: Any, name: str, *args: Any) -> threading.Thread:
+    t = threading.Thread(target=target, args=args, name=f"bankde-{name}", daemon=True)
+    t.start()
+    return t
+
+
+def _wait(stop: threading.Event, seconds: float, deadline: float | None, worker: threading.Thread) -> None:
+    until = time.monotonic() + seconds
+    if deadline is not None:
+        until = min(until, deadline)
+    while not stop.is_set() and worker.is_alive():
+        left = until - time.monotonic()
+        if left <= 0:
+            return
+        stop.wait(min(left, 0.5))
+
+
+def _filler(settings: Settings, rate: float, stop: threading.Event, state: RunState) -> None:
+    from bankde.generator import load_fill_config, run_live
+
+    try:
+        run_live(settings, load_fill_config(), rate, stop)
+    except Exception as exc:
+        state.errors.append(f"filler stopped: {exc}")
+        stop.set()
+
+
+def _cdc_segment(cdc_run: Any, settings: Settings, segment: threading.Event, state: RunState) -> None:
+    try:
+        cdc_run(settings, segment, on_batch=state.on_batch, show_progress=False)
+    except Exception as exc:
+        state.errors.append(f"CDC stopped: {exc}")
+
+
+def _watch_lag(settings: Settings, stop: threading.Event, state: RunState) -> None:
+    """Slot lag in bytes from the source, every 2 s (Postgres only; never the warehouse)."""
+    from bankde.cdc.slot import slot_state
+
+    while not stop.wait(2.0):
+        try:
+            state.lag_bytes = slot_state(settings).lag_bytes
+        except Exception:
+            state.lag_bytes = None
+
+
+def _build(settings: Settings, state: RunState) -> None:
+    from bankde.orchestration.summary import alerts_by_rule
+    from bankde.transform.runner import run_dbt
+
+    started = time.monotonic()
+    # A failed build is reported and retried at the next interval; capture keeps streaming.
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            res = run_dbt(["build"], settings, quiet=True)
+        ok, failed = res.success, [n for n, s, _ in res.nodes if s in ("error", "fail")]
+    except BankdeError as exc:
+        ok, failed = False, [str(exc)]
+    state.dbt_runs += 1
+    state.last_dbt_at = time.monotonic()
+    state.last_dbt_seconds = state.last_dbt_at - started
+    if not ok:
+        state.dbt_failures += 1
+        err.print(f"[red]dbt build failed: {', '.join(failed) or 'see dbt logs'}[/red]")
+    state.alerts = alerts_by_rule(settings)
+
+
+@contextmanager
+def _status_line(state: RunState, show: bool, stop: threading.Event) -> Iterator[None]:
+    """A one-line status on stderr, refreshed twice a second (also while dbt builds)."""
+    if not show:
+        yield
+        return
+    from rich.live import Live
+    from rich.text import Text
+
+    class _Line:
+        def __rich__(self) -> Text:
+            return Text(state.line())
+
+    with Live(_Line(), console=err, refresh_per_second=2, transient=False):
+        yield

@@ -1,0 +1,216 @@
+"""What the Airflow DAGs run: one function per task, settings from the environment, JSON results."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+from bankde.errors import BankdeError
+from bankde.orchestration.airflow_env import TASK_LOCK_WAIT, WAREHOUSE_POOL
+from bankde.settings import Settings, load_settings
+
+__all__ = [
+    "RAW_ASSET_URI",
+    "WAREHOUSE_POOL",
+    "MonitoringFailed",
+    "build_models",
+    "check_freshness",
+    "check_reconciliation",
+    "check_slot_lag",
+    "check_wal_retained",
+    "default_args",
+    "snapshot_raw",
+    "sync_changes",
+]
+
+# The asset cdc_to_dwh and pg_to_ch update and dbt_incremental is scheduled on.
+RAW_ASSET_URI = "bankde://warehouse/raw"
+
+
+class MonitoringFailed(BankdeError):
+    """A cdc_monitoring check is above its threshold (the message names the setting)."""
+
+
+def default_args() -> dict[str, Any]:
+    """Retries and timeouts every bankde DAG shares."""
+    return {
+        "owner": "bankde",
+        "retries": 2,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": True,
+        "execution_timeout": timedelta(hours=1),
+    }
+
+
+def task_settings() -> Settings:
+    """Settings for a task process: wait for the warehouse's named lock rather than fail."""
+    settings = load_settings()
+    if settings.wh_lock_wait < TASK_LOCK_WAIT:
+        settings = settings.model_copy(update={"wh_lock_wait": TASK_LOCK_WAIT})
+    return settings
+
+
+@contextmanager
+def warehouse_session() -> Iterator[Settings]:
+    """Hold the warehouse only for the task's work: close it (and release the lock) afterwards so
+    the next task in the pool, or a `bankde` command, gets it at once."""
+    from bankde.warehouse.client import close_warehouse
+
+    settings = task_settings()
+    try:
+        yield settings
+    finally:
+        close_warehouse()
+
+
+def _skip(message: str) -> None:
+    """End the task as skipped: no asset event, so downstream DAGs are not triggered for nothing."""
+    from airflow.exceptions import AirflowSkipException
+
+    raise AirflowSkipException(message)
+
+
+# --- pg_to_ch -------------------------------------------------------------------------------
+def snapshot_raw() -> dict[str, Any]:
+    """Full resync: drop slot and landing tables, snapshot the source again, catch up."""
+    from bankde.cdc.capture import resync
+
+    with warehouse_session() as settings:
+        return resync(settings, show_progress=False).to_dict()
+
+
+# --- cdc_to_dwh -----------------------------------------------------------------------------
+def sync_changes(skip_when_idle: bool = True) -> dict[str, Any]:
+    """Micro-batch: apply every change committed before now (snapshot first if none yet)."""
+    from bankde.cdc.capture import sync
+
+    with warehouse_session() as settings:
+        result = sync(settings, show_progress=False).to_dict()
+    if skip_when_idle and not result["changes"] and not result["snapshot_rows"]:
+        _skip("no new changes in the source; models are up to date")
+    return result
+
+
+# --- dbt_incremental ------------------------------------------------------------------------
+def build_models(select: str | None = None) -> dict[str, Any]:
+    """`dbt build` (incremental models process only new changes); fails on any failed node."""
+    from bankde.transform.runner import DbtFailed, run_dbt
+
+    args = ["build"] + (["--select", select] if select else [])
+    with warehouse_session() as settings:
+        res = run_dbt(args, settings, quiet=True)
+    failed = [n for n, status, _ in res.nodes if status not in ("success", "pass", "skipped")]
+    if not res.success:
+        raise DbtFailed(f"dbt build failed: {', '.join(failed) or 'see the task log'}")
+    return {"nodes": len(res.nodes), "seconds": round(sum(t for *_, t in res.nodes), 2)}
+
+
+# --- cdc_monitoring -------------------------------------------------------------------------
+def check_slot_lag() -> dict[str, Any]:
+    """Slot lag in bytes of WAL (source only; no warehouse needed)."""
+    from bankde.cdc.slot import slot_state
+
+    settings = task_settings()
+    st = slot_state(settings)
+    if not st.exists:
+        raise MonitoringFailed(
+            f"replication slot {st.name!r} does not exist: run the pg_to_ch DAG (or `bankde cdc sync`)"
+        )
+    if st.lost:
+        raise MonitoringFailed(
+            f"replication slot {st.name!r} was invalidated (WAL removed): run the pg_to_ch DAG "
+            "(`bankde cdc resync`)"
+        )
+    lag = st.lag_bytes or 0
+    limit = settings.monitor_max_lag_bytes
+    if lag > limit:
+        raise MonitoringFailed(
+            f"slot {st.name!r} lags {lag} bytes of WAL > BANKDE_MONITOR_MAX_LAG_BYTES={limit}: "
+            "cdc_to_dwh is not keeping up or not running"
+        )
+    return {"slot": st.name, "lag_bytes": lag, "limit": limit, "active": st.active}
+
+
+def check_wal_retained() -> dict[str, Any]:
+    """WAL the slot keeps on the source's disk."""
+    from bankde.cdc.slot import slot_state
+
+    settings = task_settings()
+    st = slot_state(settings)
+    retained = st.retained_bytes or 0
+    limit = settings.monitor_max_wal_retained_bytes
+    if retained > limit:
+        raise MonitoringFailed(
+            f"slot {st.name!r} retains {retained} bytes of WAL > "
+            f"BANKDE_MONITOR_MAX_WAL_RETAINED_BYTES={limit}: the source's disk fills until "
+            "cdc_to_dwh catches up"
+        )
+    return {"slot": st.name, "wal_retained_bytes": retained, "limit": limit}
+
+
+def check_freshness() -> dict[str, Any]:
+    """Per table: the warehouse's newest change vs the source's newest change."""
+    from bankde.monitoring.freshness import freshness
+
+    with warehouse_session() as settings:
+        rows = freshness(settings)
+        limit = settings.monitor_max_staleness_seconds
+    stale = [
+        f"{r.table} ({'never captured' if r.staleness_s == math.inf else f'{r.staleness_s:.0f}s'})"
+        for r in rows
+        if r.staleness_s is not None and r.staleness_s > limit
+    ]
+    if stale:
+        raise MonitoringFailed(
+            f"stale in the warehouse beyond BANKDE_MONITOR_MAX_STALENESS_SECONDS={limit:g}: "
+            + ", ".join(stale)
+        )
+    return {
+        "limit_s": limit,
+        "tables": {
+            r.table: (None if r.staleness_s is None else round(r.staleness_s, 3)) for r in rows
+        },
+    }
+
+
+def check_reconciliation() -> dict[str, Any]:
+    """Source vs warehouse, count and checksum per table. A difference fails the task unless the
+    slot still had unapplied WAL when the check began (then lag and freshness judge it)."""
+    from bankde.orchestration.summary import reconcile_dict
+
+    with warehouse_session() as settings:
+        pending = pending_changes(settings)
+        result = reconcile_dict(settings)
+    if result["equal"]:
+        return result
+    differing = ", ".join(result["differing"]) or "?"
+    if pending is not False:
+        why = "the slot holds unapplied changes" if pending else "the slot is in use by a stream"
+        result["note"] = f"{differing} differ while {why}; lag and freshness judge that"
+        return result
+    raise MonitoringFailed(
+        f"source and warehouse differ in {differing} although the slot is caught up: "
+        "run `bankde reconcile` for sample keys, then the pg_to_ch DAG to resync"
+    )
+
+
+def pending_changes(settings: Settings) -> bool | None:
+    """Whether the slot holds committed changes the warehouse has not applied yet (peeked, not
+    consumed). None when it cannot tell: the slot is streaming to a consumer right now."""
+    import psycopg
+
+    from bankde.source.connection import cdc_info, connect
+
+    with connect(cdc_info(settings), autocommit=True) as conn:
+        try:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_logical_slot_peek_binary_changes(%s, NULL, 1, "
+                "'proto_version', '1', 'publication_names', %s)",
+                (settings.cdc_slot, settings.cdc_publication),
+            ).fetchone()
+        except psycopg.errors.ObjectInUse:
+            return None
+    return bool(row and row[0])

@@ -1,0 +1,1 @@
+"""dbt on the warehouse: the in-process runner, the `bankde dbt` commands and the fraud evaluation."""

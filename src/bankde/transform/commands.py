@@ -1,0 +1,102 @@
+"""`bankde dbt ...`: run the dbt project in-process on the warehouse, and print the fraud evaluation."""
+
+from __future__ import annotations
+
+import typer
+
+from bankde.console import out, print_json
+from bankde.settings import get_settings
+
+app = typer.Typer(
+    help="dbt models on the warehouse (raw -> stg -> ods -> marts), run in this process.",
+    no_args_is_help=True,
+)
+
+_PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _run(command: str, ctx: typer.Context) -> None:
+    from bankde.transform.runner import DbtFailed, run_dbt
+
+    result = run_dbt([command, *ctx.args], get_settings())
+    if not result.success:
+        failed = [name for name, status, _ in result.nodes if status in ("error", "fail")]
+        detail = f": {', '.join(failed[:10])}" if failed else ""
+        raise DbtFailed(f"dbt {command} failed{detail} (see dbt's output above)")
+
+
+@app.command(context_settings=_PASSTHROUGH)
+def build(ctx: typer.Context) -> None:
+    """dbt build: snapshots, models and tests in DAG order. Extra args go to dbt (e.g. -s marts)."""
+    _run("build", ctx)
+
+
+@app.command(context_settings=_PASSTHROUGH)
+def run(ctx: typer.Context) -> None:
+    """dbt run: build the models only. Extra args go to dbt (e.g. --full-refresh)."""
+    _run("run", ctx)
+
+
+@app.command(context_settings=_PASSTHROUGH)
+def test(ctx: typer.Context) -> None:
+    """dbt test: data tests and unit tests. Extra args go to dbt."""
+    _run("test", ctx)
+
+
+@app.command(context_settings=_PASSTHROUGH)
+def snapshot(ctx: typer.Context) -> None:
+    """dbt snapshot: record status changes of customers, accounts, cards and terminals."""
+    _run("snapshot", ctx)
+
+
+@app.command(context_settings=_PASSTHROUGH)
+def docs(ctx: typer.Context) -> None:
+    """dbt docs (generate | serve): the catalog of models, columns and tests."""
+    _run("docs", ctx)
+
+
+@app.command(name="eval")
+def evaluate(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Precision, recall and F1 of each fraud rule against the filler's labels."""
+    from rich.table import Table
+
+    from bankde.transform.evaluation import evaluation_rows
+
+    rows = evaluation_rows(get_settings())
+    if as_json:
+        print_json([r.as_dict() for r in rows])
+        return
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{v:.3f}"
+
+    table = Table(title="fraud rules vs truth labels")
+    for col in (
+        "scenario",
+        "rule",
+        "labelled",
+        "alerted",
+        "true pos.",
+        "precision",
+        "recall",
+        "F1",
+    ):
+        table.add_column(col, justify="left" if col in ("scenario", "rule") else "right")
+    for r in rows:
+        table.add_row(
+            r.scenario,
+            r.rule,
+            f"{r.labelled:,}",
+            f"{r.alerted:,}",
+            f"{r.true_positives:,}",
+            pct(r.precision),
+            pct(r.recall),
+            pct(r.f1),
+        )
+    out.print(table)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="dbt")

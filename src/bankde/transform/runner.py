@@ -1,0 +1,162 @@
+"""Run dbt in this process (dbtRunner) against bankde's warehouse, holding the warehouse lock."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from bankde.errors import BankdeError, ConfigError
+
+if TYPE_CHECKING:
+    from bankde.settings import Settings
+
+# dbt subcommands `bankde dbt` passes through; everything after them goes to dbt verbatim.
+COMMANDS = ("build", "run", "test", "docs", "snapshot", "compile", "ls", "debug", "parse", "seed")
+
+_DEV_SALT = "bankde-dev-salt-not-secret"
+
+
+class DbtFailed(BankdeError):
+    """dbt ran but a model or test failed (details are in dbt's own output above)."""
+
+
+@dataclass(frozen=True)
+class DbtResult:
+    """What a dbt invocation did: success, and per node its name, status and timing."""
+
+    success: bool
+    nodes: tuple[tuple[str, str, float], ...]
+
+
+def project_dir() -> Path:
+    """The repo's dbt project (BANKDE_DBT_PROJECT_DIR overrides, for installed copies)."""
+    override = os.environ.get("BANKDE_DBT_PROJECT_DIR")
+    if override:
+        return Path(override).resolve()
+    return Path(__file__).resolve().parents[3] / "dbt"
+
+
+def wh_prefix(settings: Settings) -> str:
+    """Database-name prefix of this warehouse (test isolation); '' in normal use."""
+    return settings.wh_prefix
+
+
+def warehouse_path(settings: Settings) -> str:
+    """The embedded warehouse directory exactly as the warehouse client spells it (realpath)."""
+    from bankde.warehouse.client import warehouse_path as _path
+
+    return _path(settings)
+
+
+def dbt_env(
+    settings: Settings, prefix: str | None = None, threads: int | None = None
+) -> dict[str, str]:
+    """Environment variables profiles.yml and the models read, derived from bankde's settings."""
+    home = settings.home_dir
+    layer_prefix = wh_prefix(settings) if prefix is None else prefix
+    # Artifacts per prefix: pipelines sharing a BANKDE_HOME never share dbt's target/ directory.
+    artifacts = home / "dbt" / (layer_prefix.rstrip("_") or "default")
+    env = {
+        "BANKDE_HOME": str(home),
+        "BANKDE_WAREHOUSE_DIR": warehouse_path(settings),
+        "BANKDE_WH_PREFIX": layer_prefix,
+        "DBT_TARGET_PATH": str(artifacts / "target"),
+        "DBT_LOG_PATH": str(artifacts / "logs"),
+        "BANKDE_PII_SALT": os.environ.get("BANKDE_PII_SALT", _DEV_SALT),
+        "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+    }
+    if threads is not None:
+        env["BANKDE_DBT_THREADS"] = str(threads)
+    if settings.clickhouse_url:
+        url = urlsplit(settings.clickhouse_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise ConfigError(
+                f"BANKDE_CLICKHOUSE_URL={settings.clickhouse_url!r}: expected http(s)://user:pass@host:port"
+            )
+        env.update(
+            {
+                "BANKDE_DBT_TARGET": "clickhouse",
+                "BANKDE_CH_HOST": url.hostname,
+                "BANKDE_CH_PORT": str(url.port or (8443 if url.scheme == "https" else 8123)),
+                "BANKDE_CH_USER": url.username or "default",
+                "BANKDE_CH_PASSWORD": url.password or "",
+                "BANKDE_CH_SECURE": "true" if url.scheme == "https" else "false",
+            }
+        )
+    else:
+        env["BANKDE_DBT_TARGET"] = "chdb"
+    return env
+
+
+@contextmanager
+def _environ(values: Mapping[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _own_warehouse(settings: Settings) -> None:
+    """Open (once per process) the warehouse and its named lock before dbt connects to it.
+
+    Embedded chDB: the process-wide engine is opened by bankde's warehouse client, which holds
+    the lock file for the life of the process; dbt's chdb connections then attach to the same
+    engine. Another process holding the warehouse makes this wait, then fail naming it.
+    """
+    from bankde.warehouse.client import open_warehouse
+
+    open_warehouse(settings)
+
+
+def run_dbt(
+    args: Sequence[str],
+    settings: Settings,
+    *,
+    prefix: str | None = None,
+    threads: int | None = None,
+    quiet: bool = False,
+) -> DbtResult:
+    """Invoke dbt with `args` (e.g. ["build", "--select", "marts"]) on bankde's warehouse.
+
+    Runs in this process so the chDB engine (one per process) is shared with bankde's own
+    warehouse client; holds the warehouse lock for the duration. Never raises for failed models
+    or tests: the result says so. Raises ConfigError for unknown commands.
+    """
+    from dbt.cli.main import dbtRunner
+
+    if not args or args[0] not in COMMANDS:
+        raise ConfigError(
+            f"dbt command must be one of {', '.join(COMMANDS)} (got {' '.join(args)!r})"
+        )
+    project = project_dir()
+    if not (project / "dbt_project.yml").is_file():
+        raise ConfigError(f"no dbt project at {project} (set BANKDE_DBT_PROJECT_DIR)")
+    env = dbt_env(settings, prefix=prefix, threads=threads)
+    full = [*args, "--project-dir", str(project), "--profiles-dir", str(project)]
+    if quiet:
+        full = ["--quiet", *full]
+    _own_warehouse(settings)
+    with _environ(env):
+        res = dbtRunner().invoke(full)
+    nodes: list[tuple[str, str, float]] = []
+    result = res.result
+    for r in getattr(result, "results", None) or []:
+        node = getattr(r, "node", None)
+        name = getattr(node, "name", "?") if node is not None else "?"
+        nodes.append(
+            (str(name), str(getattr(r, "status", "?")), float(getattr(r, "execution_time", 0.0)))
+        )
+    if res.exception is not None and not nodes:
+        raise DbtFailed(f"dbt {args[0]} could not run: {res.exception}")
+    return DbtResult(success=bool(res.success), nodes=tuple(nodes))

@@ -1,0 +1,260 @@
+"""Airflow DAGs: integrity (import, ids, tags, retries, pool) and every DAG run for real, each task
+in its own process, against the managed Postgres and a chDB warehouse of the test's own."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from bankde.settings import Settings
+from tests.conftest import REPO, free_port, make_home
+
+pytest.importorskip("airflow", reason="Airflow is the [airflow] extra: pip install -e '.[airflow]'")
+
+EXPECTED = {"pg_to_ch", "cdc_to_dwh", "dbt_incremental", "cdc_monitoring"}
+# Tasks that open the warehouse, per DAG: they must run in the one-slot pool.
+WAREHOUSE_TASKS = {
+    "pg_to_ch": {"resync_raw", "reconcile"},
+    "cdc_to_dwh": {"sync"},
+    "dbt_incremental": {"dbt_build"},
+    "cdc_monitoring": {"freshness", "reconciliation"},
+}
+
+_DESCRIBE = r"""
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=sys.argv[1])
+out = {"errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": {}}
+for dag_id, dag in bag.dags.items():
+    out["dags"][dag_id] = {
+        "tags": sorted(dag.tags),
+        "doc": bool(dag.doc_md and dag.doc_md.strip()),
+        "schedule": type(dag.timetable).__name__,
+        "assets": repr(getattr(dag.timetable, "asset_condition", None)),
+        "tasks": {
+            t.task_id: {
+                "retries": t.retries,
+                "pool": t.pool,
+                "outlets": [getattr(o, "uri", str(o)) for o in t.outlets],
+            }
+            for t in dag.tasks
+        },
+    }
+print(json.dumps(out))
+"""
+
+
+def _airflow_env(settings: Settings, port: int, home: Path) -> dict[str, str]:
+    from bankde.orchestration.airflow_env import airflow_env
+
+    return airflow_env(settings, port, home=home)
+
+
+def test_dag_integrity(tmp_path: Path) -> None:
+    """Every DAG file imports; ids, tags, docs, retries, pool and asset wiring are as designed."""
+    from bankde.orchestration.airflow_env import WAREHOUSE_POOL, dags_folder
+    from bankde.orchestration.tasks import RAW_ASSET_URI
+
+    settings = Settings(home=make_home("bankde-af-int-"))
+    env = _airflow_env(settings, free_port(), tmp_path / "airflow")
+    proc = subprocess.run(
+        [sys.executable, "-c", _DESCRIBE, str(dags_folder())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert info["errors"] == {}
+    assert set(info["dags"]) == EXPECTED
+    for dag_id, dag in info["dags"].items():
+        assert "bankde" in dag["tags"], dag_id
+        assert dag["doc"], f"{dag_id} has no doc_md"
+        for task_id, task in dag["tasks"].items():
+            assert task["retries"] >= 1, f"{dag_id}.{task_id} has no retries"
+            in_pool = task["pool"] == WAREHOUSE_POOL
+            assert in_pool == (task_id in WAREHOUSE_TASKS[dag_id]), f"{dag_id}.{task_id} pool"
+    assert RAW_ASSET_URI in info["dags"]["cdc_to_dwh"]["tasks"]["sync"]["outlets"]
+    assert RAW_ASSET_URI in info["dags"]["pg_to_ch"]["tasks"]["resync_raw"]["outlets"]
+    # dbt_incremental runs when cdc_to_dwh (or pg_to_ch) updated the raw asset.
+    assert "Asset" in info["dags"]["dbt_incremental"]["schedule"]
+    assert RAW_ASSET_URI in info["dags"]["dbt_incremental"]["assets"]
+
+
+@pytest.fixture()
+def pipeline_settings(source_settings: Settings) -> Iterator[Settings]:
+    """The test's own database (on the session cluster), slot, publication, warehouse and home."""
+    from bankde.cdc.slot import drop_publication, drop_slot
+    from bankde.source.cluster import ManagedCluster
+
+    cluster = ManagedCluster(source_settings)
+    tag = uuid.uuid4().hex[:8]
+    home = make_home("bankde-af-run-")
+    settings = source_settings.model_copy(
+        update={
+            "home": home,
+            "db_password": cluster.app_password(),
+            "cdc_password": cluster.cdc_password(),
+            "cdc_slot": f"af_{tag}",
+            "cdc_publication": f"af_{tag}",
+        }
+    )
+    try:
+        yield settings
+    finally:
+        drop_slot(settings)
+        drop_publication(settings)
+        import shutil
+
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _fill(settings: Settings, txns: int, seed: int, backfill_days: int, as_of: datetime) -> None:
+    from dataclasses import replace
+
+    from bankde.generator import FillConfig, fill
+
+    config = replace(
+        FillConfig(),
+        seed=seed,
+        customers=150,
+        terminals=80,
+        n_new_txns=txns,
+        backfill_days=backfill_days,
+        as_of=as_of,
+        backfill_txns_per_day=txns // 2,
+    )
+    fill(settings, config)
+
+
+@pytest.fixture()
+def api_server(pipeline_settings: Settings) -> Iterator[dict[str, str]]:
+    """Airflow's API server (task runners report to it), its metadata DB and the warehouse pool."""
+    from bankde.orchestration.airflow_env import airflow_bin, prepare
+
+    port = free_port()
+    env = _airflow_env(pipeline_settings, port, pipeline_settings.home_dir / "airflow")
+    prepare(pipeline_settings, env)
+    log = open(pipeline_settings.home_dir / "api-server.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [str(airflow_bin()), "api-server", "--port", str(port), "--host", "127.0.0.1"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("airflow api-server did not start") from None
+                time.sleep(0.5)
+        yield env
+    finally:
+        # SIGINT is the API server's clean stop; SIGTERM would leave its workers behind.
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def _dags_test(env: dict[str, str], dag_id: str) -> str:
+    """`airflow dags test --use-executor`: the LocalExecutor runs each task in its own process."""
+    from bankde.orchestration.airflow_env import airflow_bin
+
+    proc = subprocess.run(
+        [str(airflow_bin()), "dags", "test", "--use-executor", dag_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"{dag_id} failed:\n{output[-6000:]}"
+    assert "state=success" in output, output[-3000:]
+    return output
+
+
+def _task_log(settings: Settings, dag_id: str, task_id: str) -> str:
+    logs = sorted((settings.home_dir / "airflow" / "logs" / f"dag_id={dag_id}").rglob(f"task_id={task_id}/*.log"))
+    return "\n".join(p.read_text(errors="replace") for p in logs)
+
+
+def _bankde(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    from bankde.orchestration.airflow_env import settings_env
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BANKDE_", "DB_"))}
+    env.update(settings_env(settings))
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "bankde"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+
+
+def test_every_dag_runs_for_real(pipeline_settings: Settings, api_server: dict[str, str]) -> None:
+    """pg_to_ch snapshots, cdc_to_dwh applies new changes (waiting for a warehouse held by another
+    process), dbt_incremental builds, cdc_monitoring passes; source and warehouse end equal."""
+    settings, env = pipeline_settings, api_server
+    t0 = datetime.now(UTC).replace(microsecond=0)
+    _fill(settings, 3000, seed=11, backfill_days=2, as_of=t0)
+    _dags_test(env, "pg_to_ch")
+
+    # New inserts, closes and fraud after the snapshot, for the micro-batch to apply: the next
+    # day's activity, after everything the first fill wrote.
+    _fill(settings, 2000, seed=12, backfill_days=0, as_of=t0 + timedelta(hours=25))
+    hold = 15
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from bankde.warehouse.client import open_warehouse; "
+            f"open_warehouse(); print('held', flush=True); time.sleep({hold})",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    started = time.monotonic()
+    _dags_test(env, "cdc_to_dwh")
+    # The task waited on the named lock until the holder let go, instead of failing.
+    assert time.monotonic() - started >= hold - 1
+    assert holder.wait(timeout=30) == 0
+    applied = re.search(r"'changes': (\d+)", _task_log(settings, "cdc_to_dwh", "sync"))
+    assert applied and int(applied.group(1)) > 0
+
+    _dags_test(env, "dbt_incremental")
+    _dags_test(env, "cdc_monitoring")
+    assert "'equal': True" in _task_log(settings, "cdc_monitoring", "reconciliation")
+
+    rec = _bankde(settings, "reconcile", "--json")
+    assert rec.returncode == 0, rec.stdout[-3000:] + rec.stderr[-2000:]
+    assert json.loads(rec.stdout)["equal"] is True
+
+    # With nothing new, cdc_to_dwh skips its task (no asset event, no dbt run for nothing).
+    out = _dags_test(env, "cdc_to_dwh")
+    assert "skipped" in out.lower()

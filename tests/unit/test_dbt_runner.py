@@ -1,0 +1,56 @@
+"""The dbt runner's environment, the chdb adapter plugin's registration, and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bankde.errors import ConfigError
+from bankde.settings import Settings
+from bankde.transform.runner import dbt_env, project_dir, run_dbt
+
+
+def test_embedded_env_points_dbt_at_the_warehouse_and_prefix(tmp_path: Path) -> None:
+    s = Settings(home=tmp_path, wh_prefix="t1_", clickhouse_url=None)
+    env = dbt_env(s)
+    assert env["BANKDE_DBT_TARGET"] == "chdb"
+    assert env["BANKDE_WAREHOUSE_DIR"] == str((tmp_path / "warehouse").resolve())
+    assert env["BANKDE_WH_PREFIX"] == "t1_"
+    # Artifacts per prefix, outside the repo.
+    assert env["DBT_TARGET_PATH"] == str(tmp_path.resolve() / "dbt" / "t1" / "target")
+    assert env["BANKDE_PII_SALT"]
+
+
+def test_server_env_is_derived_from_the_clickhouse_url(tmp_path: Path) -> None:
+    s = Settings(home=tmp_path, clickhouse_url="https://ana:s3cret@ch.example:8443")
+    env = dbt_env(s)
+    assert env["BANKDE_DBT_TARGET"] == "clickhouse"
+    assert (env["BANKDE_CH_HOST"], env["BANKDE_CH_PORT"]) == ("ch.example", "8443")
+    assert (env["BANKDE_CH_USER"], env["BANKDE_CH_PASSWORD"]) == ("ana", "s3cret")
+    assert env["BANKDE_CH_SECURE"] == "true"
+
+
+def test_bad_clickhouse_url_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="BANKDE_CLICKHOUSE_URL"):
+        dbt_env(Settings(home=tmp_path, clickhouse_url="tcp://nowhere"))
+
+
+def test_unknown_dbt_command_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="dbt command must be one of"):
+        run_dbt(["drop-everything"], Settings(home=tmp_path))
+
+
+def test_project_and_profiles_are_in_the_repo() -> None:
+    project = project_dir()
+    assert (project / "dbt_project.yml").is_file()
+    profiles = (project / "profiles.yml").read_text()
+    assert "type: chdb" in profiles and "type: clickhouse" in profiles
+
+
+def test_dbt_finds_the_chdb_plugin_and_its_clickhouse_dependency() -> None:
+    from dbt.adapters.factory import FACTORY
+
+    credentials = FACTORY.load_plugin("chdb")
+    assert credentials.__name__ == "ChdbCredentials"
+    assert FACTORY.get_adapter_type_names("chdb") == ["chdb", "clickhouse"]
