@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+AIRFLOW_STAMP := $(VENV)/.installed-airflow
 
-.PHONY: demo test lint typecheck pytest bench-fill bench-sink bench venv clean
+.PHONY: demo airflow test lint typecheck pytest bench-fill bench-sink bench-dbt bench venv clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,6 +14,15 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+# The [airflow] extra (apache-airflow 3.3): for `make airflow` and the DAG tests.
+$(AIRFLOW_STAMP): $(STAMP)
+	@$(BIN)/python -m pip install -q -e '.[airflow]'
+	@touch $(AIRFLOW_STAMP)
+
+## airflow: the DAGs in Airflow standalone (SQLite under .bankde/airflow); prints URL and password file; Ctrl-C stops
+airflow: $(AIRFLOW_STAMP)
+	$(BIN)/bankde airflow
 
 ## demo: set everything up and run the main job
 demo: $(STAMP)
@@ -30,7 +40,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy src
 
-pytest: $(STAMP)
+pytest: $(STAMP) $(AIRFLOW_STAMP)
 	$(BIN)/pytest
 
 bench-fill: $(STAMP)
@@ -38,6 +48,9 @@ bench-fill: $(STAMP)
 
 bench-sink: $(STAMP)
 	$(BIN)/python bench/sink.py
+
+bench-dbt: $(STAMP)
+	$(BIN)/python bench/dbt.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

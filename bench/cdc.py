@@ -19,6 +19,8 @@ from bankde.source.cluster import ManagedCluster
 from bankde.source.connection import cdc_info, connect, source_info
 from bankde.source.schema import init_source
 
+BASELINE_SLOTS = ("bench_decode", "bench_walsender")
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -172,19 +174,28 @@ def main() -> None:
             f"rows/s | ratio {snap_rate / base_copy:.2f}"
         )
 
-        # Streaming: a slot for the raw-decode baseline sees the same WAL as the capture slot.
+        # Streaming: baseline slots created before the load see the same WAL as the capture.
         with connect(cdc_info(settings)) as conn:
-            conn.execute("SELECT pg_create_logical_replication_slot('bench_decode', 'pgoutput')")
+            for slot in BASELINE_SLOTS:
+                conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
             conn.commit()
         dbz = debezium_prepare(settings)
         made = mixed_load(settings, args.changes)
+        # Every change is committed before the clock starts: it runs from the moment they are
+        # all available until sync returns (connect and catch-up included) and counts only the
+        # changes the sink wrote.
         start = time.perf_counter()
         res2 = capture.sync(settings, show_progress=False)
-        apply_rate = res2.changes / (time.perf_counter() - start)
+        apply_secs = time.perf_counter() - start
+        apply_rate = res2.changes / apply_secs
+        base_wal = walsender_baseline(settings, res2.changes, res2.lsn)
         base_decode = decode_baseline_existing(settings)
         print(
-            f"stream: {res2.changes:,} changes ({made:,} made) applied at {apply_rate:,.0f} changes/s "
-            f"(target >= 100,000) | baseline read+decode only {base_decode:,.0f} changes/s | ratio "
+            f"stream: {res2.changes:,} changes ({made:,} made) applied in {apply_secs:.2f}s = "
+            f"{apply_rate:,.0f} changes/s (target >= 100,000; streaming phase alone "
+            f"{res2.changes_per_s:,.0f}/s) | baselines on the same WAL: walsender alone "
+            f"(pg_recvlogical) {base_wal:,.0f} changes/s, ratio {apply_rate / base_wal:.2f}; "
+            f"read+decode without warehouse {base_decode:,.0f} changes/s, ratio "
             f"{apply_rate / base_decode:.2f}"
         )
 
@@ -199,7 +210,7 @@ def main() -> None:
         )
         print(f"peak RSS: {_peak_rss_mib():,.0f} MiB")
     finally:
-        for slot in ("bench_decode", settings.cdc_slot, f"{settings.cdc_slot}_dbz"):
+        for slot in (*BASELINE_SLOTS, settings.cdc_slot, f"{settings.cdc_slot}_dbz"):
             try:
                 drop_slot(settings.model_copy(update={"cdc_slot": slot}))
             except Exception as exc:
@@ -244,8 +255,37 @@ def debezium_stream(dbz: Settings, native_rate: float) -> None:
     )
 
 
+def walsender_baseline(settings: Settings, changes: int, end_lsn: int) -> float:
+    """Changes/s Postgres' walsender alone delivers (pg_recvlogical to /dev/null, same WAL and
+    options): the ceiling of any pgoutput consumer on this machine."""
+    import subprocess
+
+    from bankde.cdc.envelope import format_lsn
+    from bankde.cdc.native import PROTO_VERSION
+    from bankde.source.cluster import find_pg_bin
+
+    started = time.perf_counter()
+    subprocess.run(
+        [
+            str(find_pg_bin() / "pg_recvlogical"),
+            f"--dbname={cdc_info(settings).dsn}",
+            "--slot=bench_walsender",
+            "--start",
+            f"--endpos={format_lsn(end_lsn)}",
+            "--no-loop",
+            f"--option=proto_version={PROTO_VERSION}",
+            f"--option=publication_names={settings.cdc_publication}",
+            "--file=/dev/null",
+        ],
+        check=True,
+    )
+    return changes / (time.perf_counter() - started)
+
+
 def decode_baseline_existing(settings: Settings) -> float:
-    """Read+decode rate on the baseline slot created before the load (same WAL as the capture)."""
+    """Read + bulk-decode rate on a slot created before the load (same WAL and batches as the
+    capture), without the warehouse write."""
+    from bankde.cdc.columnar import ChangeBatch
     from bankde.cdc.native import NativeEngine
     from bankde.cdc.slot import current_wal_lsn, slot_state
     from bankde.contracts import Offset
@@ -261,13 +301,18 @@ def decode_baseline_existing(settings: Settings) -> float:
     target = current_wal_lsn(s)
     eng.open(NoSink())  # type: ignore[arg-type]
     n = 0
+    batch = ChangeBatch()
     began = time.perf_counter()
     while not eng.caught_up(target):
         txn = eng.poll(0.5)
         if txn is not None:
-            n += len(txn.events)
+            batch.add(txn)
+            if batch.rows >= settings.cdc_batch_rows:
+                n += len(batch)
+                batch = ChangeBatch()
         else:
             eng.request_status()
+    n += len(batch)
     secs = time.perf_counter() - began
     eng.close()
     return n / secs if secs > 0 else 0.0

@@ -21,8 +21,7 @@ import pytest
 from bankde.settings import Settings
 from tests.conftest import REPO, free_port, make_home
 
-pytest.importorskip("airflow", reason="Airflow is the [airflow] extra: pip install -e '.[airflow]'")
-
+# Needs the [airflow] extra (`make pytest` installs it): a missing Airflow fails, never skips.
 EXPECTED = {"pg_to_ch", "cdc_to_dwh", "dbt_incremental", "cdc_monitoring"}
 # Tasks that open the warehouse, per DAG: they must run in the one-slot pool.
 WAREHOUSE_TASKS = {
@@ -160,7 +159,9 @@ def api_server(pipeline_settings: Settings) -> Iterator[dict[str, str]]:
         deadline = time.monotonic() + 90
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=2):
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=2
+                ):
                     break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
@@ -196,7 +197,11 @@ def _dags_test(env: dict[str, str], dag_id: str) -> str:
 
 
 def _task_log(settings: Settings, dag_id: str, task_id: str) -> str:
-    logs = sorted((settings.home_dir / "airflow" / "logs" / f"dag_id={dag_id}").rglob(f"task_id={task_id}/*.log"))
+    logs = sorted(
+        (settings.home_dir / "airflow" / "logs" / f"dag_id={dag_id}").rglob(
+            f"task_id={task_id}/*.log"
+        )
+    )
     return "\n".join(p.read_text(errors="replace") for p in logs)
 
 

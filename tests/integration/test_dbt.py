@@ -199,6 +199,15 @@ def test_incremental_build_equals_full_refresh(pipeline: Pipeline) -> None:
     assert incremental["ods.fct_transactions"][0] == live
     assert live != before
 
+    # SCD2: cards closed by the second fill went active -> closed at their closed_at.
+    hist = f"`{s.wh_prefix}ods`.ods_card_status_history"
+    reclosed = wh.query(
+        f"select card_id, closed_at, valid_from from {hist} where is_current and status = 'closed' "
+        f"and card_id in (select card_id from {hist} where not is_inferred and status = 'active')"
+    )
+    assert reclosed, "no card seen active, then closed"
+    assert all(valid_from == closed_at for _, closed_at, valid_from in reclosed)
+
     assert _build(s, "--full-refresh"), "full-refresh dbt build failed"
     assert _fingerprints(s) == incremental
 

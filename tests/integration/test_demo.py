@@ -19,7 +19,9 @@ BANKDE = Path(sys.executable).parent / "bankde"
 
 
 def _env(home: Path, port: int, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("BANKDE_", "DB_", "VIRTUAL_ENV"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("BANKDE_", "DB_", "VIRTUAL_ENV"))
+    }
     env.update({"BANKDE_HOME": str(home), "BANKDE_PG_PORT": str(port), **extra})
     return env
 
@@ -124,8 +126,16 @@ def _fresh_checkout(dest: Path) -> None:
     instead, to try uncommitted changes)."""
     if os.environ.get("BANKDE_DEMO_FROM") == "worktree":
         ignore = shutil.ignore_patterns(
-            ".venv", ".bankde", ".git", "__pycache__", "*.egg-info", ".mypy_cache", ".ruff_cache",
-            ".pytest_cache", "target", "logs",
+            ".venv",
+            ".bankde",
+            ".git",
+            "__pycache__",
+            "*.egg-info",
+            ".mypy_cache",
+            ".ruff_cache",
+            ".pytest_cache",
+            "target",
+            "logs",
         )
         shutil.copytree(REPO, dest, ignore=ignore)
         return
@@ -149,7 +159,7 @@ def test_make_demo_from_a_fresh_clone(tmp_path: Path) -> None:
         )
         seconds = time.monotonic() - started
         assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-4000:])
-        print(f"make demo from a fresh clone: {seconds:.0f}s")  # noqa: T201
+        print(f"make demo from a fresh clone: {seconds:.0f}s")
         assert "reconciliation: equal" in proc.stdout
         summary = json.loads((home / "demo-summary.json").read_text())
         _assert_good_summary(summary)

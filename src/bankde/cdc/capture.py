@@ -135,8 +135,9 @@ class Streamer:
         self._txns = 0
         self._first_lsn = 0
         self._end_lsn = 0  # end LSN of the last complete transaction held or written
-        self._written = 0  # end LSN the sink holds
+        self._submitted = 0  # end LSN of the last batch handed to the writer
         self._acked = 0
+        self._writer = _Writer(self._write)
         self._batch_started: float | None = None
         self._columns: dict[tuple[str, str], tuple[str, ...]] = {}
 
@@ -154,7 +155,8 @@ class Streamer:
             self.result.snapshot_rows = dict(snap_rows)
             self.result.snapshot_seconds = float(getattr(self.engine, "snapshot_seconds", 0.0))
         self._reset_buffer()
-        self._written = self._acked = self._end_lsn = offset.lsn
+        self._writer.reset(offset.lsn)
+        self._submitted = self._acked = self._end_lsn = offset.lsn
         self.result.lsn = offset.lsn
         self._columns.clear()
         return offset
@@ -163,6 +165,11 @@ class Streamer:
         if self.engine is not None:
             self.engine.close()
             self.engine = None
+
+    def shutdown(self) -> None:
+        """Close the source and stop the writer thread (after the write in flight, if any)."""
+        self.close()
+        self._writer.close()
 
     def _reset_buffer(self) -> None:
         self._batch = ChangeBatch()
@@ -184,8 +191,13 @@ class Streamer:
             self._take(txn)
         now = time.monotonic()
         due = self._batch_started is not None and now >= self._batch_started + self.batch_seconds
-        if self._batch.rows >= self.batch_rows or due or engine.must_flush:
+        if engine.must_flush:
             self.flush()
+        elif self._batch.rows >= self.batch_rows or due:
+            # Hand the batch to the writer and read on; it is acknowledged once written.
+            self.flush(wait=False)
+        else:
+            self._acknowledge()
         return txn
 
     def _take(self, txn: Transaction) -> None:
@@ -206,64 +218,178 @@ class Streamer:
             key = (rel.schema, rel.table)
             if self._columns.get(key) == rel.names:
                 continue
-            # Rows already held were decoded with the old columns: write them before altering.
+            # Rows already held have the old columns: write them before altering.
             self.flush()
             self.sink.ensure_columns(rel.schema, rel.table, source_columns(rel))
             self._columns[key] = rel.names
 
-    def flush(self) -> None:
-        """Write what is held (complete transactions) with its offset, then acknowledge."""
+    def flush(self, wait: bool = True) -> None:
+        """Hand what is held (complete transactions) with its offset to the writer; with `wait`,
+        also wait until everything handed over is written. Then acknowledge what is written."""
+        assert self.engine is not None
+        if self._end_lsn > self._submitted:
+            job = _Job(
+                self._batch,
+                Offset(self.settings.cdc_slot, self._end_lsn, True),
+                self._txns,
+                self._first_lsn,
+                self._commit_ms,
+            )
+            # Blocks while the previous batch is still being written: at most two batches
+            # (one being written, one being filled) are ever held.
+            self._writer.submit(job)
+            self._submitted = self._end_lsn
+            self._reset_buffer()
+        if wait:
+            self._writer.wait()
+        self._acknowledge()
+
+    def _acknowledge(self) -> None:
+        """Acknowledge (from the reading thread: the connection is not thread-safe) what the
+        writer has durably written, offset included."""
         engine = self.engine
         assert engine is not None
-        if self._end_lsn > self._written:
-            started = time.monotonic()
-            batch = self._batch
-            offset = Offset(self.settings.cdc_slot, self._end_lsn, True)
-            # Rows of a table older than a truncate are hidden; later events stay.
-            truncates = batch.truncates()
-            if batch.rows or truncates:
-                self.sink.apply(batch, offset, truncates)
-            # A transaction with no captured rows needs no write: acknowledging it is enough.
-            self._written = self._end_lsn
-            self._record(batch, started)
-        if self._written > self._acked:
-            engine.acknowledge(self._written)
-            self._acked = self._written
-            self.result.lsn = self._acked
-        elif engine.must_flush:
+        written = self._writer.written()
+        if written > self._acked:
+            engine.acknowledge(written)
+            self._acked = written
+            self.result.lsn = written
+        elif engine.must_flush and self._submitted <= self._acked:
             engine.acknowledge(self._acked)
-        self._reset_buffer()
 
-    def _record(self, batch: ChangeBatch, started: float) -> None:
+    def _write(self, job: _Job) -> None:
+        """The writer thread's work: one batch and its offset into the sink."""
+        started = time.monotonic()
+        batch = job.batch
+        # Rows of a table older than a truncate are hidden; later events stay.
+        truncates = batch.truncates()
+        if batch.rows or truncates:
+            self.sink.apply(batch, job.offset, truncates)
+        # A transaction with no captured rows needs no write: acknowledging it is enough.
+        self._record(job, started)
+
+    def _record(self, job: _Job, started: float) -> None:
+        batch = job.batch
         if not batch.rows:
             return
         tables = batch.table_counts()
         changes = sum(tables.values())
         res = self.result
         res.changes += changes
-        res.transactions += self._txns
+        res.transactions += job.txns
         res.batches += 1
         for name, n in tables.items():
             res.tables[name] = res.tables.get(name, 0) + n
         if self.on_batch is not None:
-            lag = int(time.time() * 1000) - self._commit_ms[-1]
+            lag = int(time.time() * 1000) - job.commit_ms[-1]
             self.on_batch(
                 BatchStats(
                     changes,
-                    self._txns,
-                    self._first_lsn,
-                    self._end_lsn,
+                    job.txns,
+                    job.first_lsn,
+                    job.offset.lsn,
                     time.monotonic() - started,
                     tables,
                     lag,
-                    self._commit_ms,
+                    job.commit_ms,
                 )
             )
 
     def drop_unwritten(self) -> None:
-        """Forget held transactions (the connection broke; the slot re-sends them)."""
+        """Forget held transactions (the connection broke; the slot re-sends them). A batch
+        already being written finishes first, so a reconnect resumes from a settled offset."""
+        self._writer.wait()
         self._reset_buffer()
-        self._end_lsn = self._written
+        self._end_lsn = self._submitted = self._writer.written()
+
+
+@dataclass
+class _Job:
+    batch: ChangeBatch
+    offset: Offset
+    txns: int
+    first_lsn: int
+    commit_ms: list[int]
+
+
+class _Writer:
+    """One thread writing batches to the sink in order, one at a time, while the caller reads
+    on (the warehouse insert and most of the bulk decoding release the GIL).
+
+    `written()` is the end LSN of the newest batch fully written (rows and offset); a failed
+    write is raised to the caller at its next submit/wait, and nothing after it is written.
+    """
+
+    def __init__(self, write: Callable[[_Job], None]) -> None:
+        self._write = write
+        self._cond = threading.Condition()
+        self._job: _Job | None = None
+        self._written = 0
+        self._error: BaseException | None = None
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def reset(self, lsn: int) -> None:
+        self.wait()
+        with self._cond:
+            self._written = lsn
+
+    def written(self) -> int:
+        with self._cond:
+            self._raise()
+            return self._written
+
+    def submit(self, job: _Job) -> None:
+        with self._cond:
+            while self._job is not None and self._error is None:
+                self._cond.wait()
+            self._raise()
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="bankde-cdc-writer", daemon=True
+                )
+                self._thread.start()
+            self._job = job
+            self._cond.notify_all()
+
+    def wait(self) -> None:
+        with self._cond:
+            while self._job is not None and self._error is None:
+                self._cond.wait()
+            self._raise()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._job is None and not self._closed:
+                    self._cond.wait()
+                job = self._job
+                if job is None:
+                    return
+            try:
+                self._write(job)
+            except BaseException as exc:
+                with self._cond:
+                    self._error = exc
+                    self._job = None
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._written = job.offset.lsn
+                self._job = None
+                self._cond.notify_all()
 
 
 def source_columns(rel: Relation) -> list[SourceColumn]:
@@ -381,7 +507,7 @@ def _stream(
                     if not _is_disconnect(exc):
                         raise
     finally:
-        streamer.close()
+        streamer.shutdown()
     res = streamer.result
     res.seconds = time.monotonic() - started
     res.stream_seconds = time.monotonic() - stream_started if stream_started else 0.0

@@ -7,6 +7,7 @@ from typing import Any, overload
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from bankde.cdc.envelope import ChangeColumns, ChangeEvent, make_version
 from bankde.cdc.pgoutput import Relation, RowChunk, Transaction
@@ -19,9 +20,6 @@ _UPD, _DEL = 0x55, 0x44
 _OPS = pa.array(["c", "u", "d"], pa.string())
 _C, _UOP, _D = 0, 1, 2
 _MAX_STRING_BYTES = 2**31 - 1  # Arrow string offsets are int32
-# Columns whose values are all at most this long are copied as fixed-width windows.
-_WINDOW = 64
-_PAD = _WINDOW + 8
 
 
 class _Irregular(Exception):
@@ -151,54 +149,66 @@ class ChangeBatch(Sequence[ChangeEvent]):
 
 
 class _Rows:
-    """The row messages of one relation, decoded in bulk: where each value sits in one buffer.
+    """The row messages of one relation, decoded in bulk.
 
-    `start`/`length`/`kind` have one row per column and one column per message; `new*` is the
-    key row of each message (new row of inserts and updates, old row of deletes), `old*` the
-    first tuple (the old row when an update or delete carries one).
+    Two walks over the joined messages find every value: the first tuple of each message (the
+    row of inserts, the old row of updates and deletes) and the second tuple of updates that
+    carry an old row. Each walk's values become one zero-copy Arrow string array over the
+    joined buffer (value i is element 2i+1; the even elements are the bytes in between), so
+    building a column is one Arrow `take` per walk instead of Python work per value.
+    `start`/`length`/`kind` arrays have one row per column and one column per message.
     """
 
     def __init__(self, rel: Relation, payloads: list[bytes]) -> None:
         n = len(payloads)
-        ncols = len(rel.names)
+        self.ncols = ncols = len(rel.names)
         sizes = np.fromiter(map(len, payloads), np.int64, n)
         at = np.zeros(n, np.int64)
         np.cumsum(sizes[:-1], out=at[1:])
-        # Padding: reads past the last value (a length after a trailing null, a fixed-width
-        # window in _text) stay inside the buffer.
-        self.buf = buf = np.frombuffer(b"".join(payloads) + bytes(_PAD), np.uint8)
+        if int(sizes.sum()) > _MAX_STRING_BYTES:
+            raise _Irregular  # Arrow offsets into the joined buffer would overflow int32
+        # Padding: a length read after a trailing null column stays inside the buffer.
+        self.buf = buf = np.frombuffer(b"".join(payloads) + bytes(8), np.uint8)
+        # Big-endian uint32 at every byte offset (an unaligned view, no copy).
+        be32 = np.ndarray((len(buf) - 3,), np.dtype(">u4"), buf, 0, (1,))
         mtype = buf[at]
         sub = buf[at + 5]
-        o_start, o_len, o_kind, end = _walk(buf, at + 6, ncols)
+        o_start, o_len, o_kind, end = _walk(buf, be32, at + 6, ncols)
+        self.first = _values(buf, o_start, o_len)
         self.old = (o_start, o_len, o_kind)
-        start, length, kind = o_start.copy(), o_len.copy(), o_kind.copy()
         upd_old = np.flatnonzero((mtype == _UPD) & ((sub == _K) | (sub == _O)))
+        self.upd_old = upd_old
+        self.second: pa.Array | None = None
+        self.fill = np.zeros((ncols, len(upd_old)), bool)
         if len(upd_old):
             if (buf[end[upd_old]] != _NEW).any():
                 raise CaptureError("pgoutput update without its new row: the stream is malformed")
-            s2, l2, k2, _ = _walk(buf, end[upd_old] + 1, ncols)
-            start[:, upd_old], length[:, upd_old], kind[:, upd_old] = s2, l2, k2
-        unchanged = kind == _U
-        if unchanged.any():
-            fill = unchanged & ((mtype == _UPD) & (sub == _O))[None, :]
-            if (unchanged & ~fill).any():
-                raise _Irregular  # no old row to fill from: the sink's row path keeps the value
-            start = np.where(fill, o_start, start)
-            length = np.where(fill, o_len, length)
-            kind = np.where(fill, o_kind, kind)
-        self.new = (start, length, kind)
+            s2, l2, k2, _ = _walk(buf, be32, end[upd_old] + 1, ncols)
+            self.second = _values(buf, s2, l2)
+            self.new2 = (s2, l2, k2)
+            unchanged2 = k2 == _U
+            if unchanged2.any():
+                fill = unchanged2 & (sub[upd_old] == _O)[None, :]
+                if (unchanged2 & ~fill).any():
+                    raise _Irregular  # no old row to fill from: the row path keeps the value
+                self.fill = fill
+        if (o_kind == _U).any():
+            raise _Irregular  # an update without an old row left a TOAST value out
         self.changed = np.zeros(n, bool)
         if len(upd_old) and rel.key:
             try:
                 key_cols = [rel.names.index(k) for k in rel.key]
             except ValueError:
                 raise _Irregular from None
+            s2, l2, k2 = self.new2
             differs = np.zeros(len(upd_old), bool)
             for j in key_cols:
-                differs |= _differ(
+                # A key column left out as unchanged is the old value: equal by definition.
+                sent = ~self.fill[j]
+                differs |= sent & _differ(
                     buf,
                     (o_start[j, upd_old], o_len[j, upd_old], o_kind[j, upd_old]),
-                    (start[j, upd_old], length[j, upd_old], kind[j, upd_old]),
+                    (s2[j], l2[j], k2[j]),
                 )
             self.changed[upd_old] = differs
         op = np.full(n, _UOP, np.int8)
@@ -207,21 +217,46 @@ class _Rows:
         op[self.changed] = _C
         self.op = op
 
-    def columns(
-        self, rel: Relation, first_pos: Any, lsn: Any, xid: Any, ts: Any
-    ) -> ChangeColumns:
-        """The ChangeColumns of these messages: one row each, plus a d row per key change."""
+    def columns(self, rel: Relation, first_pos: Any, lsn: Any, xid: Any, ts: Any) -> ChangeColumns:
+        """The ChangeColumns of these messages: one row each, plus a d row per key change.
+
+        Rows come in three runs: messages whose row is their first tuple, updates whose new row
+        is their second tuple, then the old rows of key changes (as deletes).
+        """
+        n = len(self.op)
+        upd_old = self.upd_old
+        in_first = np.ones(n, bool)
+        in_first[upd_old] = False
+        run_a = np.flatnonzero(in_first)
         moved = np.flatnonzero(self.changed)
-        start, length, kind = self.new
-        o_start, o_len, o_kind = self.old
-        if len(moved):
-            start = np.hstack([start, o_start[:, moved]])
-            length = np.hstack([length, o_len[:, moved]])
-            kind = np.hstack([kind, o_kind[:, moved]])
-        op = np.concatenate([self.op, np.full(len(moved), _D, np.int8)])
+        order = np.concatenate([run_a, upd_old, moved])
+        o_kind = self.old[2]
+        ncols = self.ncols
+        element_a = 2 * (run_a * ncols) + 1
+        element_c = 2 * (moved * ncols) + 1
+        element_b = 2 * (np.arange(len(upd_old)) * ncols) + 1
+        element_b_old = 2 * (upd_old * ncols) + 1
+        values = []
+        for j in range(ncols):
+            parts = [
+                _take(self.first, element_a + 2 * j, o_kind[j, run_a] == _T),
+            ]
+            if len(upd_old):
+                assert self.second is not None
+                k2 = self.new2[2][j]
+                new_b = _take(self.second, element_b + 2 * j, k2 == _T)
+                fill = self.fill[j]
+                if fill.any():
+                    old_b = _take(self.first, element_b_old + 2 * j, o_kind[j, upd_old] == _T)
+                    new_b = pc.if_else(pa.array(fill), old_b, new_b)
+                parts.append(new_b)
+            if len(moved):
+                parts.append(_take(self.first, element_c + 2 * j, o_kind[j, moved] == _T))
+            values.append(parts[0] if len(parts) == 1 else pa.concat_arrays(parts))
+        op = np.concatenate([self.op[run_a], self.op[upd_old], np.full(len(moved), _D, np.int8)])
         # The d of a key change takes the message's first position, its c the next.
-        pos = np.concatenate([first_pos + self.changed, first_pos[moved]]).astype(np.uint32)
-        values = [_text(self.buf, start[j], length[j], kind[j] == _T) for j in range(len(start))]
+        pos = (first_pos + self.changed)[order[:n]]
+        pos = np.concatenate([pos, first_pos[moved]]).astype(np.uint32)
         return ChangeColumns(
             rel.schema,
             rel.table,
@@ -229,15 +264,19 @@ class _Rows:
             values,
             _OPS.take(pa.array(op)),
             op == _D,
-            np.concatenate([lsn, lsn[moved]]),
+            lsn[order],
             pos,
-            np.concatenate([xid, xid[moved]]),
-            np.concatenate([ts, ts[moved]]),
+            xid[order],
+            ts[order],
         )
 
 
-def _walk(buf: Any, at: Any, ncols: int) -> tuple[Any, Any, Any, Any]:
-    """TupleData starting at each offset in `at`: value starts, lengths, kinds, and the end."""
+def _walk(buf: Any, be32: Any, at: Any, ncols: int) -> tuple[Any, Any, Any, Any]:
+    """TupleData starting at each offset in `at`: value starts, lengths, kinds, and the end.
+
+    A null or unchanged value gets length 0 and starts right after its kind byte, so starts
+    and ends stay in buffer order (as _values needs).
+    """
     n = len(at)
     count = (buf[at].astype(np.int64) << 8) | buf[at + 1]
     if (count != ncols).any():
@@ -246,21 +285,37 @@ def _walk(buf: Any, at: Any, ncols: int) -> tuple[Any, Any, Any, Any]:
     length = np.empty((ncols, n), np.int64)
     kind = np.empty((ncols, n), np.uint8)
     p = at + 2
-    four = np.arange(1, 5)
     for j in range(ncols):
         k = buf[p]
         is_text = k == _T
-        size = buf[p[:, None] + four].view(">u4").ravel().astype(np.int64) * is_text
-        start[j] = p + 5
+        size = be32[p + 1] * is_text
+        start[j] = p + 1 + 4 * is_text
         length[j] = size
         kind[j] = k
-        p = p + 1 + (4 + size) * is_text
+        p = start[j] + size
     bad = (kind != _T) & (kind != _N) & (kind != _U)
     if bad.any():
         raise CaptureError(
             f"pgoutput tuple column kind {chr(int(kind[bad][0]))!r}: binary tuples must stay off"
         )
     return start, length, kind, p
+
+
+def _values(buf: Any, start: Any, length: Any) -> pa.Array:
+    """Every value of one walk as one string array over `buf`, without copying: element
+    2 * (message * ncols + column) + 1 is the value, the elements between are the framing."""
+    bounds = np.stack([start.T, (start + length).T], axis=2).ravel()
+    offsets = np.empty(len(bounds) + 1, np.int32)
+    offsets[0] = 0
+    offsets[1:] = bounds
+    return pa.StringArray.from_buffers(
+        len(bounds), pa.py_buffer(offsets), pa.py_buffer(buf), None, 0
+    )
+
+
+def _take(values: pa.Array, element: Any, valid: Any) -> pa.Array:
+    """The elements at `element` (null where not valid), copied into a compact array."""
+    return values.take(pa.array(element, pa.int64(), mask=~valid))
 
 
 def _differ(buf: Any, a: tuple[Any, Any, Any], b: tuple[Any, Any, Any]) -> Any:
@@ -276,30 +331,3 @@ def _differ(buf: Any, a: tuple[Any, Any, Any], b: tuple[Any, Any, Any]) -> Any:
         unequal = buf[a_start[same][row] + offset] != buf[b_start[same][row] + offset]
         differs[same] = np.bincount(row, weights=unequal, minlength=len(same)) > 0
     return differs
-
-
-def _text(buf: Any, start: Any, length: Any, valid: Any) -> pa.Array:
-    """An Arrow string array of the values at `start`/`length` in `buf` (null where not valid)."""
-    n = len(start)
-    offsets = np.zeros(n + 1, np.int64)
-    np.cumsum(length, out=offsets[1:])
-    total = int(offsets[-1])
-    if total > _MAX_STRING_BYTES:
-        raise _Irregular
-    width = int(length.max()) if n else 0
-    if total and width <= _WINDOW:
-        # Short values (ids, amounts, times): copy a fixed-width window per row, then keep
-        # each row's first `length` bytes; far cheaper than an index per byte.
-        windows = np.lib.stride_tricks.sliding_window_view(buf, width)
-        data = windows[start][np.arange(width) < length[:, None]]
-    elif total:
-        index = np.repeat(start - offsets[:-1], length)
-        index += np.arange(total)
-        data = buf[index]
-    else:
-        data = np.zeros(0, np.uint8)
-    nulls = n - int(np.count_nonzero(valid))
-    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
-    return pa.StringArray.from_buffers(
-        n, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data), bitmap, nulls
-    )

@@ -130,13 +130,21 @@ def write_batch(
                 cur, "truth.fraud_label", ("txn_id", "scenario", "episode_id"), batch.label_blocks
             )
         if batch.balances is not None and len(batch.balances[0]):
+            # Most accounts move in every batch (6.5M rows per 10M transactions with 50k
+            # customers): binary COPY into a session temp table costs the client next to nothing,
+            # where Python lists as array parameters cost ~1.4 µs a row.
             ids, cents, at = batch.balances
             cur.execute(
-                "UPDATE bank.account a SET balance = u.cents / 100.0, updated_at = u.at"
-                " FROM (SELECT unnest(%s::bigint[]) AS id, unnest(%s::numeric[]) AS cents,"
-                " 'epoch'::timestamptz + unnest(%s::bigint[]) * interval '1 microsecond' AS at) u"
-                " WHERE a.account_id = u.id",
-                (ids.tolist(), cents.tolist(), at.tolist()),
+                "CREATE TEMP TABLE IF NOT EXISTS fill_balance (account_id bigint,"
+                " balance numeric(18,2), at timestamptz) ON COMMIT DELETE ROWS"
+            )
+            cols = [copybin.Int8(ids), copybin.Cents(cents), copybin.Timestamp(at)]
+            _copy_blocks(
+                cur, "fill_balance", ("account_id", "balance", "at"), copybin.encode_blocks(cols)
+            )
+            cur.execute(
+                "UPDATE bank.account a SET balance = b.balance, updated_at = b.at"
+                " FROM fill_balance b WHERE a.account_id = b.account_id"
             )
         for table, max_id in batch.max_ids.items():
             if max_id > 0:

@@ -115,7 +115,9 @@ def _setting_vars() -> dict[str, str]:
     out: dict[str, str] = {}
     for name, info in Settings.model_fields.items():
         alias = info.validation_alias
-        out[name] = str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"BANKDE_{name.upper()}"
+        out[name] = (
+            str(alias.choices[0]) if isinstance(alias, AliasChoices) else f"BANKDE_{name.upper()}"
+        )
     return out
 
 
@@ -140,6 +142,13 @@ def prepare(settings: Settings, env: dict[str, str]) -> None:
     run_airflow(["pools", "set", WAREHOUSE_POOL, str(slots), f"bankde warehouse ({what})"], env)
 
 
+def _default_signals() -> None:
+    """In the child: SIGINT handled again even when we were started with it ignored (a
+    background job of a script), or standalone could not be stopped."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def standalone(settings: Settings, port: int | None = None) -> int:
     """`airflow standalone` in the foreground until Ctrl-C (or SIGTERM), then a clean stop."""
     from bankde.console import out
@@ -153,7 +162,12 @@ def standalone(settings: Settings, port: int | None = None) -> int:
     out.print(f"DAGs: {dags_folder()}   logs: {home / 'logs'}   Ctrl-C stops everything")
     # Own session: we forward one SIGINT (standalone's clean shutdown) whatever signal we get;
     # SIGTERM to standalone would leave its scheduler and API server running.
-    proc = subprocess.Popen([str(airflow_bin()), "standalone"], env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(airflow_bin()), "standalone"],
+        env=env,
+        start_new_session=True,
+        preexec_fn=_default_signals,
+    )
 
     def forward(signum: int, frame: FrameType | None) -> None:
         if proc.poll() is None:

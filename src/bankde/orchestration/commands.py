@@ -76,7 +76,9 @@ def run(
 
 
 def airflow(
-    port: int | None = typer.Option(None, "--port", help="API/UI port (default BANKDE_AIRFLOW_PORT)."),
+    port: int | None = typer.Option(
+        None, "--port", help="API/UI port (default BANKDE_AIRFLOW_PORT)."
+    ),
 ) -> None:
     """Airflow standalone with the project's DAGs (SQLite under $BANKDE_HOME/airflow); Ctrl-C stops."""
     from bankde.orchestration.airflow_env import standalone

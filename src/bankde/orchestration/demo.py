@@ -134,7 +134,9 @@ def run_demo(settings: Settings, size: Size = "small", *, quiet: bool = False) -
     from bankde.warehouse.client import open_warehouse
 
     steps = Steps(quiet)
-    steps.run("source", "source Postgres: start and apply the schema", lambda: start_source(settings))
+    steps.run(
+        "source", "source Postgres: start and apply the schema", lambda: start_source(settings)
+    )
     newest = newest_event(settings)
     rerun = newest is not None
     config = fill_config(size, newest)

@@ -173,7 +173,9 @@ def _start(target: Any, name: str, *args: Any) -> threading.Thread:
     return t
 
 
-def _wait(stop: threading.Event, seconds: float, deadline: float | None, worker: threading.Thread) -> None:
+def _wait(
+    stop: threading.Event, seconds: float, deadline: float | None, worker: threading.Thread
+) -> None:
     until = time.monotonic() + seconds
     if deadline is not None:
         until = min(until, deadline)
@@ -194,7 +196,9 @@ def _filler(settings: Settings, rate: float, stop: threading.Event, state: RunSt
         stop.set()
 
 
-def _cdc_segment(cdc_run: Any, settings: Settings, segment: threading.Event, state: RunState) -> None:
+def _cdc_segment(
+    cdc_run: Any, settings: Settings, segment: threading.Event, state: RunState
+) -> None:
     try:
         cdc_run(settings, segment, on_batch=state.on_batch, show_progress=False)
     except Exception as exc:

@@ -71,7 +71,9 @@ def alerts_by_rule(settings: Settings) -> dict[str, int]:
     )
     if not exists:
         return {}
-    rows = wh.query(f"select rule, count() from `{db}`.fct_fraud_alerts group by rule order by rule")
+    rows = wh.query(
+        f"select rule, count() from `{db}`.fct_fraud_alerts group by rule order by rule"
+    )
     return {str(r): int(n) for r, n in rows}
 
 
@@ -88,7 +90,14 @@ def collect(settings: Settings) -> PipelineSummary:
     }
     summary.cdc = {
         k: st.get(k)
-        for k in ("slot", "lag_bytes", "lag_seconds", "wal_retained_bytes", "offset_lsn", "current_lsn")
+        for k in (
+            "slot",
+            "lag_bytes",
+            "lag_seconds",
+            "wal_retained_bytes",
+            "offset_lsn",
+            "current_lsn",
+        )
     }
     summary.marts = mart_counts(settings)
     summary.reconciliation = reconcile_dict(settings)

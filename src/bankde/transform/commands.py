@@ -72,22 +72,12 @@ def evaluate(
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{v:.3f}"
 
-    table = Table(title="fraud rules vs truth labels")
-    for col in (
-        "scenario",
-        "rule",
-        "labelled",
-        "alerted",
-        "true pos.",
-        "precision",
-        "recall",
-        "F1",
-    ):
-        table.add_column(col, justify="left" if col in ("scenario", "rule") else "right")
+    table = Table(title="fraud rules (marts.fraud_<scenario>) vs truth labels")
+    for col in ("scenario", "labelled", "alerted", "TP", "precision", "recall", "F1"):
+        table.add_column(col, justify="left" if col == "scenario" else "right", no_wrap=True)
     for r in rows:
         table.add_row(
             r.scenario,
-            r.rule,
             f"{r.labelled:,}",
             f"{r.alerted:,}",
             f"{r.true_positives:,}",

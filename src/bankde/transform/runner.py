@@ -158,5 +158,9 @@ def run_dbt(
             (str(name), str(getattr(r, "status", "?")), float(getattr(r, "execution_time", 0.0)))
         )
     if res.exception is not None and not nodes:
+        from dbt.cli.exceptions import DbtUsageException
+
+        if isinstance(res.exception, DbtUsageException):
+            raise ConfigError(f"dbt {args[0]}: {res.exception}")
         raise DbtFailed(f"dbt {args[0]} could not run: {res.exception}")
     return DbtResult(success=bool(res.success), nodes=tuple(nodes))

@@ -36,9 +36,12 @@ def _strip_fraction(text: str) -> str:
 def _zoned_timestamp_text(value: str) -> str:
     """io.debezium.time.ZonedTimestamp ('2024-01-31T12:00:00.500000Z', always UTC) -> the text
     Postgres prints for timestamptz with TimeZone=UTC ('2024-01-31 12:00:00.5+00')."""
-    if value.endswith("Z"):
-        return _strip_fraction(value[:-1].replace("T", " ", 1)) + "+00"
-    return value.replace("T", " ", 1)  # infinity and other specials pass through
+    if value[-1:] != "Z":
+        return value.replace("T", " ", 1)  # infinity and other specials pass through
+    text = value[:-1].replace("T", " ", 1)
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text + "+00"
 
 
 def _micro_timestamp_text(micros: int) -> str:
@@ -127,8 +130,13 @@ class TableInfo:
             v = row.get(name)
             if v is not None:
                 row[name] = fn(v)
-        unchanged = [k for k, v in row.items() if v == UNCHANGED_TOAST]
-        return row, frozenset(unchanged)
+        # The scan inside `in` runs in C; the placeholder is rare.
+        if UNCHANGED_TOAST not in row.values():
+            return row, _NONE
+        return row, frozenset(k for k, v in row.items() if v == UNCHANGED_TOAST)
+
+
+_NONE: frozenset[str] = frozenset()
 
 
 def parse_txn_id(text: str) -> tuple[int, int]:
@@ -185,39 +193,38 @@ class Assembler:
                 f"debezium END of transaction {xid} while {self._xid} is open: stream out of step"
             )
         txn = Transaction(xid, end_lsn, end_lsn, ts_ms)
-        sources: dict[tuple[str, str], Source] = {}
+        events = txn.events
+        # Per table of this transaction: its converters and the Source all its events share.
+        seen: dict[tuple[str, str], tuple[TableInfo, Source]] = {}
         pos = 0
         for value in self._pending:
             src_block = value["source"]
             key = (src_block["schema"], src_block["table"])
-            info = self._table(key, value)
-            src = sources.get(key)
-            if src is None:
-                src = Source(end_lsn, xid, ts_ms, key[0], key[1])
-                sources[key] = src
             pos += 1
+            before = value.get("before")
+            after = value.get("after")
+            entry = seen.get(key)
+            if entry is None or not entry[0].names.issuperset(after or before or ()):
+                entry = seen[key] = (
+                    self._table(key, value),
+                    Source(end_lsn, xid, ts_ms, key[0], key[1]),
+                )
+            info, src = entry
             op = value["op"]
             if op == "t":
                 txn.truncates.append((key[0], key[1], pos))
                 continue
-            before = value.get("before")
-            after = value.get("after")
-            unchanged: frozenset[str] = frozenset()
+            if op not in ("c", "u", "d"):
+                raise CaptureError(f"debezium op {op!r} inside a transaction on {key[0]}.{key[1]}")
+            unchanged = _NONE
             if before is not None:
                 before, _ = info.text_row(before)
             if after is not None:
                 after, unchanged = info.text_row(after)
-                if unchanged and before is not None:
-                    # REPLICA IDENTITY FULL: the old row holds the value Debezium did not get.
-                    for col in [c for c in unchanged if before.get(c) != UNCHANGED_TOAST]:
-                        after[col] = before[col]
-                    unchanged = frozenset(c for c in unchanged if after[c] == UNCHANGED_TOAST)
-                for col in unchanged:
-                    after[col] = None
-            if op not in ("c", "u", "d"):
-                raise CaptureError(f"debezium op {op!r} inside a transaction on {key[0]}.{key[1]}")
-            txn.events.append(ChangeEvent(op, before, after, src, ts_ms, pos, unchanged))
-        for key in sources:
+                if unchanged:
+                    after, unchanged = _fill_toast(after, before, unchanged)
+            events.append(ChangeEvent(op, before, after, src, ts_ms, pos, unchanged))
+        for key in seen:
             if key not in self._described:
                 txn.relations.append(self.tables[key].relation)
                 self._described.add(key)
@@ -241,6 +248,21 @@ class Assembler:
                 )
             self._described.discard(key)
         return info
+
+
+def _fill_toast(
+    after: dict[str, Any], before: dict[str, Any] | None, unchanged: frozenset[str]
+) -> tuple[dict[str, Any], frozenset[str]]:
+    """Columns Debezium did not get (unchanged TOAST): from the old row when REPLICA IDENTITY
+    FULL sent it, else NULL and listed as unchanged so the sink keeps the stored value."""
+    if before is not None:
+        for col in unchanged:
+            if before.get(col) != UNCHANGED_TOAST:
+                after[col] = before[col]
+        unchanged = frozenset(c for c in unchanged if after[c] == UNCHANGED_TOAST)
+    for col in unchanged:
+        after[col] = None
+    return after, unchanged
 
 
 def snapshot_row(info: TableInfo, value: dict[str, Any]) -> dict[str, Any]:
