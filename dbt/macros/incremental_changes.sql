@@ -1,34 +1,30 @@
-{#- Incremental facts over CDC tables: the target keeps each row's cdc_version; every key whose
-    version in the landing table is above the target's highest one has changed since the last run.
+{#- Incremental facts over CDC tables. A key has changed when the landing table has a version of
+    it in (the model's watermark, the version pinned for this run] (see below). The model
+    (1) deletes the changed keys from the target in a pre-hook, then (2) appends their current
+    state (FINAL, not deleted), and (3) records the pinned version as its watermark. Updated keys
+    are replaced, deleted keys stay deleted, new keys arrive. Both statements select the keys
+    with the same two literal bounds, so rows CDC lands during the run change neither set: a key
+    first changed after the pin waits for the next run. A key in the set may be appended in a
+    state newer than the pin; its newer version is above the recorded watermark, so the next run
+    replaces it again (same result). -#}
 
-    The model (1) deletes those keys from the target in a pre-hook, then (2) appends their
-    current state (FINAL, not deleted). Updated keys are replaced, deleted keys stay deleted, new
-    keys arrive. Both steps render the watermark before the delete runs, so they agree on it; a
-    run that only deleted rows leaves the watermark lower and the next run re-deletes the same
-    absent keys, which changes nothing. -#}
-
-{% macro cdc_watermark(relation=none) -%}
-    {%- set relation = relation or this -%}
-    {%- if execute and is_incremental() -%}
-        {%- set row = run_query('select toString(max(cdc_version)) from ' ~ relation).rows[0] -%}
-        toUInt128('{{ row[0] or 0 }}')
-    {%- else -%}
-        toUInt128(0)
-    {%- endif -%}
+{% macro changed_keys(changes_model, key) -%}
+    {%- set bounds = cdc_bounds() -%}
+    select {{ key }} from {{ ref(changes_model) }}
+    where cdc_version > {{ bounds[0] }} and cdc_version <= {{ bounds[1] }}
 {%- endmacro %}
 
 {% macro delete_changed_keys(changes_model, key) -%}
     {%- if is_incremental() -%}
-        delete from {{ this }} where {{ key }} in (
-            select {{ key }} from {{ ref(changes_model) }} where cdc_version > {{ cdc_watermark() }}
-        )
+        delete from {{ this }} where {{ key }} in ({{ changed_keys(changes_model, key) }})
     {%- else -%}
         select 1
     {%- endif -%}
 {%- endmacro %}
 
 {#- Incremental marts over days. A run first pins the highest CDC version landed so far
-    (on-run-start: a '__run__' row in <prefix>marts.dbt_cdc_watermarks). Each mart then
+    (on-run-start: a '__run__' row in <prefix>marts.dbt_cdc_watermarks; the var cdc_pin_version
+    pins a given version instead, to replay changes up to it). Each mart then
     recomputes the days touched by changes in (its own watermark, pinned version], and records
     the pinned version as its watermark in a post-hook. Pinning keeps the compile, the delete and
     the watermark of one run consistent while CDC keeps landing rows. -#}
@@ -46,15 +42,18 @@
     {%- set marts = "`" ~ prefix ~ "marts`" -%}
     {%- set raw = "`" ~ prefix ~ "raw`" -%}
     {%- set low = "(select coalesce(minIf(cdc_version, model != '__run__'), toUInt128(0)) from (select model, argMax(cdc_version, written_at) as cdc_version from " ~ cdc_watermarks() ~ " group by model))" -%}
+    {%- set pin = "greatest((select coalesce(max(_version), toUInt128(0)) from " ~ raw ~ ".`transaction`), "
+        ~ "(select coalesce(max(_version), toUInt128(0)) from " ~ raw ~ ".`card`))" -%}
+    {%- if var('cdc_pin_version', none) is not none -%}
+        {%- set pin = "toUInt128('" ~ (var('cdc_pin_version') | int) ~ "')" -%}
+    {%- endif -%}
     {%- set pinned = "(select argMaxIf(cdc_version, written_at, model = '__run__') from " ~ cdc_watermarks() ~ ")" -%}
     {{ return([
         "create database if not exists " ~ marts,
         "create table if not exists " ~ cdc_watermarks() ~ " (model String, cdc_version UInt128, "
             ~ "written_at DateTime64(6, 'UTC') default now64(6)) "
             ~ "engine = ReplacingMergeTree(written_at) order by model",
-        "insert into " ~ cdc_watermarks() ~ " (model, cdc_version) select '__run__', greatest("
-            ~ "(select coalesce(max(_version), toUInt128(0)) from " ~ raw ~ ".`transaction`), "
-            ~ "(select coalesce(max(_version), toUInt128(0)) from " ~ raw ~ ".`card`))",
+        "insert into " ~ cdc_watermarks() ~ " (model, cdc_version) select '__run__', " ~ pin,
         "create or replace table " ~ marts ~ ".dbt_cdc_changed_days engine = MergeTree order by tuple() as "
             ~ "select day, max(cdc_version) as cdc_version from ("
             ~ "select toDate(occurred_at) as day, _version as cdc_version from " ~ raw ~ ".`transaction` "

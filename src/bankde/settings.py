@@ -65,10 +65,13 @@ class Settings(BaseSettings):
     # Seconds a process waits for another one to release the embedded warehouse (--wait overrides).
     wh_lock_wait: float = Field(5.0, ge=0)
 
+    # --- transform (dbt) --------------------------------------------------------------
+    # Salt of the PII tokens in stg_ models. Unset: the public development salt (with a warning).
+    pii_salt: str | None = Field(None, repr=False)
+
     # --- orchestration ----------------------------------------------------------------
     # `cdc_monitoring` (and `bankde demo`'s summary) fail a check above these thresholds.
     monitor_max_lag_bytes: int = Field(256 * 1024**2, ge=0)
-    monitor_max_lag_seconds: float = Field(900.0, ge=0)
     monitor_max_wal_retained_bytes: int = Field(2 * 1024**3, ge=0)
     # Per table: how far the warehouse's newest change trails the source's newest updated_at.
     monitor_max_staleness_seconds: float = Field(900.0, ge=0)
@@ -76,7 +79,9 @@ class Settings(BaseSettings):
     airflow_pool_slots: int = Field(4, ge=1, le=128)
     airflow_port: int = Field(8080, ge=1, le=65535)
 
-    @field_validator("pg_dsn", "db_host", "clickhouse_url", "db_password", "cdc_password")
+    @field_validator(
+        "pg_dsn", "db_host", "clickhouse_url", "db_password", "cdc_password", "pii_salt"
+    )
     @classmethod
     def _empty_is_none(cls, v: str | None) -> str | None:
         return v or None

@@ -231,7 +231,7 @@ def test_every_dag_runs_for_real(pipeline_settings: Settings, api_server: dict[s
     # New inserts, closes and fraud after the snapshot, for the micro-batch to apply: the next
     # day's activity, after everything the first fill wrote.
     _fill(settings, 2000, seed=12, backfill_days=0, as_of=t0 + timedelta(hours=25))
-    hold = 15
+    hold = 10
     holder = subprocess.Popen(
         [
             sys.executable,

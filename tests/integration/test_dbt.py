@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,10 +15,11 @@ import pytest
 from psycopg import sql
 
 from bankde.settings import Settings
-from tests.conftest import cli_env
+from tests.conftest import cli_env, make_home
 
 REPO = Path(__file__).resolve().parents[2]
 BANKDE = str(REPO / ".venv" / "bin" / "bankde")
+DBT = str(REPO / ".venv" / "bin" / "dbt")
 SCENARIOS = {
     "rapid_withdrawals",
     "after_card_closed",
@@ -165,6 +169,7 @@ def _fingerprints(settings: Settings) -> dict[str, tuple[int, int]]:
 
 
 def test_incremental_build_equals_full_refresh(pipeline: Pipeline) -> None:
+    from bankde.transform.runner import run_dbt
     from bankde.warehouse.client import open_warehouse
 
     s = pipeline.settings
@@ -189,15 +194,53 @@ def test_incremental_build_equals_full_refresh(pipeline: Pipeline) -> None:
         "order by txn_id desc limit 150)",
     )
     _sync(s)
-    assert _build(s), "incremental dbt build failed"
-    incremental = _fingerprints(s)
+    # Changes that land while dbt runs, after it pinned the version it builds up to: an update
+    # of a key that is otherwise unchanged and a new key, both above the pin. The build must
+    # neither take them (half-applied: deleted by the pre-hook, or appended twice) nor lose them.
+    raw = f"`{s.wh_prefix}raw`.`transaction`"
+    pin = int(
+        wh.scalar(
+            f"select toString(greatest((select max(_version) from {raw}), "
+            f"(select max(_version) from `{s.wh_prefix}raw`.card)))"
+        )
+    )
+    late_key = int(
+        wh.scalar(
+            f"select min(txn_id) from {raw} final where _is_deleted = 0 and txn_id not in "
+            f"(select txn_id from `{s.wh_prefix}truth`.fraud_label)"
+        )
+    )
+    new_key = late_key + 10**9
+    wh.command(
+        f"insert into {raw} select * replace ('landed late' as description, "
+        f"toUInt128('{pin + 1}') as _version) from {raw} final where txn_id = {late_key}"
+    )
+    wh.command(
+        f"insert into {raw} select * replace ({new_key} as txn_id, generateUUIDv4() as txn_ref, "
+        f"toUInt128('{pin + 2}') as _version, 'c' as _op) from {raw} final where txn_id = {late_key}"
+    )
+    assert _build(s, "--vars", f"{{cdc_pin_version: {pin}}}"), "incremental dbt build failed"
     reversed_src = _count_source(
         s, "select count(*) from bank.transaction where status = 'reversed'"
     )
     assert wh.scalar(f"select countIf(status = 'reversed') from {fct}") == reversed_src
     live = _count_source(s, "select count(*) from bank.transaction")
-    assert incremental["ods.fct_transactions"][0] == live
+    assert wh.scalar(f"select count() from {fct}") == live
     assert live != before
+    above_pin = wh.query(
+        f"select txn_id, cdc_version > {pin} from {fct} where txn_id in ({late_key}, {new_key})"
+    )
+    assert above_pin == [(late_key, 0)], "rows landed after the pin were taken by the build"
+
+    # The next run takes them, exactly once.
+    assert run_dbt(["run"], s, quiet=True).success, "catch-up dbt run failed"
+    assert wh.query(
+        f"select txn_id, count() from {fct} where txn_id in ({late_key}, {new_key}) "
+        f"and cdc_version > {pin} group by txn_id order by txn_id"
+    ) == [(late_key, 1), (new_key, 1)]
+    assert wh.scalar(f"select count() - uniqExact(txn_id) from {fct}") == 0
+    incremental = _fingerprints(s)
+    assert incremental["ods.fct_transactions"][0] == live + 1
 
     # SCD2: cards closed by the second fill went active -> closed at their closed_at.
     hist = f"`{s.wh_prefix}ods`.ods_card_status_history"
@@ -219,3 +262,48 @@ def _count_source(settings: Settings, query: str) -> int:
         row = conn.execute(query).fetchone()
     assert row is not None
     return int(row[0])
+
+
+# Holds the warehouse the way any bankde command does, until its stdin closes.
+_HOLDER = (
+    "import sys; from bankde.warehouse.client import open_warehouse; open_warehouse(); "
+    "print('held', flush=True); sys.stdin.read()"
+)
+
+
+def test_plain_dbt_waits_for_the_warehouse_lock_then_names_its_holder() -> None:
+    home = make_home("bankde-dbtlock-")
+    env = cli_env(
+        Settings(home=home), DBT_LOG_PATH=str(home / "logs"), DBT_TARGET_PATH=str(home / "target")
+    )
+    plain_dbt = [DBT, "debug", "--project-dir", str(REPO / "dbt"), "--profiles-dir", str(REPO / "dbt")]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        refused = subprocess.run(
+            plain_dbt, env={**env, "BANKDE_WH_LOCK_WAIT": "0.5"}, capture_output=True, text=True,
+            timeout=120, cwd=home,
+        )  # fmt: skip
+        assert refused.returncode != 0
+        assert f"is in use by pid {holder.pid}" in refused.stdout, refused.stdout[-2000:]
+        assert "waited 0.5s" in refused.stdout
+
+        waiting = subprocess.Popen(
+            plain_dbt, env={**env, "BANKDE_WH_LOCK_WAIT": "120"}, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, cwd=home,
+        )  # fmt: skip
+        time.sleep(3)  # dbt starts up and reaches the lock meanwhile (on a busy machine, maybe not)
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=30)
+        output, _ = waiting.communicate(timeout=120)
+        assert waiting.returncode == 0, output[-2000:]
+        assert "OK connection ok" in output
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        shutil.rmtree(home, ignore_errors=True)

@@ -103,7 +103,7 @@ def test_run_stops_cleanly_on_ctrl_c(demo_home: tuple[Path, int]) -> None:
     built = False
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(2)
-        built = any((home / "dbt" / "target").glob("run_results.json"))
+        built = any((home / "dbt").rglob("run_results.json"))
         if built:
             break
     time.sleep(4)
@@ -113,6 +113,8 @@ def test_run_stops_cleanly_on_ctrl_c(demo_home: tuple[Path, int]) -> None:
     assert built, "dbt never ran"
     assert "stopped cleanly" in out
     applied = int(out.split("stopped cleanly:")[1].split("changes")[0].replace(",", "").strip())
+    builds = int(out.split("batches,")[1].split("dbt builds")[0].strip())
+    assert builds >= 1, out
     assert applied > 0
     rec = subprocess.run(
         [str(BANKDE), "reconcile", "--json"], env=env, cwd=REPO, capture_output=True, text=True

@@ -8,7 +8,8 @@ import pytest
 
 from bankde.errors import ConfigError
 from bankde.settings import Settings
-from bankde.transform.runner import dbt_env, project_dir, run_dbt
+from bankde.transform import runner
+from bankde.transform.runner import DEV_SALT, dbt_env, project_dir, run_dbt
 
 
 def test_embedded_env_points_dbt_at_the_warehouse_and_prefix(tmp_path: Path) -> None:
@@ -20,6 +21,32 @@ def test_embedded_env_points_dbt_at_the_warehouse_and_prefix(tmp_path: Path) -> 
     # Artifacts per prefix, outside the repo.
     assert env["DBT_TARGET_PATH"] == str(tmp_path.resolve() / "dbt" / "t1" / "target")
     assert env["BANKDE_PII_SALT"]
+
+
+def test_pii_salt_from_dotenv_reaches_dbt_and_stays_out_of_repr(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("BANKDE_PII_SALT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("BANKDE_PII_SALT=from-dotenv-7f3a\n")
+    runner._warn_dev_salt.cache_clear()
+    s = Settings(home=tmp_path)
+    assert dbt_env(s)["BANKDE_PII_SALT"] == "from-dotenv-7f3a"
+    assert "from-dotenv-7f3a" not in repr(s)
+    assert capsys.readouterr().err == ""
+
+
+def test_dev_salt_is_used_with_one_warning_per_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("BANKDE_PII_SALT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    runner._warn_dev_salt.cache_clear()
+    s = Settings(home=tmp_path)
+    assert dbt_env(s)["BANKDE_PII_SALT"] == DEV_SALT
+    dbt_env(s)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "BANKDE_PII_SALT" in err[0]
 
 
 def test_server_env_is_derived_from_the_clickhouse_url(tmp_path: Path) -> None:
@@ -46,6 +73,8 @@ def test_project_and_profiles_are_in_the_repo() -> None:
     assert (project / "dbt_project.yml").is_file()
     profiles = (project / "profiles.yml").read_text()
     assert "type: chdb" in profiles and "type: clickhouse" in profiles
+    # Plain dbt without BANKDE_PII_SALT falls back to the same public salt as `bankde dbt`.
+    assert f'"{DEV_SALT}"' in (project / "macros" / "pseudonymise.sql").read_text()
 
 
 def test_dbt_finds_the_chdb_plugin_and_its_clickhouse_dependency() -> None:

@@ -19,7 +19,7 @@ def test_first_demo_run_is_reproducible_and_backfills() -> None:
     assert a.backfill_days >= 2 and a.n_new_txns == SIZES["small"]["n_new_txns"]
 
 
-def test_rerun_covers_only_the_time_since_the_newest_event() -> None:
+def test_rerun_adds_the_day_after_the_newest_event() -> None:
     newest = datetime.now(UTC) - timedelta(hours=3)
     config = fill_config("small", newest)
     assert config.backfill_days == 0

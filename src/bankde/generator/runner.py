@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
@@ -310,10 +311,16 @@ def plan_windows(config: FillConfig, as_of: int) -> list[tuple[Timeline, float, 
         spans.append((Timeline(as_of - window, as_of), config.n_new_txns))
     out = []
     for si, (tl, n) in enumerate(spans):
-        k = max(1, -(-n // config.batch_size))
-        for j in range(k):
-            lo, hi = j * n // k, (j + 1) * n // k
-            final = si == len(spans) - 1 and j == k - 1
+        cuts = [0]
+        if si == 0 and n > config.batch_size:
+            # A small first batch puts the server to work while the next one is generated,
+            # instead of leaving it idle for a whole batch's generation.
+            cuts.append(max(1, config.batch_size // 10))
+        rest = n - cuts[-1]
+        k = max(1, -(-rest // config.batch_size))
+        cuts += [cuts[-1] + (j + 1) * rest // k for j in range(k)]
+        for j, (lo, hi) in enumerate(itertools.pairwise(cuts)):
+            final = si == len(spans) - 1 and j == len(cuts) - 2
             out.append((tl, lo / n, hi / n, hi - lo, final))
     return out
 

@@ -138,9 +138,13 @@ def write_batch(
                 "CREATE TEMP TABLE IF NOT EXISTS fill_balance (account_id bigint,"
                 " balance numeric(18,2), at timestamptz) ON COMMIT DELETE ROWS"
             )
-            cols = [copybin.Int8(ids), copybin.Cents(cents), copybin.Timestamp(at)]
+            new: list[copybin.Column] = [
+                copybin.Int8(ids),
+                copybin.Cents(cents),
+                copybin.Timestamp(at),
+            ]
             _copy_blocks(
-                cur, "fill_balance", ("account_id", "balance", "at"), copybin.encode_blocks(cols)
+                cur, "fill_balance", ("account_id", "balance", "at"), copybin.encode_blocks(new)
             )
             cur.execute(
                 "UPDATE bank.account a SET balance = b.balance, updated_at = b.at"

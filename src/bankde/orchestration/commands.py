@@ -71,7 +71,8 @@ def run(
     out.print(
         f"stopped cleanly: {state.changes:,} changes applied in {state.batches:,} batches, "
         f"{state.dbt_runs} dbt builds ({state.dbt_failures} failed), "
-        f"alerts {sum(state.alerts.values()):,}"
+        f"alerts {sum(state.alerts.values()):,}",
+        soft_wrap=True,
     )
 
 

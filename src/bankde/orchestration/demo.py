@@ -21,8 +21,8 @@ Size = Literal["small", "medium", "large"]
 SUMMARY_FILE = "demo-summary.json"
 # The first run is reproducible; later runs add new, different events.
 DEMO_SEED = 20240607
-# Shortest "since last run" window of a rerun (the filler's lower bound is 0.01 h).
-MIN_RERUN_HOURS = 0.05
+# A rerun adds one day of activity after the newest event in the source.
+RERUN_WINDOW_HOURS = 24.0
 
 # Entities and transactions per size. The first run backfills several days; a rerun adds a
 # day's worth of current activity (plus some new customers) on top of what is there.
@@ -55,8 +55,9 @@ T = TypeVar("T")
 
 def fill_config(size: str, newest: datetime | None = None) -> Any:
     """The filler's config for a demo run of `size` (FillConfig). `newest` is the latest event
-    already in the source: a rerun generates what happened since then (no second backfill, no
-    window overlapping events and closes that already exist)."""
+    already in the source: a rerun generates the next day after it (no second backfill, no window
+    overlapping events and closes that exist; a day, so volumes and fraud keep their density,
+    even if that day ends in the future)."""
     from bankde.generator.config import FillConfig, resolve
 
     if size not in SIZES:
@@ -64,14 +65,12 @@ def fill_config(size: str, newest: datetime | None = None) -> Any:
     spec = dict(SIZES[size])
     if newest is None:
         return resolve(replace(FillConfig(), seed=DEMO_SEED, **spec))
-    now = datetime.now(UTC)
-    hours = min(24.0, max(MIN_RERUN_HOURS, (now - newest).total_seconds() / 3600))
     spec.update(
         backfill_days=0,
         customers=max(1, spec["customers"] // 10),
         terminals=max(1, spec["terminals"] // 10),
-        window_hours=hours,
-        as_of=max(now, newest + timedelta(hours=hours)),
+        window_hours=RERUN_WINDOW_HOURS,
+        as_of=max(datetime.now(UTC), newest + timedelta(hours=RERUN_WINDOW_HOURS, seconds=1)),
     )
     return resolve(replace(FillConfig(), seed=None, **spec))
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -18,7 +20,9 @@ if TYPE_CHECKING:
 # dbt subcommands `bankde dbt` passes through; everything after them goes to dbt verbatim.
 COMMANDS = ("build", "run", "test", "docs", "snapshot", "compile", "ls", "debug", "parse", "seed")
 
-_DEV_SALT = "bankde-dev-salt-not-secret"
+# Public, so tokens made with it are reversible by anyone with a list of candidate values; the
+# same default is in macros/pseudonymise.sql for plain dbt.
+DEV_SALT = "bankde-dev-salt-not-secret"
 
 
 class DbtFailed(BankdeError):
@@ -53,6 +57,24 @@ def warehouse_path(settings: Settings) -> str:
     return _path(settings)
 
 
+def pii_salt(settings: Settings) -> str:
+    """The salt of the stg_ PII tokens: BANKDE_PII_SALT (environment or .env), else the dev one."""
+    salt = settings.pii_salt or DEV_SALT
+    if salt == DEV_SALT:
+        _warn_dev_salt()
+    return salt
+
+
+@cache
+def _warn_dev_salt() -> None:
+    # Once per process: a run calls dbt several times.
+    print(
+        "bankde: warning: BANKDE_PII_SALT is not set, PII is hashed with the public development "
+        "salt; set your own for real data",
+        file=sys.stderr,
+    )
+
+
 def dbt_env(
     settings: Settings, prefix: str | None = None, threads: int | None = None
 ) -> dict[str, str]:
@@ -67,7 +89,7 @@ def dbt_env(
         "BANKDE_WH_PREFIX": layer_prefix,
         "DBT_TARGET_PATH": str(artifacts / "target"),
         "DBT_LOG_PATH": str(artifacts / "logs"),
-        "BANKDE_PII_SALT": os.environ.get("BANKDE_PII_SALT", _DEV_SALT),
+        "BANKDE_PII_SALT": pii_salt(settings),
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
     }
     if threads is not None:

@@ -95,7 +95,7 @@ def db_names(settings: Settings | None = None) -> DbNames:
 
 
 def schema_sql() -> str:
-    """clickhouse_init/01_schema_dwh.sql as packaged (a test keeps the copy identical)."""
+    """clickhouse_init/01_schema_dwh.sql (the package holds a symlink to it; wheels copy the target)."""
     return (
         resources.files("bankde.warehouse").joinpath("schema_dwh.sql").read_text(encoding="utf-8")
     )

@@ -8,6 +8,7 @@
         order_by='txn_id',
         indexes=[{'name': 'occurred_on_minmax', 'definition': 'occurred_on TYPE minmax GRANULARITY 1'}],
         pre_hook="{{ delete_changed_keys('stg_transaction_changes', 'txn_id') }}",
+        post_hook="{{ record_cdc_watermark() }}",
     )
 }}
 
@@ -17,10 +18,7 @@ transactions as (
 
     select * from {{ ref('stg_transactions') }}
     {% if is_incremental() %}
-    where txn_id in (
-        select txn_id from {{ ref('stg_transaction_changes') }}
-        where cdc_version > {{ cdc_watermark() }}
-    )
+    where txn_id in ({{ changed_keys('stg_transaction_changes', 'txn_id') }})
     {% endif %}
 
 ),

@@ -2,8 +2,7 @@ with
 
 source as (
 
-    select * from {{ source('bank', 'card') }} final
-    where _is_deleted = 0
+    {{ cdc_current('bank', 'card') }}
 
 ),
 
@@ -18,13 +17,7 @@ final as (
         cast(network as String) as network,
         expires_on,
         daily_limit,
-        cast(status as String) as status,
-        cast(status as String) = 'closed' as is_closed,
-        created_at,
-        updated_at,
-        closed_at,
-        coalesce(closed_at, updated_at) as status_changed_at,
-        _version as cdc_version
+        {{ lifecycle_columns() }}
 
     from source
 

@@ -2,8 +2,7 @@ with
 
 source as (
 
-    select * from {{ source('bank', 'customer') }} final
-    where _is_deleted = 0
+    {{ cdc_current('bank', 'customer') }}
 
 ),
 
@@ -22,13 +21,7 @@ final as (
         toDecimal64(round(toFloat64(home_lat), 2), 2) as home_lat,
         toDecimal64(round(toFloat64(home_lon), 2), 2) as home_lon,
         cast(segment as String) as segment,
-        cast(status as String) as status,
-        cast(status as String) = 'closed' as is_closed,
-        created_at,
-        updated_at,
-        closed_at,
-        coalesce(closed_at, updated_at) as status_changed_at,
-        _version as cdc_version
+        {{ lifecycle_columns() }}
 
     from source
 

@@ -2,8 +2,7 @@ with
 
 source as (
 
-    select * from {{ source('bank', 'terminal') }} final
-    where _is_deleted = 0
+    {{ cdc_current('bank', 'terminal') }}
 
 ),
 
@@ -18,13 +17,7 @@ final as (
         cast(country as String) as country,
         lat,
         lon,
-        cast(status as String) as status,
-        cast(status as String) = 'closed' as is_closed,
-        created_at,
-        updated_at,
-        closed_at,
-        coalesce(closed_at, updated_at) as status_changed_at,
-        _version as cdc_version
+        {{ lifecycle_columns() }}
 
     from source
 

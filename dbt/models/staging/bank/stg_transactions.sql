@@ -2,8 +2,7 @@ with
 
 source as (
 
-    select * from {{ source('bank', 'transaction') }} final
-    where _is_deleted = 0
+    {{ cdc_current('bank', 'transaction') }}
 
 ),
 

@@ -2,8 +2,7 @@ with
 
 source as (
 
-    select * from {{ source('truth', 'fraud_label') }} final
-    where _is_deleted = 0
+    {{ cdc_current('truth', 'fraud_label') }}
 
 ),
 
