@@ -109,6 +109,9 @@ def pipeline_settings(source_settings: Settings) -> Iterator[Settings]:
             "cdc_password": cluster.cdc_password(),
             "cdc_slot": f"af_{tag}",
             "cdc_publication": f"af_{tag}",
+            # The session's chDB directory belongs to this pytest process; the Airflow task
+            # processes need a warehouse of their own under the test's home.
+            "wh_dir": None,
         }
     )
     try:
