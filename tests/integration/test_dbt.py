@@ -217,7 +217,9 @@ def test_incremental_build_equals_full_refresh(pipeline: Pipeline) -> None:
     )
     wh.command(
         f"insert into {raw} select * replace ({new_key} as txn_id, generateUUIDv4() as txn_ref, "
-        f"toUInt128('{pin + 2}') as _version, 'c' as _op) from {raw} final where txn_id = {late_key}"
+        f"toUInt128('{pin + 2}') as _version, 'c' as _op) "
+        # A subquery: in the same select, `txn_id` in WHERE would be the replaced value.
+        f"from (select * from {raw} final where txn_id = {late_key})"
     )
     assert _build(s, "--vars", f"{{cdc_pin_version: {pin}}}"), "incremental dbt build failed"
     reversed_src = _count_source(
