@@ -25,34 +25,25 @@ def _run(command: str, ctx: typer.Context) -> None:
         raise DbtFailed(f"dbt {command} failed{detail} (see dbt's output above)")
 
 
-@app.command(context_settings=_PASSTHROUGH)
-def build(ctx: typer.Context) -> None:
-    """dbt build: snapshots, models and tests in DAG order. Extra args go to dbt (e.g. -s marts)."""
-    _run("build", ctx)
+# dbt subcommands passed through as `bankde dbt <command> [dbt args]`, with their help.
+_PASSTHROUGH_COMMANDS = {
+    "build": "dbt build: snapshots, models and tests in DAG order. Extra args go to dbt (e.g. -s marts).",
+    "run": "dbt run: build the models only. Extra args go to dbt (e.g. --full-refresh).",
+    "test": "dbt test: data tests and unit tests. Extra args go to dbt.",
+    "snapshot": "dbt snapshot: record status changes of customers, accounts, cards and terminals.",
+    "docs": "dbt docs (generate | serve): the catalog of models, columns and tests.",
+}
 
 
-@app.command(context_settings=_PASSTHROUGH)
-def run(ctx: typer.Context) -> None:
-    """dbt run: build the models only. Extra args go to dbt (e.g. --full-refresh)."""
-    _run("run", ctx)
+def _passthrough(command: str, help_text: str) -> None:
+    def invoke(ctx: typer.Context) -> None:
+        _run(command, ctx)
+
+    app.command(name=command, help=help_text, context_settings=_PASSTHROUGH)(invoke)
 
 
-@app.command(context_settings=_PASSTHROUGH)
-def test(ctx: typer.Context) -> None:
-    """dbt test: data tests and unit tests. Extra args go to dbt."""
-    _run("test", ctx)
-
-
-@app.command(context_settings=_PASSTHROUGH)
-def snapshot(ctx: typer.Context) -> None:
-    """dbt snapshot: record status changes of customers, accounts, cards and terminals."""
-    _run("snapshot", ctx)
-
-
-@app.command(context_settings=_PASSTHROUGH)
-def docs(ctx: typer.Context) -> None:
-    """dbt docs (generate | serve): the catalog of models, columns and tests."""
-    _run("docs", ctx)
+for _command, _help in _PASSTHROUGH_COMMANDS.items():
+    _passthrough(_command, _help)
 
 
 @app.command(name="eval")

@@ -260,7 +260,7 @@ class DebeziumEngine:
         self._load_tables()
         # Whatever lives now (modules, warehouse client) stays alive: out of the cyclic GC's
         # reach, the full collections JPype triggers on every Java GC scan only new objects.
-        gc.freeze() if not __import__("os").environ.get("NOFREEZE") else None
+        gc.freeze()
         offset = sink.load_offset(self.slot)
         if offset is not None and offset.snapshot_done and not state.exists:
             raise CaptureError(
@@ -412,6 +412,8 @@ class DebeziumEngine:
         engine = self._engine
         if engine is None:
             return
+        # Frozen objects holding Java references would outlive the JVM at exit (a crash).
+        gc.unfreeze()
         # Give Debezium's thread a moment to store what the sink already holds.
         deadline = time.monotonic() + 3 * HEARTBEAT_MS / 1000
         with self._cond:

@@ -66,11 +66,7 @@ final as (
 
     -- Impossible travel: the card is used far away and at home within a few hours.
     select
-        'fraud_account_takeover' as rule,
-        txn_id,
-        card_id,
-        customer_id,
-        occurred_at,
+        {{ alert_columns() }},
         least(1.0, km_from_home / {{ 2 * var('account_takeover_far_km') }}) as score,
         toJSONString(map(
             'km_from_home', toString(round(km_from_home)),

@@ -43,11 +43,7 @@ bursts as (
 final as (
 
     select
-        'fraud_after_card_closed' as rule,
-        txn_id,
-        card_id,
-        customer_id,
-        occurred_at,
+        {{ alert_columns() }},
         least(1.0, burst_size / {{ 2 * min_attempts }}) as score,
         toJSONString(map(
             'card_closed_at', toString(card_closed_at),

@@ -33,11 +33,7 @@ bursts as (
 final as (
 
     select
-        'fraud_card_testing' as rule,
-        txn_id,
-        card_id,
-        customer_id,
-        occurred_at,
+        {{ alert_columns() }},
         least(1.0, burst_size / {{ 2 * min_count }}) as score,
         toJSONString(map(
             'small_online_purchases_in_window', toString(burst_size),
