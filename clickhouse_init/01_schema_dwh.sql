@@ -187,7 +187,16 @@ ENGINE = ReplacingMergeTree(_version, _is_deleted)
 ORDER BY txn_id
 COMMENT 'CDC landing of truth.fraud_label (ground truth; evaluation only)';
 
--- One row per write of the offset; the newest per slot wins.
+-- One row per write of the offset; per slot, the row with the highest LSN wins.
+-- Why LSN and not written_at: the offset that must win is the last one written by the current
+-- incarnation of the slot. Within one incarnation the capture writes offsets in commit order
+-- (a batch's end LSN only grows; re-delivered transactions start below it and are skipped by
+-- the server), so the highest LSN is the last write, whatever the clocks of the processes that
+-- wrote the rows say; a wall-clock version let a process whose clock was behind lose its newer
+-- offset to an older one. A new incarnation (slot re-created for a snapshot redo, or by
+-- `cdc resync`) may start below the old LSNs (e.g. a re-created source cluster), so the sink
+-- deletes the slot's rows before it starts one (reset_for_snapshot, reset): rows of an old
+-- incarnation never compete with the new one. written_at is kept for people, not for merges.
 CREATE TABLE IF NOT EXISTS meta.cdc_offsets
 (
     slot          String,
@@ -195,7 +204,7 @@ CREATE TABLE IF NOT EXISTS meta.cdc_offsets
     snapshot_done UInt8,
     written_at    DateTime64(6, 'UTC') DEFAULT now64(6)
 )
-ENGINE = ReplacingMergeTree(written_at)
+ENGINE = ReplacingMergeTree(lsn)
 ORDER BY slot
 COMMENT 'Replication offset per slot: end LSN of the last transaction applied to raw.*';
 

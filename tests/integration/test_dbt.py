@@ -278,7 +278,8 @@ def test_plain_dbt_waits_for_the_warehouse_lock_then_names_its_holder() -> None:
     env = cli_env(
         Settings(home=home), DBT_LOG_PATH=str(home / "logs"), DBT_TARGET_PATH=str(home / "target")
     )
-    plain_dbt = [DBT, "debug", "--project-dir", str(REPO / "dbt"), "--profiles-dir", str(REPO / "dbt")]
+    project = str(REPO / "dbt")
+    plain_dbt = [DBT, "debug", "--project-dir", project, "--profiles-dir", project]
     holder = subprocess.Popen(
         [sys.executable, "-c", _HOLDER], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
         text=True,

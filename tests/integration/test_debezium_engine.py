@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -224,3 +225,159 @@ def test_debezium_and_native_land_the_same_state(workspace: tuple[Settings, Path
     assert tables["raw.transaction"]["ops"]["d"] == 41
     assert {"c", "u", "r"} <= set(tables["raw.transaction"]["ops"])
     assert tables["raw.customer"]["ops"]["d"] == 5  # primary-key changes: delete + insert
+
+
+def _cli(
+    settings: Settings, home: Path, engine: str, *args: str, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [BANKDE, *args],
+        env=_env(settings, home, engine),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_status_and_resync_follow_the_engine(workspace: tuple[Settings, Path]) -> None:
+    from bankde.cdc.slot import slot_state
+
+    settings, home = workspace
+    dbz_slot = engine_settings(settings).cdc_slot
+    _seed(settings)
+    for e in ENGINES:
+        _sync(settings, home, e)
+
+    st = {e: _cli(settings, home, e, "cdc", "status", "--engine", e, "--json") for e in ENGINES}
+    for e in ENGINES:
+        assert st[e].returncode == 0, st[e].stderr
+    dbz, nat = (json.loads(st[e].stdout) for e in ("debezium", "native"))
+    assert dbz["slot"] == dbz_slot and nat["slot"] == settings.cdc_slot
+    assert dbz["publication"] == engine_settings(settings).cdc_publication
+    assert (
+        dbz["exists"] and dbz["snapshot_done"] and dbz["offset_lsn"] == dbz["confirmed_flush_lsn"]
+    )
+    assert dbz["tables"]["bank.transaction"] == {"source": 600, "warehouse": 600}
+
+    # Resync of the Debezium engine: its slot and landing tables anew, the native slot untouched.
+    native_before = slot_state(settings).confirmed_flush_lsn
+    dbz_before = slot_state(engine_settings(settings)).confirmed_flush_lsn
+    _sql(settings, "DELETE FROM bank.transaction WHERE txn_id > 500")
+    res = _cli(
+        settings, home, "debezium", "cdc", "resync", "--engine", "debezium", "--yes", "--json"
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout)
+    assert out["slot"] == dbz_slot and out["snapshot_rows"]["bank.transaction"] == 500
+    assert slot_state(settings).confirmed_flush_lsn == native_before
+    after = slot_state(engine_settings(settings))
+    assert after.exists and (after.confirmed_flush_lsn or 0) > (dbz_before or 0)
+    rec = _reconcile(settings, home, "debezium")
+    assert rec.returncode == 0, rec.stdout[-2000:]
+
+    # A wrong engine name: one line, exit 2, nothing dropped.
+    for cmd in (("cdc", "status"), ("cdc", "resync", "--yes"), ("cdc", "run")):
+        bad = _cli(settings, home, "debezium", *cmd, "--engine", "kafka", timeout=60)
+        assert bad.returncode == 2, (cmd, bad.stderr)
+        assert "--engine native or debezium" in bad.stderr and bad.stderr.count("\n") <= 1
+    assert slot_state(engine_settings(settings)).exists
+
+
+def _workload(settings: Settings, stop: Any, rng: Any) -> int:
+    """Small random transactions (inserts, updates, deletes, key changes) until `stop`."""
+    import time
+
+    done, next_id = 0, 10_000
+    with connect(source_info(settings)) as conn:
+        while not stop.is_set():
+            for _ in range(rng.randint(1, 4)):
+                kind = rng.random()
+                if kind < 0.5:
+                    n = rng.randint(1, 20)
+                    conn.execute(
+                        """INSERT INTO bank.transaction (txn_id, account_id, txn_type, status,
+                            amount, currency, description, occurred_at)
+                        SELECT g, 1 + g %% 50, 'deposit', 'approved', 12.34, 'EUR', 'live ' || g,
+                            now() FROM generate_series(%s::bigint, %s::bigint) g""",
+                        (next_id, next_id + n - 1),
+                    )
+                    next_id += n
+                elif kind < 0.8:
+                    conn.execute(
+                        "UPDATE bank.transaction SET amount = amount + 0.01, updated_at = now() "
+                        "WHERE txn_id %% 13 = %s",
+                        (rng.randint(0, 12),),
+                    )
+                elif kind < 0.95:
+                    conn.execute(
+                        "DELETE FROM bank.transaction WHERE txn_id IN (SELECT txn_id FROM "
+                        "bank.transaction WHERE txn_id > 30 ORDER BY random() LIMIT 2)"
+                    )
+                else:
+                    conn.execute(
+                        "UPDATE bank.transaction SET txn_id = %s WHERE txn_id = (SELECT max(txn_id) "
+                        "FROM bank.transaction)",
+                        (next_id,),
+                    )
+                    next_id += 1
+            conn.commit()
+            done += 1
+            time.sleep(0.01)
+    return done
+
+
+def test_kill_dash_nine_of_the_debezium_engine(workspace: tuple[Settings, Path]) -> None:
+    """`bankde cdc run --engine debezium` killed with SIGKILL during a mixed workload, restarted
+    each time (three kills: the JVM's start takes seconds); then the warehouse equals the source."""
+    import random
+    import signal
+    import threading
+    import time
+
+    from bankde.cdc.slot import slot_state
+
+    settings, home = workspace
+    dbz_settings = engine_settings(settings)
+    _seed(settings)
+    env = {
+        **_env(settings, home, "debezium"),
+        "BANKDE_CDC_BATCH_SECONDS": "0.1",
+        "BANKDE_CDC_BATCH_ROWS": "200",
+    }
+    stop = threading.Event()
+    done: list[int] = []
+    writer = threading.Thread(
+        target=lambda: done.append(_workload(settings, stop, random.Random(3))), daemon=True
+    )
+    writer.start()
+    rng = random.Random(5)
+    confirmed: list[int | None] = []
+    try:
+        for i in range(3):
+            proc = subprocess.Popen(
+                [BANKDE, "cdc", "run", "--engine", "debezium", "--no-progress"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            # Past the JVM's start (a few seconds), into streaming; the first run snapshots.
+            time.sleep(rng.uniform(6.0, 9.0))
+            if proc.poll() is not None:
+                pytest.fail(f"cdc run exited early: {proc.stderr.read() if proc.stderr else ''}")
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            banner = proc.stderr.read() if proc.stderr else ""
+            assert f"streaming slot {dbz_settings.cdc_slot} " in banner, banner
+            confirmed.append(slot_state(dbz_settings).confirmed_flush_lsn)
+            assert confirmed[-1] is not None, f"kill {i}: nothing confirmed"
+    finally:
+        stop.set()
+        writer.join(timeout=30)
+    assert done and done[0] > 50
+    # Each run confirmed more of the stream before it was killed.
+    assert len(set(confirmed)) == 3, confirmed
+    res = _sync(settings, home, "debezium")
+    assert not res["snapshot_rows"]  # resumed from the offset, no second snapshot
+    rec = _reconcile(settings, home, "debezium")
+    assert rec.returncode == 0, f"{rec.stdout[-2000:]}{rec.stderr[-2000:]}"

@@ -14,13 +14,14 @@ from bankde.cdc.envelope import format_lsn
 from bankde.cdc.pgoutput import Relation, Transaction
 from bankde.console import err
 from bankde.contracts import Offset, Sink, SourceColumn
-from bankde.errors import BankdeError, CaptureError, ConfigError, SourceUnavailable
+from bankde.errors import CaptureError, ConfigError, SourceUnavailable
 from bankde.settings import Settings
 
 # Reconnect backoff after the source went away: doubles from the first to the last.
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 10.0
-# How long `cdc sync` keeps retrying an unreachable source before giving up.
+# How long `cdc sync` keeps retrying a source lost mid-stream before giving up (one that is
+# unreachable at the start fails at once).
 SYNC_RETRY_SECONDS = 120.0
 
 
@@ -139,7 +140,8 @@ class Streamer:
         self._acked = 0
         self._writer = _Writer(self._write)
         self._batch_started: float | None = None
-        self._columns: dict[tuple[str, str], tuple[str, ...]] = {}
+        # Per table, the columns last ensured in the warehouse: (name, type OID, typmod) each.
+        self._columns: dict[tuple[str, str], tuple[tuple[str, int, int], ...]] = {}
 
     # -- connection lifecycle -----------------------------------------------------------
     def open(self, progress: ProgressFn | None = None) -> Offset:
@@ -213,15 +215,23 @@ class Streamer:
         self._end_lsn = txn.end_lsn
 
     def _ensure_columns(self, relations: list[Relation]) -> None:
-        """A table described with columns we have not ensured yet: widen the warehouse first."""
+        """A table described with columns we have not ensured yet (a new name, or a type or
+        typmod change such as numeric(18,2) -> numeric(18,4)): widen the warehouse first, or
+        stop with the sink's CaptureError before any row of the new shape is written."""
         for rel in relations:
             key = (rel.schema, rel.table)
-            if self._columns.get(key) == rel.names:
+            shape = tuple((c.name, c.type_oid, c.typmod) for c in rel.columns)
+            if self._columns.get(key) == shape:
                 continue
             # Rows already held have the old columns: write them before altering.
             self.flush()
             self.sink.ensure_columns(rel.schema, rel.table, source_columns(rel))
-            self._columns[key] = rel.names
+            self._columns[key] = shape
+
+    @property
+    def holding(self) -> bool:
+        """Whether complete transactions with rows are held, not yet handed to the writer."""
+        return self._batch.rows > 0
 
     def flush(self, wait: bool = True) -> None:
         """Hand what is held (complete transactions) with its offset to the writer; with `wait`,
@@ -451,8 +461,13 @@ def _stream(
     batch_seconds: float | None = None,
     on_batch: Callable[[BatchStats], None] | None = None,
     max_outage: float | None = None,
+    retry_at_start: bool = True,
 ) -> SyncResult:
-    """Open (snapshot if needed), then stream until caught up with `until_lsn` or until `stop`."""
+    """Open (snapshot if needed), then stream until caught up with `until_lsn` or until `stop`.
+
+    A lost source connection is retried with backoff (for at most `max_outage` seconds when
+    given); without `retry_at_start`, a source that cannot be opened at all fails at once.
+    """
     started = time.monotonic()
     if engine_name == "debezium":
         # Its own slot, publication and offset row: never the native engine's.
@@ -488,15 +503,19 @@ def _stream(
                         streamer.flush()
                         break
                     request = getattr(engine, "request_status", None)
-                    if request is not None and not streamer._batch.rows:
+                    if request is not None and not streamer.holding:
                         request()
-            except BankdeError as exc:
-                if not _is_disconnect(exc):
-                    raise
-                _on_disconnect(streamer, backoff, exc, stop, max_outage)
             except Exception as exc:
                 if not _is_disconnect(exc):
                     raise
+                if stream_started is None and not retry_at_start:
+                    # The first open failed: a scheduler's micro-batch fails now, in one line,
+                    # rather than after minutes of retries.
+                    if isinstance(exc, SourceUnavailable):
+                        raise
+                    raise SourceUnavailable(
+                        f"cannot stream from the source: {_first_line(exc)}"
+                    ) from None
                 _on_disconnect(streamer, backoff, exc, stop, max_outage)
         else:
             # Stopped: write what is complete, so a clean shutdown loses no work.
@@ -549,20 +568,22 @@ def sync(
     show_progress: bool = True,
 ) -> SyncResult:
     """Snapshot if needed, then apply every change committed before the WAL position current at
-    the start (pg_current_wal_lsn()), then return. Safe to run repeatedly (micro-batches)."""
+    the start (pg_current_wal_lsn()), then return. Safe to run repeatedly (micro-batches).
+
+    A source that cannot be reached or opened at the start fails at once (SourceUnavailable);
+    one lost mid-stream is retried with backoff for up to SYNC_RETRY_SECONDS."""
     from bankde.cdc.slot import current_wal_lsn
 
-    sink = sink or open_sink(settings)
-    with snapshot_progress(show_progress) as progress:
-        return _stream(
-            settings,
-            sink,
-            engine,
-            until_lsn=lambda: current_wal_lsn(settings),
-            stop=None,
-            progress=progress,
-            max_outage=SYNC_RETRY_SECONDS,
-        )
+    return _open_and_stream(
+        settings,
+        sink,
+        engine,
+        show_progress,
+        until_lsn=lambda: current_wal_lsn(settings),
+        stop=None,
+        max_outage=SYNC_RETRY_SECONDS,
+        retry_at_start=False,
+    )
 
 
 def run(
@@ -578,20 +599,27 @@ def run(
 ) -> SyncResult:
     """Stream until `stop_event` is set; reconnects with backoff while the source is down. On
     stop, the complete transactions held are written and acknowledged before returning."""
+    return _open_and_stream(
+        settings,
+        sink,
+        engine,
+        show_progress,
+        until_lsn=None,
+        stop=stop_event,
+        batch_rows=batch_rows,
+        batch_seconds=batch_seconds,
+        on_batch=on_batch,
+    )
+
+
+def _open_and_stream(
+    settings: Settings, sink: Sink | None, engine: str, show_progress: bool, **options: Any
+) -> SyncResult:
+    """_stream into `sink` (default: the settings' warehouse), with snapshot progress bars."""
     make_engine(settings, engine)  # a wrong engine name fails before anything opens
     sink = sink or open_sink(settings)
     with snapshot_progress(show_progress) as progress:
-        return _stream(
-            settings,
-            sink,
-            engine,
-            until_lsn=None,
-            stop=stop_event,
-            progress=progress,
-            batch_rows=batch_rows,
-            batch_seconds=batch_seconds,
-            on_batch=on_batch,
-        )
+        return _stream(settings, sink, engine, progress=progress, **options)
 
 
 def resync(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 
 from bankde.console import err, out, print_json
-from bankde.settings import get_settings
+from bankde.errors import ConfigError
+from bankde.settings import Settings, get_settings
 
 app = typer.Typer(
     help="Change data capture: Postgres logical replication into the warehouse.",
@@ -17,6 +18,18 @@ ENGINE_HELP = "Capture engine: native (pgoutput, default) or debezium (extra [de
 
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="cdc")
+
+
+def _engine_settings(settings: Settings, engine: str) -> Settings:
+    """The settings `engine` captures under: the Debezium engine has its own slot, publication
+    and offset row (names suffixed `_dbz`)."""
+    if engine == "native":
+        return settings
+    if engine == "debezium":
+        from bankde.cdc.engines.debezium_config import engine_settings
+
+        return engine_settings(settings)
+    raise ConfigError(f"unknown capture engine {engine!r}: use --engine native or debezium")
 
 
 def _print_result(res: object, as_json: bool) -> None:
@@ -83,9 +96,10 @@ def run(
         err.print(f"{signal.Signals(signum).name}: finishing the current batch, then stopping")
         stop.set()
 
+    slot = _engine_settings(settings, engine).cdc_slot
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    err.print(f"streaming slot {settings.cdc_slot} (Ctrl-C to stop)")
+    err.print(f"streaming slot {slot} with the {engine} engine (Ctrl-C to stop)")
     res = do_run(
         settings,
         stop,
@@ -99,13 +113,14 @@ def run(
 
 @app.command()
 def status(
+    engine: str = typer.Option("native", "--engine", help=ENGINE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     wait: float = typer.Option(0.0, "--wait", min=0, help="Seconds to wait for a busy warehouse."),
 ) -> None:
     """Slot, lag, WAL retained, last batch, changes/s, row counts source vs warehouse."""
     from bankde.cdc.status import status as get_status
 
-    data = get_status(get_settings(), wait=wait)
+    data = get_status(_engine_settings(get_settings(), engine), wait=wait)
     if as_json:
         print_json(data)
     else:
@@ -125,17 +140,31 @@ def status(
 
 @app.command()
 def resync(
+    engine: str = typer.Option("native", "--engine", help=ENGINE_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Snapshot progress bars."),
 ) -> None:
     """Drop and recreate the slot and the landing tables, then snapshot again."""
+    from bankde.cdc.capture import make_engine, open_sink, sync
     from bankde.cdc.capture import resync as do_resync
+    from bankde.cdc.slot import drop_slot
 
     settings = get_settings()
+    slot_settings = _engine_settings(settings, engine)
+    make_engine(settings, engine)  # an engine that cannot run fails before anything is dropped
     if not yes and not typer.confirm(
-        f"drop slot {settings.cdc_slot} and every landing table, then snapshot again?", err=True
+        f"drop slot {slot_settings.cdc_slot} and every landing table, then snapshot again?",
+        err=True,
     ):
         raise typer.Exit(1)
-    res = do_resync(settings, show_progress=progress and not as_json)
+    show = progress and not as_json
+    if engine == "native":
+        res = do_resync(settings, show_progress=show)
+    else:
+        # As capture.resync does for the native slot, with the engine's own slot and offset row.
+        sink = open_sink(settings)
+        drop_slot(slot_settings)
+        sink.reset(slot_settings.cdc_slot)
+        res = sync(settings, sink=sink, engine=engine, show_progress=show)
     _print_result(res, as_json)

@@ -8,7 +8,6 @@ import time
 from typing import Any
 
 from bankde.cdc.engine import ProgressFn
-from bankde.cdc.envelope import format_lsn
 from bankde.cdc.pgoutput import Decoder, Transaction
 from bankde.cdc.slot import (
     catalog_columns,
@@ -183,10 +182,6 @@ class NativeEngine:
             return True
         wal_end = int(getattr(self._cur, "wal_end", 0) or 0)
         return wal_end >= target_lsn
-
-    @property
-    def position(self) -> str:
-        return format_lsn(self._acked)
 
     def close(self) -> None:
         if self._conn is not None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from bankde.contracts import SourceColumn
@@ -47,11 +49,16 @@ class SlotState:
 def captured_tables(settings: Settings) -> list[tuple[str, str]]:
     """Every base table of the captured schemas (bank, truth), in a stable order."""
     with connect(source_info(settings)) as conn:
-        rows = conn.execute(
-            "SELECT table_schema, table_name FROM information_schema.tables "
-            "WHERE table_schema = ANY(%s) AND table_type = 'BASE TABLE' ORDER BY 1, 2",
-            (list(SCHEMAS),),
-        ).fetchall()
+        return captured_tables_in(conn)
+
+
+def captured_tables_in(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    """captured_tables() on an open connection (inside the caller's transaction and snapshot)."""
+    rows = conn.execute(
+        "SELECT table_schema, table_name FROM information_schema.tables "
+        "WHERE table_schema = ANY(%s) AND table_type = 'BASE TABLE' ORDER BY 1, 2",
+        (list(SCHEMAS),),
+    ).fetchall()
     return [(str(s), str(t)) for s, t in rows]
 
 

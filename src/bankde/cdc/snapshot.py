@@ -2,28 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from urllib.parse import quote
 
 import numpy as np
 import pyarrow as pa
 
+from bankde.cdc.engine import ProgressFn
 from bankde.contracts import Sink
 from bankde.errors import CaptureError
 from bankde.source.connection import SourceInfo
 
 # Rows handed to the sink per call: big enough to amortise an insert, small enough for memory.
 CHUNK_ROWS = 250_000
-
-Progress = Callable[[str, int, int | None], None]  # (table, rows so far, estimated total)
-
-
-@dataclass(frozen=True)
-class SnapshotResult:
-    rows: dict[str, int]  # "schema.table" -> rows copied
-    seconds: float
-
 
 def adbc_uri(info: SourceInfo) -> str:
     """A libpq URI for the ADBC driver (it speaks binary COPY and builds Arrow in C++)."""
@@ -44,7 +35,7 @@ def copy_snapshot(
     tables: Sequence[tuple[str, str]],
     sink: Sink,
     snapshot_lsn: int,
-    progress: Progress | None = None,
+    progress: ProgressFn | None = None,
 ) -> dict[str, int]:
     """Copy every table as of the exported snapshot into the sink; rows per table.
 

@@ -206,7 +206,7 @@ def new_entities(
             )
         )  # fmt: skip
     world.customers = Customers(cid, city.astype(np.int64), seg.astype(np.int64), lat, lon,
-                                np.full(n, NEVER, np.int64))  # fmt: skip
+                                np.full(n, NEVER, np.int64), c_created, c_created.copy())  # fmt: skip
     scale = world.customers.amount_scale
 
     # --- accounts: one checking each, some savings
@@ -230,7 +230,7 @@ def new_entities(
             )
         )  # fmt: skip
     world.accounts = Accounts(aid, a_cust.astype(np.int64), a_chk, balance, overdraft,
-                              np.full(na, NEVER, np.int64))  # fmt: skip
+                              np.full(na, NEVER, np.int64), a_created, a_created.copy())  # fmt: skip
 
     # --- cards: on checking accounts (first n accounts), some customers hold two
     second = rng.random(n) < 0.25
@@ -262,7 +262,7 @@ def new_entities(
          for r in rows.card[-nk:]] if nk else [], np.int64,
     )  # fmt: skip
     world.cards = Cards(kid, k_acct.astype(np.int64), a_cust[k_acct].astype(np.int64), daily_limit,
-                        exp_us, np.full(nk, NEVER, np.int64))  # fmt: skip
+                        exp_us, np.full(nk, NEVER, np.int64), k_created, k_created.copy())  # fmt: skip
 
     # --- terminals
     m = n_terminals
@@ -306,6 +306,6 @@ def new_entities(
             )
         )  # fmt: skip
     world.terminals = Terminals(tid, kind.astype(np.int64), t_city.astype(np.int64), t_lat, t_lon,
-                                np.full(m, NEVER, np.int64))  # fmt: skip
+                                np.full(m, NEVER, np.int64), t_created, t_created.copy())  # fmt: skip
     assert KIND_POS == 1
     return world, rows

@@ -43,6 +43,10 @@ class Customers:
     lat: np.ndarray = field(default_factory=lambda: np.zeros(0))
     lon: np.ndarray = field(default_factory=lambda: np.zeros(0))
     closed_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    created_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    # Earliest time a close may take (µs): after creation, the row's last update and the
+    # latest transaction already written on it, so no close is back-dated before them.
+    floor: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -75,6 +79,8 @@ class Accounts:
     balance: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # cents
     overdraft: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # cents
     closed_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    created_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    floor: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -88,6 +94,8 @@ class Cards:
     daily_limit: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # cents
     expires_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     closed_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    created_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    floor: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -101,6 +109,8 @@ class Terminals:
     lat: np.ndarray = field(default_factory=lambda: np.zeros(0))
     lon: np.ndarray = field(default_factory=lambda: np.zeros(0))
     closed_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    created_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    floor: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -152,16 +162,24 @@ def _us(col: str) -> str:
     return f"coalesce((extract(epoch from {col}) * 1000000)::bigint, {NEVER})"
 
 
-def load_world(conn: psycopg.Connection, last_txn_at: bool = False) -> World:
+def load_world(
+    conn: psycopg.Connection, last_txn_at: bool = False, activity_since: int | None = None
+) -> World:
     """Read every entity's generator-relevant state (small tables; of transactions only the
-    max id, plus with `last_txn_at` the latest occurred_at, a full scan: no index serves it)."""
+    max id, plus with `last_txn_at` the latest occurred_at, a full scan: no index serves it).
+
+    `activity_since` (µs) also reads, per account, card and terminal, its latest transaction
+    (any status) at or after that time into `floor` (one filtered scan; a run passes the start
+    of its span): a later run never closes an entity before activity already written on it.
+    """
     w = World()
+    life = f"{_us('closed_at')}, {_us('created_at')}, {_us('updated_at')}"
     rows = conn.execute(
-        f"SELECT customer_id, city, segment, home_lat::float8, home_lon::float8, {_us('closed_at')}"
+        f"SELECT customer_id, city, segment, home_lat::float8, home_lon::float8, {life}"
         " FROM bank.customer ORDER BY customer_id"
     ).fetchall()
     if rows:
-        ids, city, seg, lat, lon, closed = zip(*rows, strict=True)
+        ids, city, seg, lat, lon, closed, created, updated = zip(*rows, strict=True)
         w.customers = Customers(
             ids=np.array(ids, np.int64),
             city=np.array([geo.CITY_INDEX.get(c, 0) for c in city], np.int64),
@@ -169,14 +187,16 @@ def load_world(conn: psycopg.Connection, last_txn_at: bool = False) -> World:
             lat=np.array(lat, float),
             lon=np.array(lon, float),
             closed_at=np.array(closed, np.int64),
+            created_at=np.array(created, np.int64),
+            floor=np.maximum(np.array(created, np.int64), np.array(updated, np.int64)),
         )
     cust_ids = w.customers.ids
     rows = conn.execute(
         "SELECT account_id, customer_id, kind = 'checking', (balance * 100)::bigint,"
-        f" (overdraft_limit * 100)::bigint, {_us('closed_at')} FROM bank.account ORDER BY account_id"
+        f" (overdraft_limit * 100)::bigint, {life} FROM bank.account ORDER BY account_id"
     ).fetchall()
     if rows:
-        ids, cust, chk, bal, od, closed = zip(*rows, strict=True)
+        ids, cust, chk, bal, od, closed, created, updated = zip(*rows, strict=True)
         w.accounts = Accounts(
             ids=np.array(ids, np.int64),
             cust=np.searchsorted(cust_ids, np.array(cust, np.int64)),
@@ -184,13 +204,15 @@ def load_world(conn: psycopg.Connection, last_txn_at: bool = False) -> World:
             balance=np.array(bal, np.int64),
             overdraft=np.array(od, np.int64),
             closed_at=np.array(closed, np.int64),
+            created_at=np.array(created, np.int64),
+            floor=np.maximum(np.array(created, np.int64), np.array(updated, np.int64)),
         )
     rows = conn.execute(
         "SELECT card_id, account_id, customer_id, (daily_limit * 100)::bigint,"
-        f" {_us('expires_on::timestamptz')}, {_us('closed_at')} FROM bank.card ORDER BY card_id"
+        f" {_us('expires_on::timestamptz')}, {life} FROM bank.card ORDER BY card_id"
     ).fetchall()
     if rows:
-        ids, acct, cust, lim, exp, closed = zip(*rows, strict=True)
+        ids, acct, cust, lim, exp, closed, created, updated = zip(*rows, strict=True)
         w.cards = Cards(
             ids=np.array(ids, np.int64),
             acct=np.searchsorted(w.accounts.ids, np.array(acct, np.int64)),
@@ -198,13 +220,15 @@ def load_world(conn: psycopg.Connection, last_txn_at: bool = False) -> World:
             daily_limit=np.array(lim, np.int64),
             expires_at=np.array(exp, np.int64),
             closed_at=np.array(closed, np.int64),
+            created_at=np.array(created, np.int64),
+            floor=np.maximum(np.array(created, np.int64), np.array(updated, np.int64)),
         )
     rows = conn.execute(
-        "SELECT terminal_id, kind, city, lat::float8, lon::float8,"
-        f" {_us('closed_at')} FROM bank.terminal ORDER BY terminal_id"
+        f"SELECT terminal_id, kind, city, lat::float8, lon::float8, {life}"
+        " FROM bank.terminal ORDER BY terminal_id"
     ).fetchall()
     if rows:
-        ids, kind, city, lat, lon, closed = zip(*rows, strict=True)
+        ids, kind, city, lat, lon, closed, created, updated = zip(*rows, strict=True)
         w.terminals = Terminals(
             ids=np.array(ids, np.int64),
             kind=np.array([TERMINAL_KINDS.index(k) for k in kind], np.int64),
@@ -212,6 +236,8 @@ def load_world(conn: psycopg.Connection, last_txn_at: bool = False) -> World:
             lat=np.array(lat, float),
             lon=np.array(lon, float),
             closed_at=np.array(closed, np.int64),
+            created_at=np.array(created, np.int64),
+            floor=np.maximum(np.array(created, np.int64), np.array(updated, np.int64)),
         )
     row = conn.execute(
         "SELECT (SELECT coalesce(max(customer_id), 0) FROM bank.customer),"
@@ -223,9 +249,31 @@ def load_world(conn: psycopg.Connection, last_txn_at: bool = False) -> World:
     ).fetchone()
     assert row is not None
     w.next_ids = NextIds(*(int(v) + 1 for v in row))
+    if activity_since is not None and w.next_ids.txn > 1:
+        _raise_floors(conn, w, activity_since)
     if last_txn_at:
         got = conn.execute(
             "SELECT (extract(epoch from max(occurred_at)) * 1000000)::bigint FROM bank.transaction"
         ).fetchone()
         w.last_txn_at = None if got is None or got[0] is None else int(got[0])
     return w
+
+
+def _raise_floors(conn: psycopg.Connection, w: World, since: int) -> None:
+    # Declined rows count too: a close before them would turn them into "attempts after the
+    # close", which only the after_card_closed scenario is meant to produce.
+    rows = conn.execute(
+        "SELECT account_id, card_id, terminal_id,"
+        " (extract(epoch from max(occurred_at)) * 1000000)::bigint FROM bank.transaction"
+        " WHERE occurred_at >= 'epoch'::timestamptz + %s * interval '1 microsecond'"
+        " GROUP BY GROUPING SETS ((account_id), (card_id), (terminal_id))",
+        (since,),
+    ).fetchall()
+    for col, ents in enumerate((w.accounts, w.cards, w.terminals)):
+        got = [(r[col], r[3]) for r in rows if r[col] is not None]
+        if not got:
+            continue
+        ids, last = (np.array(x, np.int64) for x in zip(*got, strict=True))
+        idx = np.searchsorted(ents.ids, ids)
+        ok = (idx < len(ents.ids)) & (ents.ids[np.minimum(idx, len(ents.ids) - 1)] == ids)
+        np.maximum.at(ents.floor, idx[ok], last[ok])

@@ -6,9 +6,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bankde.cdc.slot import captured_tables_in
 from bankde.settings import Settings, get_settings
 from bankde.source.connection import connect, source_info
-from bankde.source.schema import SCHEMAS
 from bankde.warehouse.client import Warehouse, open_warehouse
 from bankde.warehouse.ddl import DbNames, table_info
 from bankde.warehouse.types import ident, parse_pg_type, strip_wrappers
@@ -144,15 +144,6 @@ def _ch_bucket(text: str) -> str:
     return f"bitAnd(reinterpretAsUInt32(reverse(substring(MD5({text}), 1, 4))), {BUCKETS - 1})"
 
 
-def _source_tables(conn: Any) -> list[tuple[str, str]]:
-    rows = conn.execute(
-        "SELECT table_schema, table_name FROM information_schema.tables "
-        "WHERE table_schema = ANY(%s) AND table_type = 'BASE TABLE' ORDER BY 1, 2",
-        (list(SCHEMAS),),
-    ).fetchall()
-    return [(str(s), str(t)) for s, t in rows]
-
-
 def _source_columns(conn: Any, schema: str, table: str) -> tuple[list[tuple[str, str]], list[str]]:
     """[(column, format_type)] in table order, and the primary-key columns."""
     rel = f"{_pg_ident(schema)}.{_pg_ident(table)}"
@@ -192,7 +183,7 @@ def reconcile(
         conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
         conn.execute("SET LOCAL TimeZone = 'UTC'")
         conn.execute("SET LOCAL extra_float_digits = 1")
-        for schema, table in _source_tables(conn):
+        for schema, table in captured_tables_in(conn):
             checks.append(_check_table(conn, wh, names, schema, table, sample_size))
         conn.rollback()
     return ReconcileResult(checks, time.monotonic() - started)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bankde.errors import BankdeError, ConfigError
 from bankde.settings import Settings, get_settings
@@ -16,6 +16,8 @@ from bankde.warehouse.types import arrow_to_ch_type, ident, sql_str
 if TYPE_CHECKING:
     import pyarrow as pa
     from clickhouse_connect.driver.client import Client
+
+_T = TypeVar("_T")
 
 
 class WarehouseError(BankdeError):
@@ -39,7 +41,7 @@ def warehouse_path(settings: Settings | None = None) -> str:
 
 class _Embedded:
     """The process-wide chDB engine: its lock, a raw connection for Arrow inserts, a shared
-    clickhouse-connect client for queries."""
+    clickhouse-connect client for queries; every statement on either runs under `mutex`."""
 
     def __init__(self, path: str, wait: float) -> None:
         import chdb
@@ -53,17 +55,19 @@ class _Embedded:
         except Exception as exc:
             self.lock.release()
             raise WarehouseError(f"cannot open warehouse {path}: {_first_line(exc)}") from None
-        # chDB connections are not re-entrant: one statement at a time per handle.
+        # chDB handles are not re-entrant: one statement at a time per handle, and the sink's
+        # writer thread, capture engines and callers on other threads share these two.
         self.mutex = threading.RLock()
         self._cc: Client | None = None
 
-    @property
-    def cc(self) -> Client:
-        if self._cc is None:
-            import clickhouse_connect
+    def with_client(self, fn: Callable[[Client], _T]) -> _T:
+        """`fn(client)` on the shared clickhouse-connect client, holding the mutex."""
+        with self.mutex:
+            if self._cc is None:
+                import clickhouse_connect
 
-            self._cc = clickhouse_connect.get_client(interface="chdb", path=self.path)
-        return self._cc
+                self._cc = clickhouse_connect.get_client(interface="chdb", path=self.path)
+            return fn(self._cc)
 
     def run(self, sql: str) -> None:
         with self.mutex:
@@ -161,30 +165,34 @@ class Warehouse:
             return self._embedded.path
         return "ClickHouse server (BANKDE_CLICKHOUSE_URL)"
 
-    @property
-    def client(self) -> Client:
-        """A clickhouse-connect client on this warehouse, shared by the process (dbt uses it)."""
+    def _with_client(self, fn: Callable[[Client], _T]) -> _T:
+        """`fn` on the clickhouse-connect client: embedded, under the engine's mutex (its
+        handles take one statement at a time); a server client is thread-safe by itself."""
         if self._embedded is not None:
-            return self._embedded.cc
+            return self._embedded.with_client(fn)
         assert self._server is not None
-        return self._server
+        return fn(self._server)
 
     # --- reads -------------------------------------------------------------------------
     def query(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
         """Rows as tuples of Python values (Decimal, datetime, int...)."""
-        return [
-            tuple(r)
-            for r in self._guard(lambda: self.client.query(sql, parameters=params)).result_rows
-        ]
+        _names, rows = self.query_with_names(sql, params)
+        return rows
 
     def query_with_names(
         self, sql: str, params: dict[str, Any] | None = None
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
-        res = self._guard(lambda: self.client.query(sql, parameters=params))
-        return list(res.column_names), [tuple(r) for r in res.result_rows]
+        def read(client: Client) -> tuple[list[str], list[tuple[Any, ...]]]:
+            # Rows are materialised inside the lock: a result may be read lazily otherwise.
+            res = client.query(sql, parameters=params)
+            return list(res.column_names), [tuple(r) for r in res.result_rows]
+
+        return self._guard(lambda: self._with_client(read))
 
     def query_arrow(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
-        return self._guard(lambda: self.client.query_arrow(sql, parameters=params))
+        return self._guard(
+            lambda: self._with_client(lambda c: c.query_arrow(sql, parameters=params))
+        )
 
     def scalar(self, sql: str, params: dict[str, Any] | None = None) -> Any:
         rows = self.query(sql, params)
@@ -197,7 +205,7 @@ class Warehouse:
             embedded = self._embedded
             self._guard(lambda: embedded.run(sql))
             return
-        self._guard(lambda: self.client.command(sql, parameters=params))
+        self._guard(lambda: self._with_client(lambda c: c.command(sql, parameters=params)))
 
     def insert_select(
         self,
@@ -230,12 +238,10 @@ class Warehouse:
         with pa.ipc.new_stream(sink, table_data.schema) as writer:
             writer.write_table(table_data)
         payload = sink.getvalue().to_pybytes()
-        self._guard(lambda: self.client.command(sql, data=payload), context=f"insert into {table}")
-
-    def insert_arrow(self, table: str, data: pa.Table | pa.RecordBatch) -> None:
-        """Insert Arrow columns into the same-named table columns (types converted by the engine)."""
-        names = list(data.schema.names)
-        self.insert_select(table, names, [ident(n) for n in names], data)
+        self._guard(
+            lambda: self._with_client(lambda c: c.command(sql, data=payload)),
+            context=f"insert into {table}",
+        )
 
     def _guard(self, fn: Any, context: str | None = None) -> Any:
         try:
@@ -252,8 +258,3 @@ def open_warehouse(settings: Settings | None = None, wait: float | None = None) 
     holding the lock file; another process holding it makes this wait up to `wait` seconds
     (default BANKDE_WH_LOCK_WAIT) and then raise WarehouseLocked naming that process."""
     return Warehouse(settings or get_settings(), wait)
-
-
-def shared_client(settings: Settings | None = None, wait: float | None = None) -> Client:
-    """The process's clickhouse-connect client on the warehouse (chDB interface when embedded)."""
-    return open_warehouse(settings, wait).client

@@ -220,11 +220,11 @@ def _nullable_text_to(base: str, x: str) -> str:
     return f"CAST({x} AS Nullable({base}))"
 
 
-def text_cast_expr(x: str, ch_type: str, deleted: str | None = None) -> str:
+def text_cast_expr(x: str, ch_type: str) -> str:
     """SQL converting column `x` (Postgres text form, NULL allowed) to `ch_type`.
 
-    A NOT NULL target takes the type's default only on rows where `deleted` is true (a delete
-    event carries just the key); elsewhere a NULL there makes the INSERT fail via not_null_guard.
+    A NULL for a NOT NULL target becomes the type's default: a delete event carries only the key
+    there. The sink rejects a NULL anywhere else before inserting (ClickHouseSink._check_not_null).
     """
     base, nullable = strip_wrappers(ch_type)
     expr = _nullable_text_to(base, x)

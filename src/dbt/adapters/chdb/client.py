@@ -26,9 +26,7 @@ def hold_warehouse(path: str) -> None:
     from bankde.warehouse.client import open_warehouse
 
     try:
-        settings = load_settings().model_copy(
-            update={"wh_dir": Path(path), "clickhouse_url": None}
-        )
+        settings = load_settings().model_copy(update={"wh_dir": Path(path), "clickhouse_url": None})
         open_warehouse(settings)
     except WarehouseLocked as exc:
         raise FailedToConnectError(f"{exc} (plain dbt: BANKDE_WH_LOCK_WAIT=<seconds>)") from None

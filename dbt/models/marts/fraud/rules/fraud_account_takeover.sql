@@ -66,7 +66,7 @@ final as (
 
     -- Impossible travel: the card is used far away and at home within a few hours.
     select
-        {{ alert_columns() }},
+        {{ alert_columns('fraud_account_takeover') }},
         least(1.0, km_from_home / {{ 2 * var('account_takeover_far_km') }}) as score,
         toJSONString(map(
             'km_from_home', toString(round(km_from_home)),

@@ -43,7 +43,7 @@ bursts as (
 final as (
 
     select
-        {{ alert_columns() }},
+        {{ alert_columns('fraud_after_card_closed') }},
         least(1.0, burst_size / {{ 2 * min_attempts }}) as score,
         toJSONString(map(
             'card_closed_at', toString(card_closed_at),

@@ -66,7 +66,7 @@ final as (
     -- Legitimate customers retry a declined purchase at most once; a prober walks the amount
     -- down, so every attempt around the declines is at or below the first declined amount.
     select
-        {{ alert_columns() }},
+        {{ alert_columns('fraud_amount_probing') }},
         least(1.0, declines_around / {{ 2 * min_declines }}) as score,
         toJSONString(map(
             'declines_at_merchant', toString(declines_around),

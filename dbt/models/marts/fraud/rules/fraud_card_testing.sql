@@ -33,7 +33,7 @@ bursts as (
 final as (
 
     select
-        {{ alert_columns() }},
+        {{ alert_columns('fraud_card_testing') }},
         least(1.0, burst_size / {{ 2 * min_count }}) as score,
         toJSONString(map(
             'small_online_purchases_in_window', toString(burst_size),

@@ -30,7 +30,7 @@ bursts as (
 final as (
 
     select
-        {{ alert_columns() }},
+        {{ alert_columns('fraud_rapid_withdrawals') }},
         least(1.0, burst_size / {{ 2 * min_count }}) as score,
         toJSONString(map(
             'withdrawals_in_window', toString(burst_size),
