@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bankde.generator.activity import Timeline, Trips
+from bankde.generator.activity import Timeline
 from bankde.generator.config import FillConfig
 from bankde.generator.runner import Generator, fill, to_us
 from bankde.generator.world import load_world
@@ -78,7 +78,7 @@ def ceiling(settings: Settings, n: int, batch: int, like_filler: bool) -> float:
         world = load_world(conn)
         conn.commit()
         config = FillConfig(seed=7, fraud_share=0.0, batch_size=batch)
-        gen = Generator(world, config, np.random.default_rng(7), Trips())
+        gen = Generator(world, config, np.random.default_rng(7))
         now = to_us(datetime.now(UTC))
         blocks = gen.window(Timeline(now - 86_400_000_000, now), 0.0, 1.0, batch, True).txn_blocks
         conn.execute("TRUNCATE bank.transaction CASCADE")

@@ -42,8 +42,16 @@
     {%- set marts = "`" ~ prefix ~ "marts`" -%}
     {%- set raw = "`" ~ prefix ~ "raw`" -%}
     {%- set low = "(select coalesce(minIf(cdc_version, model != '__run__'), toUInt128(0)) from (select model, argMax(cdc_version, written_at) as cdc_version from " ~ cdc_watermarks() ~ " group by model))" -%}
-    {%- set pin = "greatest((select coalesce(max(_version), toUInt128(0)) from " ~ raw ~ ".`transaction`), "
-        ~ "(select coalesce(max(_version), toUInt128(0)) from " ~ raw ~ ".`card`))" -%}
+    {#- The sink writes a batch's tables one after another and its offset last, so a version is
+        complete only at or below the newest recorded offset (commit LSN << 32 | position):
+        cap the pin there, or a run could pin one table's new version while another table's rows
+        of the same batch are not visible yet and then skip them for good. Without offsets (raw
+        loaded by other means) the newest landed version is the pin. -#}
+    {%- set meta = "`" ~ prefix ~ "meta`" -%}
+    {%- set offset_cap = "(select if(count() = 0, toUInt128('340282366920938463463374607431768211455'), "
+        ~ "bitOr(bitShiftLeft(toUInt128(max(lsn)), 32), toUInt128(4294967295))) from " ~ meta ~ ".cdc_offsets)" -%}
+    {%- set pin = "least(greatest((select coalesce(max(_version), toUInt128(0)) from " ~ raw ~ ".`transaction`), "
+        ~ "(select coalesce(max(_version), toUInt128(0)) from " ~ raw ~ ".`card`)), " ~ offset_cap ~ ")" -%}
     {%- if var('cdc_pin_version', none) is not none -%}
         {%- set pin = "toUInt128('" ~ (var('cdc_pin_version') | int) ~ "')" -%}
     {%- endif -%}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from bankde.cdc import capture
 from bankde.cdc.slot import drop_publication, drop_slot, slot_state
 from bankde.settings import Settings
 from bankde.source.connection import connect, source_info
-from tests.conftest import cli_env, make_home
+from tests.conftest import cli_env, free_port, make_home
 
 REPO = Path(__file__).resolve().parents[2]
 BANKDE = str(REPO / ".venv" / "bin" / "bankde")
@@ -61,14 +62,37 @@ def cdc_empty(source_settings: Settings) -> Iterator[Settings]:
     try:
         yield settings
     finally:
+        from bankde.warehouse.client import open_warehouse
+        from bankde.warehouse.ddl import drop_databases
+
         # An undropped slot retains WAL and blocks DROP DATABASE.
         drop_slot(settings, wait=30)
         drop_publication(settings)
-        if not settings.wh_dir:
-            from bankde.warehouse.client import open_warehouse
-            from bankde.warehouse.ddl import drop_databases
+        # The session warehouse (wh_dir) is shared by every test: drop this test's databases.
+        drop_databases(open_warehouse(settings))
 
-            drop_databases(open_warehouse(settings))
+
+@pytest.fixture()
+def cli_home(cdc_settings: Settings) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A home of its own for `bankde` subprocesses on this test's source, slot and publication
+    (chDB allows one process per warehouse directory), removed afterwards."""
+    home = make_home("bankde-cdc-cli-")
+    env = cli_env(
+        cdc_settings,
+        BANKDE_CDC_SLOT=cdc_settings.cdc_slot,
+        BANKDE_CDC_PUBLICATION=cdc_settings.cdc_publication,
+        BANKDE_WH_DIR=str(home / "warehouse"),
+    )
+    try:
+        yield home, env
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def bankde(
+    env: dict[str, str], *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([BANKDE, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 # -- workload ------------------------------------------------------------------------------
@@ -329,19 +353,17 @@ def test_with_the_filler_running_live(cdc_empty: Settings) -> None:
     assert results and results[0].changes > 200
 
 
-def test_kill_dash_nine_at_random_points(cdc_settings: Settings) -> None:
+def test_kill_dash_nine_at_random_points(
+    cdc_settings: Settings, cli_home: tuple[Path, dict[str, str]]
+) -> None:
     """`bankde cdc run` killed with SIGKILL 10 times during a mixed workload, restarted each time."""
     s = cdc_settings
-    wh_home = make_home("bankde-cdc-kill-")
-    env = cli_env(
-        s,
-        BANKDE_CDC_SLOT=s.cdc_slot,
-        BANKDE_CDC_PUBLICATION=s.cdc_publication,
-        BANKDE_WH_DIR=str(wh_home / "warehouse"),
-        BANKDE_WH_PREFIX="k_",
-        BANKDE_CDC_BATCH_SECONDS="0.1",
-        BANKDE_CDC_BATCH_ROWS="200",
-    )
+    env = {
+        **cli_home[1],
+        "BANKDE_WH_PREFIX": "k_",
+        "BANKDE_CDC_BATCH_SECONDS": "0.1",
+        "BANKDE_CDC_BATCH_ROWS": "200",
+    }
     stop = threading.Event()
     work = Workload(s, seed_=7)
     writer = threading.Thread(target=work.run, args=(stop,), daemon=True)
@@ -371,13 +393,7 @@ def test_kill_dash_nine_at_random_points(cdc_settings: Settings) -> None:
     # The capture made progress between kills (it was killed while working, not while idle).
     assert len(set(confirmed)) >= 6, confirmed
     # Catch up after the last kill, then compare in a process that owns that warehouse.
-    done = subprocess.run(
-        [BANKDE, "cdc", "sync", "--json", "--no-progress"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    done = bankde(env, "cdc", "sync", "--json", "--no-progress", timeout=180)
     assert done.returncode == 0, done.stderr
     src = source_state(s)
     cols = {k: list(v.pop("__cols__")) for k, v in src.items()}
@@ -442,6 +458,28 @@ def test_postgres_restart_mid_stream_reconnects(cdc_settings: Settings) -> None:
         stop.set()
         runner.join(timeout=60)
     assert results and results[0].reconnects >= 1
+
+
+def test_sync_fails_at_once_when_the_source_cannot_be_opened(
+    cdc_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cdc sync` (a scheduler's micro-batch) gives up in one line; `cdc run` keeps retrying."""
+    from bankde.cdc.native import NativeEngine
+    from bankde.errors import SourceUnavailable
+
+    s = cdc_settings
+    # The source answers the start position, then cannot be reached by the capture engine.
+    unreachable = s.model_copy(update={"pg_port": free_port()})
+    monkeypatch.setattr(capture, "make_engine", lambda _s, _e="native": NativeEngine(unreachable))
+    started = time.monotonic()
+    with pytest.raises(SourceUnavailable, match="cannot connect to source") as info:
+        sync(s)
+    assert time.monotonic() - started < 15
+    assert len(str(info.value).splitlines()) == 1
+    stop = threading.Event()
+    threading.Timer(2.0, stop.set).start()
+    res = capture.run(s, stop, show_progress=False)
+    assert res.reconnects >= 2 and res.changes == 0
 
 
 def test_toast_added_column_and_truncate(cdc_settings: Settings) -> None:
@@ -519,40 +557,67 @@ def test_lost_slot_is_reported_and_resync_recovers(cdc_settings: Settings) -> No
     assert diff(s) == []
 
 
-def test_cli_sync_and_status_json(cdc_settings: Settings) -> None:
+def test_cli_sync_and_status_json(
+    cdc_settings: Settings, cli_home: tuple[Path, dict[str, str]]
+) -> None:
     s = cdc_settings
-    wh_home = make_home("bankde-cdc-cli-")
-    env = cli_env(
-        s,
-        BANKDE_CDC_SLOT=s.cdc_slot,
-        BANKDE_CDC_PUBLICATION=s.cdc_publication,
-        BANKDE_WH_DIR=str(wh_home / "warehouse"),
-    )
-    first = subprocess.run(
-        [BANKDE, "cdc", "sync"], env=env, capture_output=True, text=True, timeout=120
-    )
+    env = cli_home[1]
+    first = bankde(env, "cdc", "sync")
     assert first.returncode == 0, first.stderr
     assert "bank.transaction" in first.stdout and "rows/s" in first.stdout
     assert "snapshot" in first.stderr  # progress bars go to stderr
     sql(s, "UPDATE bank.account SET balance = 1.00 WHERE account_id < 5")
-    second = subprocess.run(
-        [BANKDE, "cdc", "sync", "--json"], env=env, capture_output=True, text=True, timeout=120
-    )
+    second = bankde(env, "cdc", "sync", "--json")
     assert second.returncode == 0, second.stderr
     assert json.loads(second.stdout)["tables"] == {"bank.account": 4}
-    status = subprocess.run(
-        [BANKDE, "cdc", "status", "--json"], env=env, capture_output=True, text=True, timeout=120
-    )
+    status = bankde(env, "cdc", "status", "--json")
     assert status.returncode == 0, status.stderr
     data = json.loads(status.stdout)
     assert data["slot"] == s.cdc_slot and data["exists"] and data["snapshot_done"]
     assert data["tables"]["bank.account"] == {"source": 40, "warehouse": 40}
     assert data["last_batch_at"] is not None
-    bad = subprocess.run(
-        [BANKDE, "cdc", "run", "--engine", "nope"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    bad = bankde(env, "cdc", "run", "--engine", "nope", timeout=60)
     assert bad.returncode == 2 and "unknown capture engine" in bad.stderr
+
+
+def test_column_type_change_stops_the_stream_with_one_line(
+    cdc_settings: Settings, cli_home: tuple[Path, dict[str, str]]
+) -> None:
+    """numeric(18,2) -> numeric(18,4) while streaming: stop before the change, never truncate."""
+    from bankde.cdc.envelope import parse_lsn
+
+    s = cdc_settings
+    env = cli_home[1]
+    first = bankde(env, "cdc", "sync", "--no-progress")
+    assert first.returncode == 0, first.stderr
+    # One sync reads both: the table described with its old type, then with the new one.
+    sql(s, "UPDATE bank.transaction SET amount = 1.11 WHERE txn_id = 1")
+    with connect(source_info(s), autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    before_change = parse_lsn(row[0]) if row else 0
+    sql(s, "ALTER TABLE bank.transaction ALTER COLUMN amount TYPE numeric(18,4)")
+    sql(s, "UPDATE bank.transaction SET amount = 1.2399 WHERE txn_id = 2")
+    for _ in range(2):  # stopped, and stays stopped: nothing is skipped on a retry
+        res = bankde(env, "cdc", "sync", "--no-progress")
+        assert res.returncode == 1, res.stdout + res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1, res.stderr
+        assert "bank.transaction.amount changed type" in lines[0], lines[0]
+        assert "Decimal(18, 4)" in lines[0] and "cdc resync" in lines[0]
+    # Everything before the change is written and acknowledged, nothing after it.
+    confirmed = slot_state(s).confirmed_flush_lsn
+    assert confirmed is not None and confirmed <= before_change
+    status = bankde(env, "cdc", "status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert parse_lsn(json.loads(status.stdout)["offset_lsn"]) == confirmed
+    query = (
+        "SELECT txn_id, toString(amount) FROM raw.transaction FINAL WHERE txn_id <= 2 ORDER BY 1"
+    )
+    got = bankde(env, "wh", "sql", query, "--format", "json")
+    assert got.returncode == 0, got.stderr
+    assert [r["toString(amount)"] for r in json.loads(got.stdout)] == ["1.11", "0.03"]
+    # The advised way out reloads the table with the new type.
+    fixed = bankde(env, "cdc", "resync", "--yes", "--no-progress")
+    assert fixed.returncode == 0, fixed.stderr
+    got = bankde(env, "wh", "sql", query, "--format", "json")
+    assert [r["toString(amount)"] for r in json.loads(got.stdout)] == ["1.11", "1.2399"]

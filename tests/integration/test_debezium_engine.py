@@ -344,6 +344,7 @@ def test_kill_dash_nine_of_the_debezium_engine(workspace: tuple[Settings, Path])
         "BANKDE_CDC_BATCH_SECONDS": "0.1",
         "BANKDE_CDC_BATCH_ROWS": "200",
     }
+    _sync(settings, home, "debezium")  # the snapshot; killed runs then stream
     stop = threading.Event()
     done: list[int] = []
     writer = threading.Thread(
@@ -361,7 +362,7 @@ def test_kill_dash_nine_of_the_debezium_engine(workspace: tuple[Settings, Path])
                 stderr=subprocess.PIPE,
                 text=True,
             )
-            # Past the JVM's start (a few seconds), into streaming; the first run snapshots.
+            # Past the JVM's and the connector's start (seconds), into streaming.
             time.sleep(rng.uniform(6.0, 9.0))
             if proc.poll() is not None:
                 pytest.fail(f"cdc run exited early: {proc.stderr.read() if proc.stderr else ''}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from psycopg import sql
@@ -220,9 +220,35 @@ def test_ledger_is_consistent(filled):
     )
 
 
+@pytest.fixture(scope="module")
+def refilled(cluster_settings):
+    """Two consecutive fills on one database, as the demo's first and second day: a backfilled
+    first run, then the next 24 hours with another seed and a few new customers."""
+    first = FillConfig(
+        n_new_txns=12_000, backfill_days=3, backfill_txns_per_day=6_000, fraud_share=0.03,
+        seed=21, as_of=AS_OF, customers=400, terminals=180, batch_size=9_000,
+    )  # fmt: skip
+    second = FillConfig(
+        **{**first.__dict__, "backfill_days": 0, "seed": 22, "customers": 40, "terminals": 18,
+           "as_of": AS_OF + timedelta(days=1, seconds=1)},
+    )  # fmt: skip
+    with extra_database(cluster_settings) as settings:
+        fill(settings, first)
+        fill(settings, second)
+        with connect(source_info(settings)) as conn:
+            yield conn
+
+
+@pytest.mark.parametrize("runs", ["one fill", "two consecutive fills"])
 @pytest.mark.parametrize("scenario", SCENARIO_NAMES)
-def test_each_scenario_leaves_its_signature(filled, scenario):
-    _, conn, _, _ = filled
+def test_each_scenario_leaves_its_signature(request, runs, scenario):
+    # Over two fills too: a rerun's legitimate rows must not look like fraud next to the first
+    # run's (trips crossing the boundary, home use during an earlier run's trip, ...).
+    conn = (
+        request.getfixturevalue("filled")[1]
+        if runs == "one fill"
+        else request.getfixturevalue("refilled")
+    )
     flagged = {r[0] for r in conn.execute(RULES[scenario]).fetchall()}
     labelled = {
         r[0]
@@ -254,6 +280,105 @@ def test_fraud_is_not_given_away_by_one_column(filled):
     assert _one(conn, legit.format("t.amount < 5 AND t.txn_type = 'purchase'")) > 100
     assert _one(conn, legit.format("t.decline_reason = 'limit_exceeded'")) > 5
     assert _one(conn, legit.format("t.decline_reason = 'card_closed'")) > 0
+
+
+# Lifecycle invariants, as the warehouse's dbt tests state them (no approved transaction at or
+# after the close of its card, account or terminal; closes and transactions after creation;
+# histories in order), plus the ledger. Each query counts violations.
+INVARIANTS = {
+    "approved after card close": """SELECT count(*) FROM bank.transaction t
+        JOIN bank.card c USING (card_id) WHERE t.status = 'approved' AND t.occurred_at >= c.closed_at""",
+    "approved after account close": """SELECT count(*) FROM bank.transaction t
+        JOIN bank.account a USING (account_id) WHERE t.status = 'approved' AND t.occurred_at >= a.closed_at""",
+    "approved after terminal close": """SELECT count(*) FROM bank.transaction t
+        JOIN bank.terminal m USING (terminal_id) WHERE t.status = 'approved' AND t.occurred_at >= m.closed_at""",
+    "transaction before card created": """SELECT count(*) FROM bank.transaction t
+        JOIN bank.card c USING (card_id) WHERE t.occurred_at < c.created_at""",
+    "transaction before account created": """SELECT count(*) FROM bank.transaction t
+        JOIN bank.account a USING (account_id) WHERE t.occurred_at < a.created_at""",
+    "transaction before terminal created": """SELECT count(*) FROM bank.transaction t
+        JOIN bank.terminal m USING (terminal_id) WHERE t.occurred_at < m.created_at""",
+    **{
+        f"{table} closed before created": f"SELECT count(*) FROM bank.{table} WHERE closed_at < created_at"
+        for table in ("customer", "account", "card", "terminal")
+    },
+    **{
+        f"{table} updated before its close": f"SELECT count(*) FROM bank.{table} WHERE updated_at < closed_at"
+        for table in ("customer", "account", "card", "terminal")
+    },
+    "account updated before its last approved transaction": """SELECT count(*) FROM bank.account a
+        WHERE a.updated_at < (SELECT max(occurred_at) FROM bank.transaction t
+                              WHERE t.account_id = a.account_id AND t.status = 'approved')""",
+    "card of a closed account open or closed later": """SELECT count(*) FROM bank.account a
+        JOIN bank.card c USING (account_id)
+        WHERE a.status = 'closed' AND (c.closed_at IS NULL OR c.closed_at > a.closed_at)""",
+    "account of a closed customer open or closed later": """SELECT count(*) FROM bank.customer u
+        JOIN bank.account a USING (customer_id)
+        WHERE u.status = 'closed' AND (a.closed_at IS NULL OR a.closed_at > u.closed_at)""",
+    "balance below the overdraft floor": """SELECT count(*) FROM bank.transaction t
+        JOIN bank.account a USING (account_id) WHERE t.balance_after < -a.overdraft_limit""",
+    "ledger break in txn_id order": """SELECT count(*) FROM (
+        SELECT t.status, t.txn_type, t.amount, t.balance_after,
+               lag(t.balance_after) OVER (PARTITION BY t.account_id ORDER BY t.txn_id) AS prev
+        FROM bank.transaction t) x
+        WHERE prev IS NOT NULL AND balance_after <> prev + CASE
+            WHEN status <> 'approved' THEN 0
+            WHEN txn_type IN ('refund', 'deposit') THEN amount ELSE -amount END""",
+    "balance is not the last balance_after": """SELECT count(*) FROM bank.account a
+        JOIN (SELECT DISTINCT ON (account_id) account_id, balance_after FROM bank.transaction
+              ORDER BY account_id, txn_id DESC) l USING (account_id)
+        WHERE l.balance_after <> a.balance""",
+}  # fmt: skip
+
+
+def _violations(conn) -> dict[str, int]:
+    found = {name: _one(conn, q) for name, q in INVARIANTS.items()}
+    return {name: n for name, n in found.items() if n}
+
+
+def _updated_at(conn) -> dict[tuple[str, int], datetime]:
+    return {
+        (table, row[0]): row[1]
+        for table in ("customer", "account", "card", "terminal")
+        for row in conn.execute(f"SELECT {table}_id, updated_at FROM bank.{table}")
+    }
+
+
+def test_overlapping_reruns_keep_lifecycle_invariants(source_settings):
+    """Fills whose windows overlap (same as-of twice, 2 h later, a day earlier) add to the data
+    without contradicting it: no close is back-dated before activity already written, no
+    transaction uses an entity before it exists, updated_at never goes back."""
+    base = dict(
+        n_new_txns=3_000, fraud_share=0.05, customers=150, terminals=80, card_close_rate=0.1,
+        account_close_rate=0.05, customer_close_rate=0.03, terminal_close_rate=0.08,
+        batch_size=1_000,
+    )  # fmt: skip
+    runs = [
+        FillConfig(**base, seed=31, as_of=AS_OF, backfill_days=2, backfill_txns_per_day=1_500),
+        FillConfig(**base, seed=31, as_of=AS_OF),
+        FillConfig(**base, seed=32, as_of=AS_OF + timedelta(hours=2)),
+        FillConfig(**base, seed=33, as_of=AS_OF - timedelta(days=1)),
+    ]
+    closed_by_reruns = 0
+    with connect(source_info(source_settings)) as conn:
+        before: dict[tuple[str, int], datetime] = {}
+        for i, config in enumerate(runs):
+            summary = fill(source_settings, config)
+            if i:
+                closed_by_reruns += sum(summary.closed.values())
+            assert _violations(conn) == {}, (i, config.as_of)
+            now = _updated_at(conn)
+            went_back = [k for k, v in before.items() if now[k] < v]
+            assert went_back == [], (i, went_back[:5])
+            before = now
+            conn.commit()
+        # Not vacuous: the reruns closed entities and used the first run's cards (6,000 rows),
+        # and the day-earlier run (rows after the first 12,000) wrote before the others' rows.
+        assert closed_by_reruns > 20
+        used = "SELECT count(DISTINCT card_id) FROM bank.transaction WHERE card_id <= 150 AND txn_id > 6000"
+        assert _one(conn, used) > 100
+        early = "SELECT count(*) FROM bank.transaction WHERE txn_id > 12000 AND occurred_at < %s"
+        assert _one(conn, early, AS_OF - timedelta(days=1)) == 3_000
 
 
 def _checksum(settings) -> dict[str, str]:

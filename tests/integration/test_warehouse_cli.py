@@ -93,12 +93,22 @@ def test_second_process_gets_the_named_lock_then_takes_over_a_dead_holder(home: 
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
-        res = bankde(home, "wh", "sql", "SELECT 1", "--wait", "0.3")
-        assert res.returncode == 1
-        lines = res.stderr.strip().splitlines()
-        assert len(lines) == 1, res.stderr
-        assert f"pid {holder.pid}" in lines[0] and "cdc-run-standin" in lines[0]
-        assert "--wait" in lines[0] and "Traceback" not in res.stderr
+        # Every command that opens the warehouse takes --wait and names the holder.
+        for command in (
+            ("wh", "sql", "SELECT 1"),
+            ("wh", "init"),
+            ("reconcile",),
+            ("cdc", "sync", "--no-progress"),
+            ("cdc", "run", "--no-progress"),
+            ("cdc", "resync", "--yes", "--no-progress"),
+        ):
+            res = bankde(home, *command, "--wait", "0.3")
+            assert res.returncode == 1, (command, res.stderr)
+            # (`cdc run` announces the slot first, on a line of its own.)
+            errors = [line for line in res.stderr.splitlines() if line.startswith("error")]
+            assert len(errors) == 1 and "Traceback" not in res.stderr, (command, res.stderr)
+            assert f"pid {holder.pid}" in errors[0] and "cdc-run-standin" in errors[0]
+            assert "waited 0.3s" in errors[0] and "--wait" in errors[0], errors[0]
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait(10)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -158,6 +160,70 @@ def test_offsets_and_batch_metrics_follow_each_apply(wh: Warehouse, wh_settings:
         ("stream", 1, 1, 0, 0, {"bank.account": 1}, 10, 11, True),
         ("stream", 2, 0, 1, 1, {"bank.account": 2}, 30, 31, True),
     ]
+
+
+def test_queries_take_the_engine_mutex_like_inserts(wh: Warehouse) -> None:
+    """chDB handles run one statement at a time: a query on another thread (the sink's writer,
+    a capture engine, dbt) waits while a statement holds the engine."""
+    engine = wh._embedded
+    assert engine is not None
+    done: list[str] = []
+    readers = [
+        threading.Thread(target=lambda: done.append(str(wh.scalar("SELECT 1")))),
+        threading.Thread(target=lambda: done.append(str(wh.query_arrow("SELECT 2 AS x")["x"][0]))),
+        threading.Thread(target=lambda: done.append(str(wh.query_with_names("SELECT 3")[1][0][0]))),
+    ]
+    with engine.mutex:
+        for t in readers:
+            t.start()
+        time.sleep(0.5)
+        assert done == []
+    for t in readers:
+        t.join(timeout=30)
+    assert sorted(done) == ["1", "2", "3"]
+
+
+def test_offset_with_the_highest_lsn_of_the_slots_incarnation_wins(
+    wh: Warehouse, wh_settings: Settings
+) -> None:
+    sink = ClickHouseSink(wh)
+    offsets = db_names(wh_settings).offsets
+    sink.apply([], Offset("w", 300, True))
+    # The next capture process runs with its clock an hour behind and goes on from there.
+    wh.command(
+        f"INSERT INTO {offsets} (slot, lsn, snapshot_done, written_at) "
+        "VALUES ('w', 500, 1, now64(6) - INTERVAL 1 HOUR)"
+    )
+    assert sink.load_offset("w") == Offset("w", 500, True)
+    wh.command(f"OPTIMIZE TABLE {offsets} FINAL")
+    assert sink.load_offset("w") == Offset("w", 500, True)
+    # A new incarnation of the slot (here on a re-created source) starts below the old LSNs.
+    sink.reset_for_snapshot("w", [])
+    assert sink.load_offset("w") is None
+    sink.apply([], Offset("w", 40, True))
+    assert sink.load_offset("w") == Offset("w", 40, True)
+
+
+def test_offsets_of_an_older_schema_are_carried_over(wh: Warehouse, wh_settings: Settings) -> None:
+    names = db_names(wh_settings)
+    apply_schema(wh)
+    wh.command(f"DROP TABLE {names.offsets} SYNC")
+    wh.command(
+        f"CREATE TABLE {names.offsets} (slot String, lsn UInt64, snapshot_done UInt8, "
+        "written_at DateTime64(6, 'UTC') DEFAULT now64(6)) "
+        "ENGINE = ReplacingMergeTree(written_at) ORDER BY slot"
+    )
+    wh.command(
+        f"INSERT INTO {names.offsets} (slot, lsn, snapshot_done, written_at) VALUES "
+        "('a', 70, 1, '2024-01-01 00:00:01'), ('a', 90, 1, '2024-01-01 00:00:02')"
+    )
+    apply_schema(wh)
+    engine = wh.scalar(
+        "SELECT engine_full FROM system.tables WHERE database = {d:String} AND name = 'cdc_offsets'",
+        {"d": names.meta},
+    )
+    assert "ReplacingMergeTree(lsn)" in engine
+    assert ClickHouseSink(wh).load_offset("a") == Offset("a", 90, True)
 
 
 def test_unchanged_toast_values_come_from_the_batch_or_the_warehouse(

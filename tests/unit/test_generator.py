@@ -7,11 +7,20 @@ import pytest
 
 from bankde.errors import ConfigError
 from bankde.generator import copybin
-from bankde.generator.activity import HOUR_US, TT_DEPOSIT, TT_PURCHASE, Timeline, Txns
+from bankde.generator.activity import (
+    HOUR_US,
+    TRIP_BLACKOUT_US,
+    TRIP_PERIOD_US,
+    TT_DEPOSIT,
+    TT_PURCHASE,
+    Timeline,
+    Txns,
+    trip_table,
+)
 from bankde.generator.config import FillConfig, load_fill_config
-from bankde.generator.lifecycle import R_CARD_CLOSED, R_FUNDS, R_LIMIT, settle
+from bankde.generator.lifecycle import R_CARD_CLOSED, R_FUNDS, R_LIMIT, plan_closes, settle
 from bankde.generator.scenarios import SCENARIOS, allocate, episode_offsets
-from bankde.generator.world import NEVER, Accounts, Cards, World
+from bankde.generator.world import NEVER, Accounts, Cards, Customers, Terminals, World
 
 
 def test_env_names_and_flag_precedence():
@@ -124,3 +133,46 @@ def test_allocation_hits_the_target_and_uses_every_scenario():
     total = sum(int(s.sum()) for s in sizes)
     assert abs(total - 5_000) <= 10
     assert all(len(s) > 0 for s in sizes) and len(sizes) == len(SCENARIOS)
+
+
+def test_trips_are_a_function_of_customer_and_period():
+    ids = np.arange(1, 20_001, dtype=np.int64)
+    start, end, city = trip_table(ids, 660)
+    again = trip_table(ids, 660)
+    assert all((a == b).all() for a, b in zip((start, end, city), again, strict=True))
+    goes = start < NEVER
+    assert 0.08 < goes.mean() < 0.12
+    # Trip and blackouts inside the period: trips of neighbouring periods never meet.
+    lo, hi = 660 * TRIP_PERIOD_US, 661 * TRIP_PERIOD_US
+    assert (start[goes] - TRIP_BLACKOUT_US >= lo).all() and (
+        end[goes] + TRIP_BLACKOUT_US <= hi
+    ).all()
+    days = (end[goes] - start[goes]) / (24 * HOUR_US)
+    assert days.min() >= 3 and days.max() <= 12
+    assert (trip_table(ids, 661)[0] != start).any()
+
+
+def test_closes_come_after_each_entity_floor_and_cascade():
+    n = 2_000
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    zeros, never = np.zeros(n, np.int64), np.full(n, NEVER)
+    w = World()
+    w.customers = Customers(
+        ids, zeros, zeros, zeros * 1.0, zeros * 1.0, never.copy(), zeros, zeros.copy()
+    )
+    w.accounts = Accounts(ids, np.arange(n), np.ones(n, bool), zeros, zeros, never.copy(), zeros,
+                          zeros.copy())  # fmt: skip
+    # Card i was used at time 10 * i by an earlier run: its close, and that of its account and
+    # customer, must come after that.
+    w.cards = Cards(ids, np.arange(n), np.arange(n), zeros, never, never.copy(), zeros, ids * 10)
+    w.terminals = Terminals(ids, zeros, zeros, zeros * 1.0, zeros * 1.0, never.copy(), zeros,
+                            ids * 10)  # fmt: skip
+    cfg = FillConfig(card_close_rate=0.5, account_close_rate=0.3, customer_close_rate=0.2,
+                     terminal_close_rate=0.5)  # fmt: skip
+    closes = plan_closes(np.random.default_rng(1), w, cfg, 5_000, 15_000)
+    for table in ("customer", "account", "card", "terminal"):
+        idx, at = closes.idx[table], closes.at[table]
+        assert len(idx) > 50
+        assert (at > (idx + 1) * 10).all() and (at >= 5_000).all() and (at < 15_000).all()
+    # Entities whose floor is past the span stay open.
+    assert closes.idx["card"].max() < 1_500

@@ -6,7 +6,8 @@ import typer
 
 from bankde.console import err, out, print_json
 from bankde.errors import ConfigError
-from bankde.settings import Settings, get_settings
+from bankde.settings import Settings
+from bankde.warehouse.options import WaitOption, settings_with_wait
 
 app = typer.Typer(
     help="Change data capture: Postgres logical replication into the warehouse.",
@@ -61,11 +62,12 @@ def sync(
     engine: str = typer.Option("native", "--engine", help=ENGINE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Snapshot progress bars."),
+    wait: WaitOption = None,
 ) -> None:
     """Snapshot if needed, apply every change committed before now, then exit."""
     from bankde.cdc.capture import sync as do_sync
 
-    res = do_sync(get_settings(), engine=engine, show_progress=progress and not as_json)
+    res = do_sync(settings_with_wait(wait), engine=engine, show_progress=progress and not as_json)
     _print_result(res, as_json)
 
 
@@ -82,6 +84,7 @@ def run(
         help="Max seconds a change waits in a batch (default 0.5).",
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Snapshot progress bars."),
+    wait: WaitOption = None,
 ) -> None:
     """Stream until Ctrl-C or SIGTERM; the last complete batch is written before exit."""
     import signal
@@ -89,7 +92,7 @@ def run(
 
     from bankde.cdc.capture import run as do_run
 
-    settings = get_settings()
+    settings = settings_with_wait(wait)
     stop = threading.Event()
 
     def _stop(signum: int, _frame: object) -> None:
@@ -115,12 +118,13 @@ def run(
 def status(
     engine: str = typer.Option("native", "--engine", help=ENGINE_HELP),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    wait: float = typer.Option(0.0, "--wait", min=0, help="Seconds to wait for a busy warehouse."),
+    wait: WaitOption = None,
 ) -> None:
     """Slot, lag, WAL retained, last batch, changes/s, row counts source vs warehouse."""
     from bankde.cdc.status import status as get_status
 
-    data = get_status(_engine_settings(get_settings(), engine), wait=wait)
+    settings = _engine_settings(settings_with_wait(wait), engine)
+    data = get_status(settings, wait=settings.wh_lock_wait)
     if as_json:
         print_json(data)
     else:
@@ -144,13 +148,14 @@ def resync(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Snapshot progress bars."),
+    wait: WaitOption = None,
 ) -> None:
     """Drop and recreate the slot and the landing tables, then snapshot again."""
     from bankde.cdc.capture import make_engine, open_sink, sync
     from bankde.cdc.capture import resync as do_resync
     from bankde.cdc.slot import drop_slot
 
-    settings = get_settings()
+    settings = settings_with_wait(wait)
     slot_settings = _engine_settings(settings, engine)
     make_engine(settings, engine)  # an engine that cannot run fails before anything is dropped
     if not yes and not typer.confirm(

@@ -121,9 +121,11 @@ class NativeEngine:
         slot = self.settings.cdc_slot
         # A slot from an unfinished snapshot points past rows we never copied: start afresh.
         drop_slot(self.settings)
+        # Staged first: the staged copies then take the source's columns, a changed type
+        # included (the landing tables are replaced when the snapshot is done).
+        sink.reset_for_snapshot(slot, tables)
         for (schema, table), columns in catalog_columns(self.settings, tables).items():
             sink.ensure_columns(schema, table, columns)
-        sink.reset_for_snapshot(slot, tables)
         started = time.monotonic()
         self._cur.execute(f'CREATE_REPLICATION_SLOT "{slot}" LOGICAL pgoutput EXPORT_SNAPSHOT')
         _name, consistent, snapshot_name, _plugin = self._cur.fetchone()

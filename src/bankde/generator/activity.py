@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from bankde.generator import geo
-from bankde.generator.world import KIND_ATM, KIND_POS, NEVER, World
+from bankde.generator.world import KIND_ATM, KIND_ONLINE, KIND_POS, NEVER, World, id_uniforms
 
 HOUR_US = 3_600_000_000
 DAY_US = 24 * HOUR_US
@@ -37,6 +37,9 @@ ATM_AMOUNTS = np.array([20, 40, 50, 100, 150, 200, 250, 300, 400, 500]) * 100
 ATM_P = np.array([0.08, 0.08, 0.2, 0.22, 0.1, 0.14, 0.05, 0.06, 0.04, 0.03])
 FEE_AMOUNTS = np.array([150, 490, 990])
 TRIP_BLACKOUT_US = 8 * HOUR_US
+# About one customer in ten travels in a 30-day period, 3-12 days, to one far city.
+TRIP_PERIOD_US = 30 * DAY_US
+TRIP_SHARE = 0.1
 
 
 @dataclass
@@ -74,41 +77,22 @@ class Txns:
         )
 
 
-@dataclass
-class Trips:
-    """One trip per travelling customer: card-present use moves to a far city for its span."""
+def trip_table(cust_ids: np.ndarray, period: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each customer's trip in one 30-day period: start, end (NEVER: stays home) and city.
 
-    start: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    end: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    city: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-
-
-def plan_trips(rng: np.random.Generator, world: World, span_start: int, span_end: int) -> Trips:
-    """About 10% of customers travel per 30 days, 3-12 days, to one far city."""
-    n = len(world.customers)
-    span_days = (span_end - span_start) / DAY_US
-    p = min(0.6, 0.1 * (span_days + 7) / 30)
-    goes = rng.random(n) < p
-    start = (
-        span_start
-        - 7 * DAY_US
-        + (rng.random(n) * (span_end - span_start + 7 * DAY_US)).astype(np.int64)
-    )
-    end = start + rng.integers(3 * DAY_US, 12 * DAY_US, n)
-    city = geo.N_HOME + rng.integers(0, len(geo.FAR_CITIES), n)
-    return Trips(np.where(goes, start, NEVER), np.where(goes, end, NEVER), city)
-
-
-def extend_trips(trips: Trips, n: int) -> Trips:
-    """Trips for customers added later (they stay at home)."""
-    k = n - len(trips.start)
-    if k <= 0:
-        return trips
-    return Trips(
-        np.concatenate([trips.start, np.full(k, NEVER)]),
-        np.concatenate([trips.end, np.full(k, NEVER)]),
-        np.concatenate([trips.city, np.zeros(k, np.int64)]),
-    )
+    A pure function of customer id and period, so every run, whatever its window, as-of or
+    seed, sees the same trips: a rerun never puts a customer at home while an earlier run had
+    them abroad. A trip and the blackouts around it lie inside its period, so trips of
+    neighbouring periods never meet.
+    """
+    salt = 1_000 + 8 * period
+    goes = id_uniforms(cust_ids, salt) < TRIP_SHARE
+    dur = (3 * DAY_US + id_uniforms(cust_ids, salt + 1) * 9 * DAY_US).astype(np.int64)
+    room = TRIP_PERIOD_US - dur - 2 * TRIP_BLACKOUT_US
+    first = period * TRIP_PERIOD_US + TRIP_BLACKOUT_US
+    start = first + (id_uniforms(cust_ids, salt + 2) * room).astype(np.int64)
+    city = geo.N_HOME + (id_uniforms(cust_ids, salt + 3) * len(geo.FAR_CITIES)).astype(np.int64)
+    return np.where(goes, start, NEVER), np.where(goes, start + dur, NEVER), city
 
 
 def _intensity(start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
@@ -162,12 +146,13 @@ def _csr(
 
 
 class TerminalPicker:
-    """Terminals open at a moment, by (city, kind), with popular terminals picked more often."""
+    """Terminals open at a moment (created by then, not yet closed), by (city, kind), with
+    popular terminals picked more often."""
 
     def __init__(self, world: World, at: int) -> None:
         tm = world.terminals
         n_city = len(geo.CITIES)
-        open_ = np.flatnonzero(tm.closed_at > at)
+        open_ = np.flatnonzero((tm.closed_at > at) & (tm.created_at <= at))
         key = tm.city[open_] * 3 + tm.kind[open_]
         self.members, self.offsets, self.counts = _csr(key, open_, n_city * 3)
         far = (tm.city[open_] >= geo.N_HOME).astype(np.int64)
@@ -206,13 +191,16 @@ class TerminalPicker:
 
 
 class CardPicker:
-    """Customers' open cards at a moment, weighted by the customer's activity."""
+    """Customers' cards open at `at` and created by `created_by` (default `at`), weighted by the
+    customer's activity. A run whose window lies before entities of later runs were created
+    never uses them (a card is created after its account and customer)."""
 
-    def __init__(self, world: World, at: int) -> None:
+    def __init__(self, world: World, at: int, created_by: int | None = None) -> None:
         cu, ac, cd = world.customers, world.accounts, world.cards
         open_card = (
             (cd.closed_at > at) & (ac.closed_at[cd.acct] > at) & (cu.closed_at[cd.cust] > at)
         )
+        open_card &= cd.created_at <= (at if created_by is None else created_by)
         cards = np.flatnonzero(open_card)
         self.members, self.offsets, self.counts = _csr(cd.cust[cards], cards, len(cu))
         w = cu.activity * (self.counts > 0) * (cu.closed_at > at)
@@ -290,15 +278,31 @@ def _category_cum(world: World) -> tuple[np.ndarray, np.ndarray]:
 class Activity:
     """Generates legitimate transactions for consecutive windows of one run."""
 
-    def __init__(self, world: World, trips: Trips) -> None:
+    def __init__(self, world: World) -> None:
         self.world = world
-        self.trips = trips
         self.refresh()
 
     def refresh(self) -> None:
         """Recompute per-customer tables after entities were added."""
         self.cat_cum, self.deposit_base = _category_cum(self.world)
-        self.trips = extend_trips(self.trips, len(self.world.customers))
+        self._trips: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def trips(self, cust: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Trip start, end and city of each row's customer in the period of its time."""
+        period = t // TRIP_PERIOD_US
+        periods = np.unique(period).tolist()
+        for k in periods:
+            if k not in self._trips:
+                self._trips[k] = trip_table(self.world.customers.ids, k)
+        if len(periods) == 1:  # the usual batch: no per-period split needed
+            s_k, e_k, c_k = self._trips[periods[0]]
+            return s_k[cust], e_k[cust], c_k[cust]
+        start, end, city = (np.empty(len(t), np.int64) for _ in range(3))
+        for k in periods:
+            rows = np.flatnonzero(period == k)
+            s_k, e_k, c_k = self._trips[k]
+            start[rows], end[rows], city[rows] = s_k[cust[rows]], e_k[cust[rows]], c_k[cust[rows]]
+        return start, end, city
 
     def generate(self, rng: np.random.Generator, t: np.ndarray) -> Txns:
         """One legitimate transaction per timestamp in sorted `t` (same length out)."""
@@ -325,15 +329,14 @@ class Activity:
         cat = (rng.random(n)[:, None] > self.cat_cum[cust]).sum(axis=1)
         cat = np.minimum(cat, CAT_FEE)
         # Travel: card-present use happens in the trip city; around the flights only online.
-        tr = self.trips
-        ts, te = tr.start[cust], tr.end[cust]
+        ts, te, trip_city = self.trips(cust, t)
         on_trip = (t >= ts) & (t < te)
         blackout = ((t >= ts - TRIP_BLACKOUT_US) & (t < ts)) | (
             (t >= te) & (t < te + TRIP_BLACKOUT_US)
         )
         present = (cat == CAT_POS) | (cat == CAT_ATM) | (cat == CAT_REFUND)
         cat = np.where(blackout & present & (cat != CAT_REFUND), CAT_ONLINE, cat)
-        city = np.where(on_trip, tr.city[cust], w.customers.city[cust])
+        city = np.where(on_trip, trip_city, w.customers.city[cust])
         scale = w.customers.amount_scale[cust]
         amount = legit_amounts(rng, cat, scale, self.deposit_base[cust])
 
@@ -410,7 +413,12 @@ class Activity:
             e.term = np.where(
                 e.term >= 0, e.term, base.term[base.term >= 0][0] if (base.term >= 0).any() else -1
             )
+            # Not at a shop abroad (the row's terminal came from someone else's trip): the
+            # holder is at home, and card-present use far away is the account-takeover signature.
             ok = e.term >= 0
+            tm, at = w.terminals, np.maximum(e.term, 0)
+            if len(tm):
+                ok &= (tm.kind[at] == KIND_ONLINE) | (tm.city[at] < geo.N_HOME)
             e = e.take(np.flatnonzero(ok))
             e.desc = np.full(len(e), -1)
             parts.append(e)

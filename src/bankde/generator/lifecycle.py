@@ -42,6 +42,19 @@ class Closes:
         self.pos.setdefault(table, 0)
 
 
+def close_floors(world: World) -> dict[str, np.ndarray]:
+    """Per table, the time each entity's close must come after: its own floor and, because a
+    close cascades, those of everything it takes along (an account's cards, a customer's
+    accounts and cards)."""
+    cu, ac, cd = world.customers, world.accounts, world.cards
+    card = cd.floor
+    acct = ac.floor.copy()
+    np.maximum.at(acct, cd.acct, card)
+    cust = cu.floor.copy()
+    np.maximum.at(cust, ac.cust, acct)
+    return {"customer": cust, "account": acct, "card": card, "terminal": world.terminals.floor}
+
+
 def plan_closes(
     rng: np.random.Generator,
     world: World,
@@ -53,7 +66,10 @@ def plan_closes(
     """Which open entities close during [start, end) and when (uniform in time).
 
     A closing customer closes their accounts and cards at the same moment; a closing account
-    closes its cards. Rates are shares of the open entities (per hour when `per_hour`).
+    closes its cards. Rates are shares of the open entities (per hour when `per_hour`). A close
+    comes after the entity's floor (creation, last update, transactions already written by
+    earlier runs), so a rerun over a time span that holds data never back-dates a close before
+    it; an entity whose floor is past `end` stays open in this run.
     """
     closes = Closes()
     scale = (end - start) / 3_600_000_000 if per_hour else 1.0
@@ -63,14 +79,19 @@ def plan_closes(
         "card": config.card_close_rate,
         "terminal": config.terminal_close_rate,
     }
+    floors = close_floors(world)
     when: dict[str, np.ndarray] = {}
     for table in TABLES:
         ents = getattr(world, table + "s")
         open_ = np.flatnonzero(ents.closed_at >= NEVER)
         p = min(1.0, rates[table] * scale)
         chosen = open_[rng.random(len(open_)) < p]
+        lo = np.maximum(start, floors[table][chosen] + 1)
+        u = rng.random(len(chosen))
+        fits = lo < end
+        chosen, lo, u = chosen[fits], lo[fits], u[fits]
         at = np.full(len(ents), NEVER, np.int64)
-        at[chosen] = start + (rng.random(len(chosen)) * (end - start)).astype(np.int64)
+        at[chosen] = lo + (u * (end - lo)).astype(np.int64)
         when[table] = at
     # Cascade: accounts of closing customers, cards of closing accounts.
     acc = world.accounts

@@ -21,9 +21,7 @@ from bankde.generator.activity import (
     TXN_TYPES,
     Activity,
     Timeline,
-    Trips,
     Txns,
-    plan_trips,
 )
 from bankde.generator.config import FillConfig, resolve, validate
 from bankde.generator.entities import new_entities
@@ -114,13 +112,11 @@ def to_us(dt: datetime) -> int:
 class Generator:
     """Turns windows of time into prepared batches. Owns the world state and the RNG."""
 
-    def __init__(
-        self, world: World, config: FillConfig, rng: np.random.Generator, trips: Trips
-    ) -> None:
+    def __init__(self, world: World, config: FillConfig, rng: np.random.Generator) -> None:
         self.world = world
         self.config = config
         self.rng = rng
-        self.activity = Activity(world, trips)
+        self.activity = Activity(world)
         self.closes = Closes()
         self.carry = Txns.empty()
         self.total_rows = 0
@@ -336,16 +332,16 @@ def fill(settings: Settings, config: FillConfig, progress: Progress | None = Non
     with connect(info) as conn:
         lock_and_check(conn)
         summary.fk_triggers_skipped = fk_triggers_skippable(conn)
-        world = load_world(conn)
-        conn.commit()
         as_of = to_us(config.as_of)
-        rng = _rng(config, world)
         windows = plan_windows(config, as_of)
         span_start = windows[0][0].at(np.array([windows[0][1]]))[0] if windows else as_of
         span_start = int(span_start)
-        gen = Generator(world, config, rng, Trips())
+        # Floors from what earlier runs wrote inside this run's span: its closes come after them.
+        world = load_world(conn, activity_since=span_start)
+        conn.commit()
+        rng = _rng(config, world)
+        gen = Generator(world, config, rng)
         first = gen.add_entities(config.customers, config.terminals, span_start, as_of)
-        gen.activity.trips = plan_trips(rng, world, span_start, as_of)
         gen.closes = plan_closes(rng, world, config, span_start, as_of)
         total = config.total_txns
         summary.requested = total
@@ -421,7 +417,7 @@ def run_live(
         conn.commit()
         rng = _rng(config, world)
         now = to_us(datetime.now(UTC))
-        gen = Generator(world, config, rng, Trips())
+        gen = Generator(world, config, rng)
         # A stream needs someone to transact: an empty database first gets the configured entities.
         if len(world.customers) == 0:
             batch = gen.add_entities(config.customers, config.terminals, now, now)

@@ -59,7 +59,7 @@ class Context:
 
     def pickers(self) -> tuple[CardPicker, TerminalPicker]:
         # Cards open at the window's end: a victim card never closes under a running episode.
-        return CardPicker(self.world, self.we), TerminalPicker(self.world, self.ws)
+        return CardPicker(self.world, self.we, self.ws), TerminalPicker(self.world, self.ws)
 
     def starts(self, rng: np.random.Generator, k: int, span: int) -> np.ndarray:
         """Episode start times with the usual daily rhythm, mixed with some uniform time."""
@@ -223,11 +223,19 @@ class AfterCardClosed(Scenario):
         delay = rng.integers(
             self.min_delay_minutes * MINUTE_US, self.max_delay_minutes * MINUTE_US, k
         )
+        # Never close before what earlier runs wrote on the card (its floor); a card whose floor
+        # leaves no room in this window is spared.
+        closed_at = np.maximum(closed_at, w.cards.floor[card] + 1)
+        fits = closed_at <= max(ctx.ws, ctx.we - self.max_delay_minutes * MINUTE_US - span)
+        card, closed_at, delay, sizes = card[fits], closed_at[fits], delay[fits], sizes[fits]
+        k = len(card)
         w.cards.closed_at[card] = closed_at
         ctx.closes.extend(zip(card.tolist(), closed_at.tolist(), strict=True))
         ep, off = episode_offsets(rng, sizes, MINUTE_US, 15 * MINUTE_US, span)
         online = rng.random(len(ep)) < 0.6
-        city = rng.integers(0, len(geo.CITIES), len(ep))
+        # Shops in the bank's own country: a stolen card is used where it was stolen (far-away
+        # card-present use is the account-takeover signature).
+        city = rng.integers(0, geo.N_HOME, len(ep))
         term = np.where(
             online, terms.online(rng, len(ep)), terms.pick(rng, city, np.full(len(ep), KIND_POS))
         )
@@ -329,8 +337,9 @@ class CardTesting(Scenario):
     ) -> tuple[Txns, Episodes]:
         cards, _ = ctx.pickers()
         k = len(sizes)
+        tm = ctx.world.terminals
         online = np.flatnonzero(
-            (ctx.world.terminals.kind == KIND_ONLINE) & (ctx.world.terminals.closed_at > ctx.we)
+            (tm.kind == KIND_ONLINE) & (tm.closed_at > ctx.we) & (tm.created_at <= ctx.ws)
         )
         if cards.empty or k == 0 or len(online) < self.min_count:
             return Txns.empty(), Episodes()

@@ -269,11 +269,12 @@ def _raise_floors(conn: psycopg.Connection, w: World, since: int) -> None:
         " GROUP BY GROUPING SETS ((account_id), (card_id), (terminal_id))",
         (since,),
     ).fetchall()
-    for col, ents in enumerate((w.accounts, w.cards, w.terminals)):
+    tables: tuple[Accounts | Cards | Terminals, ...] = (w.accounts, w.cards, w.terminals)
+    for col, ents in enumerate(tables):
         got = [(r[col], r[3]) for r in rows if r[col] is not None]
-        if not got:
+        if not got or not len(ents.ids):
             continue
         ids, last = (np.array(x, np.int64) for x in zip(*got, strict=True))
-        idx = np.searchsorted(ents.ids, ids)
-        ok = (idx < len(ents.ids)) & (ents.ids[np.minimum(idx, len(ents.ids) - 1)] == ids)
+        idx = np.minimum(np.searchsorted(ents.ids, ids), len(ents.ids) - 1)
+        ok = ents.ids[idx] == ids
         np.maximum.at(ents.floor, idx[ok], last[ok])

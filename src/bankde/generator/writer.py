@@ -106,7 +106,8 @@ def write_batch(
             key = SEQUENCES[table]
             cur.execute(
                 sql.SQL(
-                    "UPDATE {t} SET status = 'closed', closed_at = u.at, updated_at = u.at"
+                    "UPDATE {t} SET status = 'closed', closed_at = u.at,"
+                    " updated_at = greatest({t}.updated_at, u.at)"
                     " FROM (SELECT unnest(%s::bigint[]) AS id,"
                     " 'epoch'::timestamptz + unnest(%s::bigint[]) * interval '1 microsecond' AS at) u"
                     " WHERE {t}.{k} = u.id AND {t}.status <> 'closed'"
@@ -146,8 +147,12 @@ def write_batch(
             _copy_blocks(
                 cur, "fill_balance", ("account_id", "balance", "at"), copybin.encode_blocks(new)
             )
+            # updated_at never goes back: a close earlier in this batch, or a run whose rows lie
+            # before earlier runs' rows, may already have set a later one (CDC and the SCD2
+            # history read change order from it).
             cur.execute(
-                "UPDATE bank.account a SET balance = b.balance, updated_at = b.at"
+                "UPDATE bank.account a SET balance = b.balance,"
+                " updated_at = greatest(a.updated_at, b.at)"
                 " FROM fill_balance b WHERE a.account_id = b.account_id"
             )
         for table, max_id in batch.max_ids.items():

@@ -5,22 +5,20 @@ from __future__ import annotations
 import typer
 
 from bankde.console import out, print_json
-from bankde.settings import get_settings
-
-WAIT_HELP = "Seconds to wait for another process holding the embedded warehouse (default BANKDE_WH_LOCK_WAIT)."
+from bankde.warehouse.options import WaitOption, settings_with_wait
 
 
 def reconcile_command(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     sample: int = typer.Option(10, "--sample", min=1, help="Differing keys to show per table."),
-    wait: float | None = typer.Option(None, "--wait", min=0, help=WAIT_HELP),
+    wait: WaitOption = None,
 ) -> None:
     """Source vs warehouse per table: row count and checksum of all columns (exit 1 if any differ)."""
     from bankde.monitoring.reconcile import reconcile
     from bankde.warehouse.client import open_warehouse
 
-    settings = get_settings()
-    result = reconcile(settings, open_warehouse(settings, wait), sample_size=sample)
+    settings = settings_with_wait(wait)
+    result = reconcile(settings, open_warehouse(settings), sample_size=sample)
     if as_json:
         print_json(result.to_dict())
     else:

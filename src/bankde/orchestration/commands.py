@@ -9,6 +9,7 @@ import typer
 from bankde.console import out, print_json
 from bankde.errors import BankdeError, ConfigError
 from bankde.settings import get_settings
+from bankde.warehouse.options import WaitOption, settings_with_wait
 
 
 class DemoFailed(BankdeError):
@@ -19,6 +20,7 @@ def demo(
     size: str = typer.Option("small", "--size", help="small | medium | large."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No step announcements or progress bars."),
+    wait: WaitOption = None,
 ) -> None:
     """Run the whole pipeline: Postgres, fill, CDC into the warehouse, dbt build, summary.
 
@@ -32,7 +34,7 @@ def demo(
         raise ConfigError(f"--size {size!r}: must be one of {', '.join(SIZES)}")
     chosen: Literal["small", "medium", "large"] = size  # type: ignore[assignment]
     try:
-        summary = run_demo(get_settings(), chosen, quiet=quiet or as_json)
+        summary = run_demo(settings_with_wait(wait), chosen, quiet=quiet or as_json)
     finally:
         close_warehouse()
     if as_json:
@@ -60,6 +62,7 @@ def run(
         None, "--duration", min=1.0, help="Stop by itself after this many seconds."
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No live status line."),
+    wait: WaitOption = None,
 ) -> None:
     """Continuous mode: live filler, CDC streaming, dbt every --dbt-every seconds; Ctrl-C stops."""
     from bankde.orchestration.runloop import RunOptions, run_pipeline
@@ -67,7 +70,7 @@ def run(
     options = RunOptions(
         rate=rate, dbt_every=dbt_every, fill=not no_fill, status=not quiet, duration=duration
     )
-    state = run_pipeline(get_settings(), options)
+    state = run_pipeline(settings_with_wait(wait), options)
     out.print(
         f"stopped cleanly: {state.changes:,} changes applied in {state.batches:,} batches, "
         f"{state.dbt_runs} dbt builds ({state.dbt_failures} failed), "

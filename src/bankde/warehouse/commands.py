@@ -10,15 +10,12 @@ from typing import Any
 import typer
 
 from bankde.console import out, print_json
-from bankde.settings import get_settings
+from bankde.warehouse.options import WaitOption, settings_with_wait
 
 app = typer.Typer(
     help="The ClickHouse warehouse (embedded chDB, or a server via BANKDE_CLICKHOUSE_URL).",
     no_args_is_help=True,
 )
-
-WAIT_HELP = "Seconds to wait for another process holding the embedded warehouse (default BANKDE_WH_LOCK_WAIT)."
-
 
 class OutputFormat(enum.StrEnum):
     table = "table"
@@ -27,13 +24,13 @@ class OutputFormat(enum.StrEnum):
 
 
 @app.command()
-def init(wait: float | None = typer.Option(None, "--wait", min=0, help=WAIT_HELP)) -> None:
+def init(wait: WaitOption = None) -> None:
     """Create the warehouse databases and tables (clickhouse_init/01_schema_dwh.sql); idempotent."""
     from bankde.warehouse.client import open_warehouse
     from bankde.warehouse.ddl import apply_schema, db_names
 
-    settings = get_settings()
-    wh = open_warehouse(settings, wait)
+    settings = settings_with_wait(wait)
+    wh = open_warehouse(settings)
     count = apply_schema(wh)
     names = db_names(settings)
     out.print(
@@ -48,12 +45,12 @@ def run_sql(
         ..., help='A ClickHouse SQL statement, e.g. "SELECT count() FROM raw.transaction FINAL".'
     ),
     fmt: OutputFormat = typer.Option(OutputFormat.table, "--format", "-f", help="Output format."),
-    wait: float | None = typer.Option(None, "--wait", min=0, help=WAIT_HELP),
+    wait: WaitOption = None,
 ) -> None:
     """Run a query in the warehouse and print the result."""
     from bankde.warehouse.client import open_warehouse
 
-    wh = open_warehouse(get_settings(), wait)
+    wh = open_warehouse(settings_with_wait(wait))
     columns, rows = wh.query_with_names(query)
     if fmt is OutputFormat.json:
         print_json([dict(zip(columns, row, strict=True)) for row in rows])

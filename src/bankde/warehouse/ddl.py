@@ -117,11 +117,32 @@ def schema_statements(prefix: str = "") -> list[str]:
 
 
 def apply_schema(wh: Warehouse) -> int:
-    """Create every database and table that is missing; existing ones are left as they are."""
+    """Create every database and table that is missing; existing ones are left as they are,
+    except where an older schema file created them in a form that is no longer correct."""
     stmts = schema_statements(wh.settings.wh_prefix)
     for stmt in stmts:
         wh.command(stmt)
+    _migrate_offsets(wh, DbNames(wh.settings.wh_prefix))
     return len(stmts)
+
+
+def _migrate_offsets(wh: Warehouse, names: DbNames) -> None:
+    """meta.cdc_offsets from before it was versioned by lsn (ReplacingMergeTree(written_at)):
+    rebuilt with each slot's current row, i.e. the offset its capture resumes from today."""
+    engine = wh.scalar(
+        "SELECT engine_full FROM system.tables WHERE database = {d:String} AND name = 'cdc_offsets'",
+        {"d": names.meta},
+    )
+    if not engine or "ReplacingMergeTree(written_at)" not in str(engine):
+        return
+    rebuilt = f"{ident(names.meta)}.cdc_offsets__by_lsn"
+    wh.command(f"DROP TABLE IF EXISTS {rebuilt} SYNC")
+    wh.command(
+        f"CREATE TABLE {rebuilt} AS {names.offsets} ENGINE = ReplacingMergeTree(lsn) ORDER BY slot"
+    )
+    wh.command(f"INSERT INTO {rebuilt} SELECT * FROM {names.offsets} FINAL")
+    wh.command(f"EXCHANGE TABLES {names.offsets} AND {rebuilt}")
+    wh.command(f"DROP TABLE {rebuilt} SYNC")
 
 
 def ensure_schema(wh: Warehouse) -> None:
@@ -183,7 +204,13 @@ def create_table_sql(
         raise CaptureError(
             f"{source} has no primary key: add one (CDC lands rows by key) or drop it from the publication"
         )
-    body = [f"    {ident(c.name)} {_pg_type(c)}" for c in columns]
+    return _table_sql(database, table, [(c.name, _pg_type(c)) for c in columns], key, source)
+
+
+def _table_sql(
+    database: str, table: str, columns: Sequence[tuple[str, str]], key: Sequence[str], source: str
+) -> str:
+    body = [f"    {ident(name)} {typ}" for name, typ in columns]
     body += [f"    {name} {typ}" for name, typ in META_COLUMNS]
     return (
         f"CREATE TABLE IF NOT EXISTS {ident(database)}.{ident(table)}\n(\n"
@@ -208,15 +235,26 @@ def ensure_columns(
 
 
 def ensure_columns_in(
-    wh: Warehouse, database: str, table: str, columns: Sequence[SourceColumn], source: str
+    wh: Warehouse,
+    database: str,
+    table: str,
+    columns: Sequence[SourceColumn],
+    source: str,
+    *,
+    retype: bool = False,
 ) -> list[str]:
-    """ensure_columns() against an explicit table (a landing table or its staged snapshot)."""
+    """ensure_columns() against an explicit table (a landing table or its staged snapshot).
+
+    With `retype` (an empty staged snapshot that will replace the landing table), a changed
+    type re-creates the table with the source's type instead of raising.
+    """
     info = table_info(wh, database, table)
     if info is None:
         wh.command(create_table_sql(database, table, columns, source))
         return [c.name for c in columns]
     have = info.column_types
     added: list[str] = []
+    retyped: dict[str, str] = {}
     after = info.columns[-1][0] if info.columns else None
     for col in columns:
         want = _pg_type(col)
@@ -233,6 +271,9 @@ def ensure_columns_in(
         have_base, have_null = strip_wrappers(have[col.name])
         want_base, _ = strip_wrappers(want)
         if not same_family(have_base, want_base):
+            if retype:
+                retyped[col.name] = want
+                continue
             raise CaptureError(
                 f"{source}.{col.name} changed type: warehouse {info.name} has {have[col.name]}, "
                 f"source now maps to {want}; run `bankde cdc resync` to reload it"
@@ -243,7 +284,26 @@ def ensure_columns_in(
             low = have[col.name].startswith("LowCardinality(")
             new_type = f"LowCardinality(Nullable({base}))" if low else f"Nullable({base})"
             wh.command(f"ALTER TABLE {info.name} MODIFY COLUMN {ident(col.name)} {new_type}")
+    if retyped:
+        _recreate_retyped(wh, database, table, retyped, source)
     return added
+
+
+def _recreate_retyped(
+    wh: Warehouse, database: str, table: str, retyped: dict[str, str], source: str
+) -> None:
+    """Re-create an empty table with some column types replaced (key columns included, which
+    ALTER cannot change); everything else, column order and sort key, stays as it was."""
+    info = table_info(wh, database, table)
+    assert info is not None
+    if wh.scalar(f"SELECT count() FROM {info.name}"):
+        raise CaptureError(
+            f"{source}: cannot change column types of non-empty {info.name} "
+            f"({', '.join(sorted(retyped))}); run `bankde cdc resync`"
+        )
+    columns = [(name, retyped.get(name, typ)) for name, typ in info.columns]
+    wh.command(f"DROP TABLE {info.name} SYNC")
+    wh.command(_table_sql(database, table, columns, info.key, source))
 
 
 def landing_tables(wh: Warehouse) -> list[tuple[str, str]]:

@@ -54,7 +54,6 @@ class ClickHouseSink:
         self._tables: dict[tuple[str, str], TableInfo] = {}
         self._staged: dict[str, list[tuple[str, str]]] = {}
         self._mutex = threading.RLock()
-        self._last_written_us = 0
         ddl.ensure_schema(warehouse)
 
     @classmethod
@@ -94,18 +93,28 @@ class ClickHouseSink:
 
     def ensure_columns(self, schema: str, table: str, columns: Sequence[SourceColumn]) -> None:
         with self._mutex:
-            added = ddl.ensure_columns(self.wh, schema, table, columns)
             if (schema, table) in self._staged_tables():
-                staging = f"{ddl.SNAPSHOT_PREFIX}{schema}__{table}"
-                ddl.ensure_columns_in(
-                    self.wh, self.names.meta, staging, columns, f"{schema}.{table}"
+                # The staged snapshot replaces the landing table once done: only it must take
+                # the source's shape, a changed type included (it is still empty here).
+                added = ddl.ensure_columns_in(
+                    self.wh,
+                    self.names.meta,
+                    self._staging_name(schema, table),
+                    columns,
+                    f"{schema}.{table}",
+                    retype=True,
                 )
+            else:
+                added = ddl.ensure_columns(self.wh, schema, table, columns)
             if added:
                 log.info("%s.%s: added warehouse columns %s", schema, table, ", ".join(added))
             self._tables.pop((schema, table), None)
 
     def reset_for_snapshot(self, slot: str, tables: Sequence[tuple[str, str]]) -> None:
         with self._mutex:
+            # A new incarnation of the slot starts here: offsets are versioned by LSN, so the
+            # old incarnation's rows must not outlive it (see meta.cdc_offsets in the schema).
+            self._forget_offset(slot)
             staged = []
             for schema, table in tables:
                 info = self._find_info(schema, table)
@@ -126,8 +135,7 @@ class ClickHouseSink:
             if n == 0:
                 return 0
             info = self._snapshot_columns(schema, table, rows.schema)
-            staged = (schema, table) in self._staged_tables()
-            target = self.names.snapshot_table(schema, table) if staged else info.name
+            target = info.name
             types = info.column_types
             arrays, columns, exprs = [], [], []
             for i, field in enumerate(rows.schema):
@@ -160,7 +168,7 @@ class ClickHouseSink:
     def load_offset(self, slot: str) -> Offset | None:
         rows = self.wh.query(
             f"SELECT lsn, snapshot_done FROM {self.names.offsets} FINAL WHERE slot = {{s:String}} "
-            "ORDER BY written_at DESC LIMIT 1",
+            "ORDER BY lsn DESC LIMIT 1",
             {"s": slot},
         )
         if not rows:
@@ -171,10 +179,7 @@ class ClickHouseSink:
     def reset(self, slot: str) -> None:
         with self._mutex:
             ddl.recreate_tables(self.wh)
-            self.wh.command(
-                f"ALTER TABLE {self.names.offsets} DELETE WHERE slot = {sql_str(slot)} "
-                "SETTINGS mutations_sync = 2"
-            )
+            self._forget_offset(slot)
             self._tables.clear()
             self._staged.clear()
 
@@ -222,9 +227,24 @@ class ClickHouseSink:
             )
         return info
 
+    def _staging_name(self, schema: str, table: str) -> str:
+        return f"{ddl.SNAPSHOT_PREFIX}{schema}__{table}"
+
+    def _snapshot_target(self, schema: str, table: str) -> TableInfo:
+        """Where snapshot rows of the table go: its staged copy, else the landing table."""
+        if (schema, table) not in self._staged_tables():
+            return self._info(schema, table)
+        info = ddl.table_info(self.wh, self.names.meta, self._staging_name(schema, table))
+        if info is None:
+            raise CaptureError(
+                f"{schema}.{table}: its staged snapshot table is gone (dropped by another "
+                "process?); run the capture again to redo the snapshot"
+            )
+        return info
+
     def _snapshot_columns(self, schema: str, table: str, arrow: pa.Schema) -> TableInfo:
-        """The landing table's info, after adding columns the snapshot has and it lacks."""
-        info = self._info(schema, table)
+        """The snapshot target's info, after adding columns the snapshot has and it lacks."""
+        info = self._snapshot_target(schema, table)
         missing = [f for f in arrow if f.name not in info.column_types]
         if missing:
             cols = []
@@ -234,7 +254,7 @@ class ClickHouseSink:
                     SourceColumn(f.name, "uuid" if ch == "FixedString(16)" else _pg_name(ch))
                 )
             self.ensure_columns(schema, table, cols)
-            info = self._info(schema, table)
+            info = self._snapshot_target(schema, table)
         return info
 
     def _write_events(self, schema: str, table: str, events: list[ChangeEvent]) -> None:
@@ -468,17 +488,17 @@ class ClickHouseSink:
             self.wh.command(f"DROP TABLE IF EXISTS {staging} SYNC")
             self._tables.pop((schema, table), None)
 
-    def _written_at_us(self) -> int:
-        # Strictly increasing inside the process: the newest offset row must win under FINAL.
-        now = max(time.time_ns() // 1000, self._last_written_us + 1)
-        self._last_written_us = now
-        return now
-
     def _write_offset(self, offset: Offset) -> None:
+        # Versioned by lsn: the highest LSN of the slot's current incarnation wins under FINAL.
         self.wh.command(
-            f"INSERT INTO {self.names.offsets} (slot, lsn, snapshot_done, written_at) VALUES "
-            f"({sql_str(offset.slot)}, {offset.lsn}, {int(offset.snapshot_done)}, "
-            f"fromUnixTimestamp64Micro(toInt64({self._written_at_us()}), 'UTC'))"
+            f"INSERT INTO {self.names.offsets} (slot, lsn, snapshot_done) VALUES "
+            f"({sql_str(offset.slot)}, {offset.lsn}, {int(offset.snapshot_done)})"
+        )
+
+    def _forget_offset(self, slot: str) -> None:
+        self.wh.command(
+            f"ALTER TABLE {self.names.offsets} DELETE WHERE slot = {sql_str(slot)} "
+            "SETTINGS mutations_sync = 2"
         )
 
     def _write_metrics(
