@@ -16,6 +16,7 @@ from bankde.source.connection import SourceInfo
 # Rows handed to the sink per call: big enough to amortise an insert, small enough for memory.
 CHUNK_ROWS = 250_000
 
+
 def adbc_uri(info: SourceInfo) -> str:
     """A libpq URI for the ADBC driver (it speaks binary COPY and builds Arrow in C++)."""
     p = info.params

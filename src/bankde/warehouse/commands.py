@@ -17,6 +17,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
+
 class OutputFormat(enum.StrEnum):
     table = "table"
     json = "json"

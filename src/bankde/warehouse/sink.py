@@ -184,23 +184,21 @@ class ClickHouseSink:
             self._staged.clear()
 
     # --- beyond the contract ---------------------------------------------------------------
-    def truncate(self, schema: str, table: str, version: int) -> int:
+    def truncate(self, schema: str, table: str, version: int) -> None:
         """Hide every row of the table older than `version` (a source TRUNCATE), by tombstones.
 
         Idempotent and order-safe: rows written later with a higher version stay visible, a
-        re-delivered older change stays hidden. Returns the tombstones written.
+        re-delivered older change stays hidden.
         """
         with self._mutex:
             info = self._info(schema, table)
             keys = ", ".join(ident(k) for k in info.key)
-            before = self._count(info.name)
             self.wh.command(
                 f"INSERT INTO {info.name} ({keys}, _version, _is_deleted, _op, _lsn, _tx_id, "
                 f"_source_ts, _ingested_at) SELECT {keys}, toUInt128('{version}'), 1, 'd', "
                 f"toUInt64({version >> 32}), 0, now64(3), now64(3) FROM {info.name} FINAL "
                 f"WHERE _is_deleted = 0 AND _version < toUInt128('{version}')"
             )
-            return self._count(info.name) - before
 
     def landing_table(self, schema: str, table: str) -> str:
         """Quoted name of the table a source table lands in (for callers building queries)."""
@@ -566,9 +564,6 @@ class ClickHouseSink:
             f"{first_lsn}, {last_lsn}, {events}, {inserts}, {updates}, {deletes}, "
             f"map({tmap}), {lag_ms})"
         )
-
-    def _count(self, table: str) -> int:
-        return int(self.wh.scalar(f"SELECT count() FROM {table}") or 0)
 
 
 @contextmanager
