@@ -3,33 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import resource
-import shutil
-import socket
-import tempfile
 import threading
 import time
-from pathlib import Path
+
+from _cluster import peak_rss_mib, start_cluster, stop_cluster
 
 from bankde.cdc import capture
 from bankde.cdc.capture import BatchStats
 from bankde.cdc.slot import drop_slot, ensure_publication
 from bankde.settings import Settings
-from bankde.source.cluster import ManagedCluster
 from bankde.source.connection import cdc_info, connect, source_info
 from bankde.source.schema import init_source
 
 BASELINE_SLOTS = ("bench_decode", "bench_walsender")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def copy_out_baseline(settings: Settings) -> float:
@@ -148,12 +134,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="Length of the latency run.")
     args = ap.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="bankde-bench-cdc-", dir="/tmp"))
-    home.chmod(0o755)
-    settings = Settings(home=home, pg_port=_free_port(), pg_dsn=None, db_host=None)
-    cluster = ManagedCluster(settings)
-    cluster.init()
-    cluster.start()
+    home, settings, cluster = start_cluster("bankde-bench-cdc-")
     try:
         init_source(settings)
         from bankde.generator import load_fill_config
@@ -208,15 +189,14 @@ def main() -> None:
             f"over {n:,} transactions (target p99 < 1000 ms; batch bound "
             f"{settings.cdc_batch_seconds:g}s)"
         )
-        print(f"peak RSS: {_peak_rss_mib():,.0f} MiB")
+        print(f"peak RSS: {peak_rss_mib():,.0f} MiB")
     finally:
         for slot in (*BASELINE_SLOTS, settings.cdc_slot, f"{settings.cdc_slot}_dbz"):
             try:
                 drop_slot(settings.model_copy(update={"cdc_slot": slot}))
             except Exception as exc:
                 print(f"could not drop slot {slot}: {exc}")
-        cluster.stop()
-        shutil.rmtree(home, ignore_errors=True)
+        stop_cluster(home, cluster)
 
 
 # -- Debezium engine (extra [debezium]): same mixed load, same sink, printed beside native ----

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
-import shutil
-import socket
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from _cluster import peak_rss_mib, start_cluster, stop_cluster
 
 from bankde.generator.activity import Timeline
 from bankde.generator.config import FillConfig
@@ -22,16 +19,6 @@ from bankde.generator.writer import TXN_COLUMNS, _copy_blocks, fk_triggers_skipp
 from bankde.settings import Settings
 from bankde.source.connection import connect, source_info
 from bankde.source.schema import init_source
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _server_cpu(data_dir: Path | None) -> float:
@@ -131,14 +118,7 @@ def main() -> None:
     if args.configured:
         settings = Settings()
     else:
-        from bankde.source.cluster import ManagedCluster
-
-        home = Path(tempfile.mkdtemp(prefix="bankde-bench-", dir="/tmp"))
-        home.chmod(0o755)
-        settings = Settings(home=home, pg_port=_free_port(), pg_dsn=None, db_host=None)
-        cluster = ManagedCluster(settings)
-        cluster.init()
-        cluster.start()
+        home, settings, cluster = start_cluster("bankde-bench-")
     try:
         init_source(settings)
         if args.configured:
@@ -175,7 +155,7 @@ def main() -> None:
             # Right after its fill, so that both see about the same load on a shared machine.
             same = ceiling(settings, args.txns, args.batch_size, like_filler=True)
             rounds.append((summary.txns_per_second, cpu, srv, same, _server_cpu(data_dir) - srv0))
-        rss = _peak_rss_mib()
+        rss = peak_rss_mib()
         # Informational only and slow (FK triggers): at most 1M rows.
         plain_n = min(args.txns, 1_000_000)
         plain = ceiling(settings, plain_n, args.batch_size, like_filler=False)
@@ -210,10 +190,8 @@ def main() -> None:
               f"of its two)")  # fmt: skip
         print(f"memory:  peak RSS of the filler process {rss:,.0f} MiB (target <= 1024 MiB at 10M)")
     finally:
-        if cluster is not None:
-            cluster.stop()
-        if home is not None:
-            shutil.rmtree(home, ignore_errors=True)
+        if home is not None and cluster is not None:
+            stop_cluster(home, cluster)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import stat
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,13 @@ def cluster_settings(warehouse_dir: Path) -> Iterator[Settings]:
 @pytest.fixture()
 def source_settings(cluster_settings: Settings) -> Iterator[Settings]:
     """Settings for a fresh database of this test's own, schema applied; dropped afterwards."""
+    with fresh_source_db(cluster_settings) as settings:
+        yield settings
+
+
+@contextmanager
+def fresh_source_db(cluster_settings: Settings) -> Iterator[Settings]:
+    """A new database on the session cluster with the schema applied, dropped on exit."""
     from psycopg import sql
 
     from bankde.source.connection import connect, source_info

@@ -64,9 +64,15 @@ class Sink(Protocol):
         ...
 
     def ensure_columns(self, schema: str, table: str, columns: Sequence[SourceColumn]) -> None:
-        """Make the landing table hold every source column (create it, ADD COLUMN), or raise
-        CaptureError naming table and column when it cannot (type changed). Call it for every
-        Relation message before applying events that use it, and before a table's snapshot."""
+        """Make the landing table hold every source column (create it, ADD COLUMN, drop NOT NULL).
+
+        Call it for every Relation message before applying events that use it, and before a
+        table's snapshot. In the stream, a column whose type changed to another family raises
+        CaptureError naming table and column (the stream stops; `bankde cdc resync` reloads).
+        While reset_for_snapshot() has the table staged, the staged copy is shaped instead:
+        being still empty, it is re-created with the source's types (key columns included), so
+        the landing table it replaces takes them; CaptureError only if rows were staged already.
+        """
         ...
 
     def reset_for_snapshot(self, slot: str, tables: Sequence[tuple[str, str]]) -> None:

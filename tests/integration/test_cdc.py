@@ -584,6 +584,55 @@ def test_cli_sync_and_status_json(
     assert bad.returncode == 2 and "unknown capture engine" in bad.stderr
 
 
+def test_status_lag_seconds_counts_only_captured_changes(cdc_settings: Settings) -> None:
+    """WAL of tables outside the publication is lag in bytes, not in time; a captured change
+    waiting in the idle slot is lag of its age; peeking at it consumes nothing."""
+    from bankde.cdc.slot import walsender_lag
+    from bankde.cdc.status import status
+    from bankde.orchestration.tasks import pending_changes
+
+    s = cdc_settings
+    sync(s)
+    sql(
+        s,
+        "CREATE TABLE public.not_captured (x int)",
+        "INSERT INTO public.not_captured SELECT generate_series(1, 500)",
+    )
+    time.sleep(1.5)
+    idle = status(s, counts=False)
+    assert idle["lag_bytes"] > 0 and not idle["active"]
+    assert idle["lag_seconds"] == 0.0
+    assert pending_changes(s) is False
+
+    sql(s, "UPDATE bank.account SET balance = balance + 1 WHERE account_id = 1")
+    time.sleep(1.5)
+    waiting = status(s, counts=False)
+    assert 1.0 <= waiting["lag_seconds"] < 60
+    assert pending_changes(s) is True
+    assert status(s, counts=False)["lag_seconds"] >= waiting["lag_seconds"]  # not consumed
+
+    # While streaming: the walsender's own figure, small once the change is applied.
+    stop = threading.Event()
+    results: list[capture.SyncResult] = []
+    runner = threading.Thread(
+        target=lambda: results.append(capture.run(s, stop, show_progress=False)), daemon=True
+    )
+    runner.start()
+    try:
+        wait_equal(s, timeout=60)
+        deadline = time.monotonic() + 30
+        while not (live := status(s, counts=False))["active"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert live["active"]
+        # The owner role sees the walsender's figures, so the lag is the server's own.
+        assert walsender_lag(s, live["active_pid"]) is not None
+        assert live["lag_seconds"] is not None and 0.0 <= live["lag_seconds"] < 10.0
+    finally:
+        stop.set()
+        runner.join(timeout=60)
+    assert results and results[0].changes >= 1
+
+
 def test_column_type_change_stops_the_stream_with_one_line(
     cdc_settings: Settings, cli_home: tuple[Path, dict[str, str]]
 ) -> None:

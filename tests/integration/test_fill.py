@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -13,7 +12,7 @@ from bankde.generator.config import FillConfig
 from bankde.generator.runner import fill
 from bankde.generator.scenarios import SCENARIO_NAMES
 from bankde.source.connection import connect, source_info
-from bankde.source.schema import init_source
+from tests.conftest import fresh_source_db
 
 AS_OF = datetime(2024, 6, 3, 9, 30, tzinfo=UTC)
 
@@ -72,21 +71,6 @@ RULES = {
 }
 
 
-@contextmanager
-def extra_database(cluster_settings):
-    name = "t_" + uuid.uuid4().hex[:12]
-    settings = cluster_settings.model_copy(update={"db_name": name})
-    init_source(settings)
-    try:
-        yield settings
-    finally:
-        admin = source_info(cluster_settings).with_db("postgres")
-        with connect(admin, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-
-
 def _one(conn, q, *args):
     return conn.execute(q, args).fetchone()[0]
 
@@ -99,7 +83,7 @@ def filled(cluster_settings):
         as_of=AS_OF, customers=500, terminals=200, card_close_rate=0.08, account_close_rate=0.03,
         customer_close_rate=0.02, terminal_close_rate=0.03, batch_size=9_000,
     )  # fmt: skip
-    with extra_database(cluster_settings) as settings:
+    with fresh_source_db(cluster_settings) as settings:
         summary = fill(settings, config)
         with connect(source_info(settings)) as conn:
             yield settings, conn, summary, config
@@ -232,7 +216,7 @@ def refilled(cluster_settings):
         **{**first.__dict__, "backfill_days": 0, "seed": 22, "customers": 40, "terminals": 18,
            "as_of": AS_OF + timedelta(days=1, seconds=1)},
     )  # fmt: skip
-    with extra_database(cluster_settings) as settings:
+    with fresh_source_db(cluster_settings) as settings:
         fill(settings, first)
         fill(settings, second)
         with connect(source_info(settings)) as conn:
@@ -402,11 +386,11 @@ def test_same_seed_same_rows_and_reruns_continue(cluster_settings, source_settin
     )  # fmt: skip
     fill(source_settings, config)
     first = _checksum(source_settings)
-    with extra_database(cluster_settings) as other:
+    with fresh_source_db(cluster_settings) as other:
         fill(other, config)
         assert _checksum(other) == first
     # A different seed gives different data.
-    with extra_database(cluster_settings) as other:
+    with fresh_source_db(cluster_settings) as other:
         fill(other, FillConfig(**{**config.__dict__, "seed": 6}))
         assert _checksum(other)["bank.transaction"] != first["bank.transaction"]
     # A second run adds: ids continue, nothing collides, sequences move past.
@@ -437,7 +421,7 @@ SMALL = dict(n_new_txns=3_000, seed=3, as_of=AS_OF, customers=60, terminals=30, 
 
 
 def test_bulk_batches_skip_fk_triggers_yet_every_row_reaches_logical_decoding(cluster_settings):
-    with extra_database(cluster_settings) as settings:
+    with fresh_source_db(cluster_settings) as settings:
         slot = "t_fill_" + uuid.uuid4().hex[:10]
         with connect(source_info(settings), autocommit=True) as conn:
             conn.execute("SELECT pg_create_logical_replication_slot(%s, 'test_decoding')", (slot,))
@@ -473,7 +457,7 @@ def test_role_that_may_not_skip_fk_triggers_fills_with_checks(cluster_settings):
             )
         )
     try:
-        with extra_database(cluster_settings) as settings:
+        with fresh_source_db(cluster_settings) as settings:
             with connect(source_info(settings), autocommit=True) as conn:
                 for stmt in (
                     "GRANT USAGE ON SCHEMA bank, truth TO {r}",

@@ -14,7 +14,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-ENGINE_HELP = "Capture engine: native (pgoutput, default) or debezium (extra [debezium])."
+ENGINE_HELP = "Capture engine: native (pgoutput, default) or debezium (extra \\[debezium])."
 
 
 def register(root: typer.Typer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -230,3 +231,63 @@ def catalog_columns(
                 for n, t, m, nn in rows
             ]
     return out
+
+
+@dataclass(frozen=True)
+class Pending:
+    """What a peek at an idle slot found: is a committed captured change waiting, and since when."""
+
+    changes: bool
+    oldest_commit_us: int | None = None  # commit time (µs, Unix epoch) of the first one waiting
+
+
+def peek_pending(settings: Settings, timeout_ms: int | None = None) -> Pending | None:
+    """Peek, never consume, the first committed change of a captured table the slot holds.
+
+    Runs as the capture role (REPLICATION is enough for pg_logical_slot_peek_binary_changes),
+    with the options the capture streams with, so WAL of tables outside the publication decodes
+    to nothing. None when it cannot tell: the slot is streaming to a consumer right now, or
+    decoding up to the first change took longer than `timeout_ms`.
+    """
+    from bankde.cdc.native import PROTO_VERSION
+    from bankde.cdc.pgoutput import PG_EPOCH_US
+
+    with connect(cdc_info(settings), autocommit=True) as conn:
+        if timeout_ms is not None:
+            conn.execute("SELECT set_config('statement_timeout', %s, false)", (str(timeout_ms),))
+        try:
+            # upto_nchanges=1 stops decoding after the first transaction with a change in it.
+            row = conn.execute(
+                "SELECT data FROM pg_logical_slot_peek_binary_changes(%s, NULL, 1, "
+                "'proto_version', %s, 'publication_names', %s) LIMIT 1",
+                (settings.cdc_slot, PROTO_VERSION, settings.cdc_publication),
+            ).fetchone()
+        except (psycopg.errors.ObjectInUse, psycopg.errors.QueryCanceled):
+            return None
+    if row is None:
+        return Pending(False)
+    data = bytes(row[0])
+    if data[:1] != b"B":
+        return Pending(True)
+    # Begin: 'B', final LSN (int64), commit time (int64 µs since 2000-01-01), xid (int32).
+    (commit_ts,) = struct.unpack_from("!q", data, 9)
+    return Pending(True, commit_ts + PG_EPOCH_US)
+
+
+def walsender_lag(settings: Settings, pid: int) -> float | None:
+    """Seconds the consumer of an active slot lags, from pg_stat_replication of its walsender:
+    flush_lag (what the consumer confirmed written), else replay_lag; 0.0 once the server has
+    reset them after the consumer confirmed all it was sent. None when that is not visible: the
+    figures need superuser or pg_read_all_stats (not the capture role), so ask as the owner."""
+    with connect(source_info(settings), autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT EXTRACT(epoch FROM coalesce(flush_lag, replay_lag))::float8, "
+            "flush_lsn >= sent_lsn, sent_lsn IS NOT NULL FROM pg_stat_replication WHERE pid = %s",
+            (pid,),
+        ).fetchone()
+    if row is None or not row[2]:
+        return None
+    lag, caught_up, _ = row
+    if lag is not None:
+        return round(float(lag), 3)
+    return 0.0 if caught_up else None

@@ -6,17 +6,30 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
+
 from bankde.cdc.envelope import format_lsn
-from bankde.cdc.slot import slot_state
+from bankde.cdc.slot import SlotState, peek_pending, slot_state, walsender_lag
 from bankde.errors import BankdeError
 from bankde.settings import Settings
+
+# A status call must stay quick; a slot whose first captured change lies behind much other WAL
+# falls back to the time since the last batch.
+PEEK_TIMEOUT_MS = 2000
 
 
 def status(settings: Settings, *, counts: bool = True, wait: float = 0.0) -> dict[str, Any]:
     """Everything `bankde cdc status` prints, as plain data (JSON-ready).
 
-    Lag: bytes of WAL between the server's current position and what the slot confirmed; seconds
-    since the newest change the warehouse holds was committed, while there is unconfirmed WAL.
+    lag_bytes: WAL between the server's current position and what the slot confirmed (it counts
+    WAL of tables outside the publication too, so it is rarely 0 on a busy server).
+    lag_seconds: how far the warehouse is behind in time. Slot active: the flush lag (else replay
+    lag) pg_stat_replication reports for the slot's walsender, 0 once it has caught up. Slot
+    idle: the age of the oldest committed captured change still waiting in the slot (peeked,
+    never consumed), 0 when none waits. Where neither can be read (the walsender's figures need
+    superuser or pg_read_all_stats; a peek slower than PEEK_TIMEOUT_MS), 0 without unconfirmed
+    WAL, else the time since the last applied batch.
+    None before any of that is known (no slot, nothing applied yet).
     When another process owns the embedded warehouse, the warehouse part names it instead.
     """
     st = slot_state(settings)
@@ -50,6 +63,7 @@ def status(settings: Settings, *, counts: bool = True, wait: float = 0.0) -> dic
         wh = open_warehouse(settings, wait=wait)
     except BankdeError as exc:
         data["warehouse"] = str(exc)
+        data["lag_seconds"] = lag_seconds(settings, st, None)
         return data
     from bankde.warehouse.ddl import db_names
     from bankde.warehouse.sink import ClickHouseSink
@@ -67,24 +81,48 @@ def status(settings: Settings, *, counts: bool = True, wait: float = 0.0) -> dic
         {"s": settings.cdc_slot},
     )
     last = wh.query(
-        f"SELECT max(finished_at), argMax(lag_ms, finished_at) FROM {names.batches} "
-        f"WHERE slot = {{s:String}}",
+        f"SELECT max(finished_at) FROM {names.batches} WHERE slot = {{s:String}}",
         {"s": settings.cdc_slot},
     )
+    finished: datetime | None = None
     if last and last[0][0] is not None and last[0][0].year > 1970:
-        finished: datetime = last[0][0]
+        finished = last[0][0]
         data["last_batch_at"] = finished.isoformat()
-        if st.lag_bytes:
-            age = time.time() - finished.replace(tzinfo=finished.tzinfo or UTC).timestamp()
-            data["lag_seconds"] = round(max(0.0, age) + (last[0][1] or 0) / 1000, 3)
-        else:
-            data["lag_seconds"] = 0.0
+    data["lag_seconds"] = lag_seconds(settings, st, finished)
     if rows and rows[0][1]:
         span_ms = max(int(rows[0][2] or 0), 1000)
         data["changes_per_s"] = round(int(rows[0][1]) * 1000 / span_ms, 1)
     if counts:
         data["tables"] = table_counts(settings, wh)
     return data
+
+
+def lag_seconds(settings: Settings, st: SlotState, last_batch: datetime | None) -> float | None:
+    """lag_seconds as status() defines it."""
+    if not st.exists:
+        return None
+    if st.active and st.active_pid is not None:
+        try:
+            lag = walsender_lag(settings, st.active_pid)
+        except (psycopg.Error, BankdeError):  # the owner role is not reachable: fall back
+            lag = None
+        if lag is not None:
+            return lag
+    elif st.lag_bytes and not st.lost:
+        try:
+            pending = peek_pending(settings, timeout_ms=PEEK_TIMEOUT_MS)
+        except (psycopg.Error, BankdeError):  # e.g. dropped or invalidated meanwhile: fall back
+            pending = None
+        if pending is not None and not pending.changes:
+            return 0.0
+        if pending is not None and pending.oldest_commit_us is not None:
+            return round(max(0.0, time.time() - pending.oldest_commit_us / 1e6), 3)
+    if st.lag_bytes == 0:
+        return 0.0
+    if last_batch is None:
+        return None
+    age = time.time() - last_batch.replace(tzinfo=last_batch.tzinfo or UTC).timestamp()
+    return round(max(0.0, age), 3)
 
 
 def table_counts(settings: Settings, wh: Any) -> dict[str, dict[str, int | None]]:

@@ -89,6 +89,11 @@ def episode_offsets(
     return ep, (off * squeeze[ep]).astype(np.int64)
 
 
+def _between(rng: np.random.Generator, lo: int, hi: int) -> int:
+    """One whole number drawn uniformly from lo..hi, both included."""
+    return int(rng.integers(lo, hi + 1))
+
+
 class Scenario:
     """A fraud pattern. `size` draws the rows of one episode; `generate` makes the episodes."""
 
@@ -164,7 +169,7 @@ class RapidWithdrawals(Scenario):
     window_minutes: int = 10
 
     def size(self, rng: np.random.Generator) -> int:
-        return int(rng.integers(self.min_count, self.max_count + 1))
+        return _between(rng, self.min_count, self.max_count)
 
     def generate(
         self, rng: np.random.Generator, ctx: Context, sizes: np.ndarray
@@ -205,7 +210,7 @@ class AfterCardClosed(Scenario):
     max_delay_minutes: int = 240
 
     def size(self, rng: np.random.Generator) -> int:
-        return int(rng.integers(self.min_attempts, self.max_attempts + 1))
+        return _between(rng, self.min_attempts, self.max_attempts)
 
     def generate(
         self, rng: np.random.Generator, ctx: Context, sizes: np.ndarray
@@ -272,8 +277,8 @@ class AmountProbing(Scenario):
     ratio_high: float = 0.8
 
     def size(self, rng: np.random.Generator) -> int:
-        return int(rng.integers(self.min_declines, self.max_declines + 1)) + int(
-            rng.integers(1, self.max_after + 1)
+        return _between(rng, self.min_declines, self.max_declines) + _between(
+            rng, 1, self.max_after
         )
 
     def generate(
@@ -330,7 +335,7 @@ class CardTesting(Scenario):
     max_cents: int = 499
 
     def size(self, rng: np.random.Generator) -> int:
-        return int(rng.integers(self.min_count, self.max_count + 1))
+        return _between(rng, self.min_count, self.max_count)
 
     def generate(
         self, rng: np.random.Generator, ctx: Context, sizes: np.ndarray
@@ -378,7 +383,7 @@ class AccountTakeover(Scenario):
     span_minutes: int = 150
 
     def size(self, rng: np.random.Generator) -> int:
-        return int(rng.integers(self.min_count, self.max_count + 1))
+        return _between(rng, self.min_count, self.max_count)
 
     def generate(
         self, rng: np.random.Generator, ctx: Context, sizes: np.ndarray

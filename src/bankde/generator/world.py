@@ -30,26 +30,44 @@ def id_uniforms(ids: np.ndarray, salt: int) -> np.ndarray:
     return (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
+def _no_ints() -> np.ndarray:
+    return np.zeros(0, np.int64)
+
+
+def _no_floats() -> np.ndarray:
+    return np.zeros(0)
+
+
+def _no_bools() -> np.ndarray:
+    return np.zeros(0, bool)
+
+
+class _Rows:
+    """An entity table held as parallel arrays, one row per id."""
+
+    ids: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
 # Segment effects: (activity multiplier, amount scale).
 _SEGMENT_ACTIVITY = np.array([0.8, 1.0, 1.3, 1.8])
 _SEGMENT_SCALE = np.array([0.5, 1.0, 2.2, 3.0])
 
 
 @dataclass
-class Customers:
-    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    city: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    segment: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    lat: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    lon: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    closed_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    created_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+class Customers(_Rows):
+    ids: np.ndarray = field(default_factory=_no_ints)
+    city: np.ndarray = field(default_factory=_no_ints)
+    segment: np.ndarray = field(default_factory=_no_ints)
+    lat: np.ndarray = field(default_factory=_no_floats)
+    lon: np.ndarray = field(default_factory=_no_floats)
+    closed_at: np.ndarray = field(default_factory=_no_ints)
+    created_at: np.ndarray = field(default_factory=_no_ints)
     # Earliest time a close may take (µs): after creation, the row's last update and the
     # latest transaction already written on it, so no close is back-dated before them.
-    floor: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-
-    def __len__(self) -> int:
-        return len(self.ids)
+    floor: np.ndarray = field(default_factory=_no_ints)
 
     # Spending profile, derived from the id so repeated runs agree on it.
     @property
@@ -72,48 +90,39 @@ class Customers:
 
 
 @dataclass
-class Accounts:
-    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    cust: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # index into customers
-    checking: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
-    balance: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # cents
-    overdraft: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # cents
-    closed_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    created_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    floor: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-
-    def __len__(self) -> int:
-        return len(self.ids)
+class Accounts(_Rows):
+    ids: np.ndarray = field(default_factory=_no_ints)
+    cust: np.ndarray = field(default_factory=_no_ints)  # index into customers
+    checking: np.ndarray = field(default_factory=_no_bools)
+    balance: np.ndarray = field(default_factory=_no_ints)  # cents
+    overdraft: np.ndarray = field(default_factory=_no_ints)  # cents
+    closed_at: np.ndarray = field(default_factory=_no_ints)
+    created_at: np.ndarray = field(default_factory=_no_ints)
+    floor: np.ndarray = field(default_factory=_no_ints)
 
 
 @dataclass
-class Cards:
-    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    acct: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    cust: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    daily_limit: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # cents
-    expires_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    closed_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    created_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    floor: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-
-    def __len__(self) -> int:
-        return len(self.ids)
+class Cards(_Rows):
+    ids: np.ndarray = field(default_factory=_no_ints)
+    acct: np.ndarray = field(default_factory=_no_ints)
+    cust: np.ndarray = field(default_factory=_no_ints)
+    daily_limit: np.ndarray = field(default_factory=_no_ints)  # cents
+    expires_at: np.ndarray = field(default_factory=_no_ints)
+    closed_at: np.ndarray = field(default_factory=_no_ints)
+    created_at: np.ndarray = field(default_factory=_no_ints)
+    floor: np.ndarray = field(default_factory=_no_ints)
 
 
 @dataclass
-class Terminals:
-    ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    kind: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    city: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    lat: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    lon: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    closed_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    created_at: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    floor: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-
-    def __len__(self) -> int:
-        return len(self.ids)
+class Terminals(_Rows):
+    ids: np.ndarray = field(default_factory=_no_ints)
+    kind: np.ndarray = field(default_factory=_no_ints)
+    city: np.ndarray = field(default_factory=_no_ints)
+    lat: np.ndarray = field(default_factory=_no_floats)
+    lon: np.ndarray = field(default_factory=_no_floats)
+    closed_at: np.ndarray = field(default_factory=_no_ints)
+    created_at: np.ndarray = field(default_factory=_no_ints)
+    floor: np.ndarray = field(default_factory=_no_ints)
 
 
 @dataclass

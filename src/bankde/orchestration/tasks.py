@@ -200,17 +200,7 @@ def check_reconciliation() -> dict[str, Any]:
 def pending_changes(settings: Settings) -> bool | None:
     """Whether the slot holds committed changes the warehouse has not applied yet (peeked, not
     consumed). None when it cannot tell: the slot is streaming to a consumer right now."""
-    import psycopg
+    from bankde.cdc.slot import peek_pending
 
-    from bankde.source.connection import cdc_info, connect
-
-    with connect(cdc_info(settings), autocommit=True) as conn:
-        try:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_logical_slot_peek_binary_changes(%s, NULL, 1, "
-                "'proto_version', '1', 'publication_names', %s)",
-                (settings.cdc_slot, settings.cdc_publication),
-            ).fetchone()
-        except psycopg.errors.ObjectInUse:
-            return None
-    return bool(row and row[0])
+    pending = peek_pending(settings)
+    return None if pending is None else pending.changes
