@@ -182,20 +182,46 @@ def api_server(pipeline_settings: Settings) -> Iterator[dict[str, str]]:
         log.close()
 
 
-def _dags_test(env: dict[str, str], dag_id: str) -> str:
-    """`airflow dags test --use-executor`: the LocalExecutor runs each task in its own process."""
+def _dags_test(env: dict[str, str], dag_id: str, timeout: float = 600) -> str:
+    """`airflow dags test --use-executor`: the LocalExecutor runs each task in its own process.
+
+    Airflow 3.3's `dags test` sometimes never returns after its run has finished (its executor
+    waits on an idle worker); the run's own "DagRun Finished" line is the verdict, and the
+    command is stopped a grace period after it appeared.
+    """
+    import tempfile
+
     from bankde.orchestration.airflow_env import airflow_bin
 
-    proc = subprocess.run(
-        [str(airflow_bin()), "dags", "test", "--use-executor", dag_id],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"{dag_id} failed:\n{output[-6000:]}"
-    assert "state=success" in output, output[-3000:]
+    with tempfile.TemporaryFile(mode="w+") as out:
+        proc = subprocess.Popen(
+            [str(airflow_bin()), "dags", "test", "--use-executor", dag_id],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        finished_at: float | None = None
+        finished = f"DagRun Finished: dag_id={dag_id},"
+        while proc.poll() is None:
+            now = time.monotonic()
+            if finished_at is None:
+                out.seek(0)
+                if finished in out.read():
+                    finished_at = now
+            if now > deadline or (finished_at is not None and now - finished_at > 30):
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                break
+            time.sleep(0.5)
+        out.seek(0)
+        output = out.read()
+    assert finished in output, f"{dag_id} did not finish in {timeout:.0f}s:\n{output[-6000:]}"
+    assert proc.returncode == 0 or finished_at is not None, f"{dag_id} failed:\n{output[-6000:]}"
+    run_line = output[output.index(finished) :].splitlines()[0]
+    assert "state=success" in run_line, f"{dag_id} failed:\n{output[-6000:]}"
     return output
 
 
