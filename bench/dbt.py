@@ -192,7 +192,7 @@ def main() -> int:
     from bankde.warehouse.client import close_warehouse, open_warehouse
 
     settings = Settings(home=home)
-    client = open_warehouse(settings).client
+    client = open_warehouse(settings)
     try:
         t0 = time.perf_counter()
         apply_warehouse_ddl(client, "")
@@ -234,14 +234,14 @@ def main() -> int:
             return dt
 
         full_s = build("full dbt build", ["build"])
-        fct = client.command("select count() from ods.fct_transactions")
+        fct = client.scalar("select count() from ods.fct_transactions")
         print(f"  fct_transactions rows: {int(fct):,}")
         changes = apply_changes(
             client, "", opts.changes, opts.seed, opts.txns, counts["customers"], counts["terminals"]
         )
         inc_s = build(f"incremental dbt build after {opts.changes:,} changes {changes}", ["build"])
-        fct2 = client.command("select count() from ods.fct_transactions")
-        expected = client.command("select count() from raw.transaction final where _is_deleted = 0")
+        fct2 = client.scalar("select count() from ods.fct_transactions")
+        expected = client.scalar("select count() from raw.transaction final where _is_deleted = 0")
         print(f"  fct_transactions rows: {int(fct2):,} (raw live rows {int(expected):,})")
         print(
             f"full build {full_s:.1f}s (target < 60s, ratio {full_s / 60:.2f}); "
