@@ -5,17 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+# Re-exported: callers built before the version module had its own home import it from here.
+from bankde.cdc.version import POS_BITS as POS_BITS
+from bankde.cdc.version import make_version as make_version
+
 Op = Literal["r", "c", "u", "d"]
-
-# _version = commit LSN in the high 64 bits, position inside the transaction in the low 32.
-# Snapshot rows use position 0 at the slot's consistent point; streamed changes start at 1 and
-# commit at or after that point, so every snapshot row sorts below every streamed change.
-POS_BITS = 32
-
-
-def make_version(commit_lsn: int, pos: int) -> int:
-    """Version of a change: grows per key across restarts because LSNs do."""
-    return (commit_lsn << POS_BITS) | pos
 
 
 def format_lsn(lsn: int) -> str:
