@@ -115,7 +115,9 @@ def _server_client(url: str) -> Client:
             import clickhouse_connect
 
             try:
-                client = clickhouse_connect.get_client(dsn=url)
+                # One client shared by threads: no session (a server locks a session to one
+                # query at a time).
+                client = clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False)
             except Exception as exc:
                 raise WarehouseError(
                     f"cannot connect to ClickHouse at BANKDE_CLICKHOUSE_URL: {_first_line(exc)}"
@@ -148,7 +150,13 @@ class Warehouse:
         self.settings = settings
         self._embedded: _Embedded | None = None
         self._server: Client | None = None
-        if settings.embedded_warehouse:
+        # --- served warehouse: another process owns it and serves it (warehouse/discovery) ---
+        from bankde.warehouse.discovery import find_served
+
+        self.served = find_served(settings) if settings.embedded_warehouse else None
+        if self.served is not None:
+            self._server = _server_client(self.served.client_url)
+        elif settings.embedded_warehouse:
             lock_wait = settings.wh_lock_wait if wait is None else wait
             self._embedded = _embedded_engine(warehouse_path(settings), lock_wait)
         else:
@@ -163,7 +171,16 @@ class Warehouse:
     def location(self) -> str:
         if self._embedded is not None:
             return self._embedded.path
+        if self.served is not None:
+            return f"{self.served.path} (served by pid {self.served.pid} at {self.served.url})"
         return "ClickHouse server (BANKDE_CLICKHOUSE_URL)"
+
+    def owner_lock(self) -> WarehouseLock:
+        """The lock this process holds on the embedded warehouse (the server publishes its URL
+        there)."""
+        if self._embedded is None:
+            raise ConfigError("this process does not own an embedded warehouse")
+        return self._embedded.lock
 
     def _with_client(self, fn: Callable[[Client], _T]) -> _T:
         """`fn` on the clickhouse-connect client: embedded, under the engine's mutex (its
