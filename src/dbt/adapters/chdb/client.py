@@ -15,8 +15,21 @@ from bankde.errors import BankdeError, WarehouseLocked
 from dbt.adapters.chdb.credentials import ChdbCredentials
 
 
-def hold_warehouse(path: str) -> None:
-    """Own the engine on `path` in this process, as bankde's warehouse client does.
+def warehouse_path(raw: str) -> str:
+    """The profile's `path`, a relative one taken from the repo root (the dbt project's parent),
+    so `cd dbt && dbt run` and `dbt run --project-dir dbt` open the same warehouse as bankde."""
+    path = Path(os.path.expanduser(raw))
+    if not path.is_absolute():
+        from dbt.flags import get_flags
+
+        project = getattr(get_flags(), "PROJECT_DIR", None)
+        path = Path(project or os.getcwd()).resolve().parent / path
+    return os.path.realpath(path)
+
+
+def hold_warehouse(path: str) -> str | None:
+    """Own the engine on `path` in this process, as bankde's warehouse client does; or, when
+    another process serves it, return the served URL (with the writer's password) to use.
 
     Under `bankde dbt` the process already owns it and this returns at once. Plain `dbt` takes
     the named warehouse lock here, waiting up to BANKDE_WH_LOCK_WAIT for another process (a
@@ -27,7 +40,8 @@ def hold_warehouse(path: str) -> None:
 
     try:
         settings = load_settings().model_copy(update={"wh_dir": Path(path), "clickhouse_url": None})
-        open_warehouse(settings)
+        wh = open_warehouse(settings)
+        return wh.served.client_url if wh.served is not None else None
     except WarehouseLocked as exc:
         raise FailedToConnectError(f"{exc} (plain dbt: BANKDE_WH_LOCK_WAIT=<seconds>)") from None
     except BankdeError as exc:
@@ -43,9 +57,14 @@ class ChdbClient(ChHttpClient):
     """
 
     def _create_client(self, credentials: ChdbCredentials) -> Any:  # type: ignore[override]
-        path = os.path.realpath(os.path.expanduser(credentials.path))
-        hold_warehouse(path)
+        path = warehouse_path(credentials.path)
+        served = hold_warehouse(path)
         try:
+            if served is not None:
+                # Another process serves the warehouse: its engine is not ours to open.
+                return clickhouse_connect.get_client(
+                    dsn=served, query_limit=0, settings=self._conn_settings
+                )
             return clickhouse_connect.get_client(
                 interface="chdb",
                 path=path,
