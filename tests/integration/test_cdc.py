@@ -26,6 +26,9 @@ from bankde.settings import Settings
 from bankde.source.connection import connect, source_info
 from tests.conftest import cli_env, free_port, make_home
 
+# Every test again with the warehouse served by `bankde wh serve` in another process.
+pytestmark = pytest.mark.served_too
+
 REPO = Path(__file__).resolve().parents[2]
 BANKDE = str(REPO / ".venv" / "bin" / "bankde")
 TABLES = [

@@ -62,13 +62,23 @@ def run(
         None, "--duration", min=1.0, help="Stop by itself after this many seconds."
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No live status line."),
+    serve: bool = typer.Option(
+        True,
+        "--serve/--no-serve",
+        help="Serve the warehouse over ClickHouse's HTTP interface while running.",
+    ),
     wait: WaitOption = None,
 ) -> None:
     """Continuous mode: live filler, CDC streaming, dbt every --dbt-every seconds; Ctrl-C stops."""
     from bankde.orchestration.runloop import RunOptions, run_pipeline
 
     options = RunOptions(
-        rate=rate, dbt_every=dbt_every, fill=not no_fill, status=not quiet, duration=duration
+        rate=rate,
+        dbt_every=dbt_every,
+        fill=not no_fill,
+        status=not quiet,
+        duration=duration,
+        serve=serve,
     )
     state = run_pipeline(settings_with_wait(wait), options)
     out.print(

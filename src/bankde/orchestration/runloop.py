@@ -75,6 +75,9 @@ class RunOptions:
     status: bool = True
     # Stop by itself after this many seconds (tests, scripted demos); None: until Ctrl-C.
     duration: float | None = None
+    # Serve the warehouse over ClickHouse's HTTP interface while the run owns it; the port is
+    # BANKDE_WH_HTTP_PORT, or any free one when that is taken (the lock file names it).
+    serve: bool = True
 
 
 @contextmanager
@@ -116,7 +119,8 @@ def run_pipeline(
     state = RunState()
     if not settings.external_source or options.fill:
         start_source(settings)
-    open_warehouse(settings)  # hold it for the whole run; fail fast if another process has it
+    wh = open_warehouse(settings)  # hold it for the whole run; fail fast if another process has it
+    server = _serve(settings, wh) if options.serve and wh.embedded else None
 
     threads: list[threading.Thread] = []
     if options.fill:
@@ -161,10 +165,22 @@ def run_pipeline(
                 res = cdc_sync(settings, show_progress=False)
                 state.changes += res.changes
         finally:
+            if server is not None:
+                server.stop()
             close_warehouse()
     if state.errors:
         raise BankdeError(state.errors[0])
     return state
+
+
+def _serve(settings: Settings, wh: Any) -> Any:
+    """Other processes (bankde commands, dbt, BI tools) reach the warehouse through this."""
+    from bankde.warehouse.server.serve import WarehouseServer
+
+    server = WarehouseServer(settings, wh, strict_port=False)
+    url = server.start()
+    err.print(f"warehouse served at {url} (ClickHouse HTTP; users and passwords in README)")
+    return server
 
 
 def _start(target: Any, name: str, *args: Any) -> threading.Thread:
