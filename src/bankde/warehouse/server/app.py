@@ -62,6 +62,15 @@ class _Request:
     params: RequestParams
     query_id: str
     encoding: str | None
+    # compress=1 / decompress=1: ClickHouse's own compressed blocks (JDBC's default).
+    native_out: bool = False
+    native_in: bool = False
+
+    def decoder(self, request: Request) -> codecs.Codec | None:
+        return codecs.request_decoder(request.headers.get("content-encoding", ""), self.native_in)
+
+    def encoder(self) -> codecs.Codec | None:
+        return codecs.response_encoder(self.encoding, self.native_out)
 
 
 def create_app(engine: Engine, auth: Authenticator, info: ServerInfo) -> Starlette:
@@ -107,25 +116,31 @@ def _prepare(request: Request, auth: Authenticator, query_id: str) -> _Request:
     query_params = dict(request.query_params)
     user = auth.authenticate(request.headers, query_params)
     params = RequestParams.parse(query_params)
-    for name in ("compress", "decompress"):
-        if params.flag(name):
-            raise ClickHouseError(
-                NOT_IMPLEMENTED,
-                f"{name}=1 (ClickHouse's own block compression of HTTP bodies) is not supported "
-                "by bankde's server; use enable_http_compression=1 with Accept-Encoding, or "
-                "Content-Encoding on the request",
-                "NOT_IMPLEMENTED",
-            )
+    # The HTTP interface also takes the database and the default format as request headers.
+    database = request.headers.get("x-clickhouse-database")
+    if database and "database" not in params.transport:
+        params.transport["database"] = database
+    if request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ClickHouseError(
+            NOT_IMPLEMENTED,
+            "external data and query parameters sent as multipart/form-data are not supported by "
+            "bankde's server; send the query in the URL or the body, parameters as param_<name>",
+            "NOT_IMPLEMENTED",
+        )
     encoding = None
     if params.flag("enable_http_compression"):
         encoding = codecs.choose(request.headers.get("accept-encoding", ""))
-    return _Request(user, params, query_id, encoding)
+    return _Request(
+        user, params, query_id, encoding, params.flag("compress"), params.flag("decompress")
+    )
 
 
-async def _read_statement(request: Request, spool_dir: Path) -> tuple[bytes, str | None]:
+async def _read_statement(
+    request: Request, req: _Request, spool_dir: Path
+) -> tuple[bytes, str | None]:
     """A body that is the statement: (statement, None); or an INSERT followed by its data
     (`INSERT … FORMAT Native\n<data>`, as clickhouse-connect sends it): (statement, spooled data)."""
-    dec = codecs.decoder(request.headers.get("content-encoding", ""))
+    dec = req.decoder(request)
     buffer = b""
     chunks = request.stream()
     async for chunk in chunks:
@@ -136,7 +151,7 @@ async def _read_statement(request: Request, spool_dir: Path) -> tuple[bytes, str
         inline = split_inline_data(buffer[: 64 * 1024].decode("latin-1"))
         if inline is not None:
             statement, offset = inline
-            path = await _spool(request, spool_dir, buffer[offset:], dec, chunks)
+            path = await _spool(request, req, spool_dir, buffer[offset:], dec, chunks)
             return statement.encode("latin-1"), path
     if len(buffer) > MAX_QUERY_BYTES:
         raise ClickHouseError(
@@ -149,6 +164,7 @@ async def _read_statement(request: Request, spool_dir: Path) -> tuple[bytes, str
 
 async def _spool(
     request: Request,
+    req: _Request,
     spool_dir: Path,
     head: bytes = b"",
     dec: codecs.Codec | None = None,
@@ -157,7 +173,7 @@ async def _spool(
     """The request body (decompressed) in a new 0600 file; removed again if the body breaks off:
     the INSERT then never runs, so an insert is all or nothing."""
     if chunks is None:
-        dec = codecs.decoder(request.headers.get("content-encoding", ""))
+        dec = req.decoder(request)
         chunks = request.stream()
     fd, path = tempfile.mkstemp(dir=spool_dir, prefix="insert-")
     try:
@@ -200,12 +216,12 @@ async def _execute(
             sql = url_query
             # An INSERT whose data is the body; with no body the statement carries its VALUES.
             if trailing_format(sql) is not None or request.headers.get("content-length") != "0":
-                data_path = await _spool(request, info.spool_dir)
+                data_path = await _spool(request, req, info.spool_dir)
                 if trailing_format(sql) is None and os.path.getsize(data_path) == 0:
                     os.unlink(data_path)
                     data_path = None
         elif request.method == "POST":
-            body, data_path = await _read_statement(request, info.spool_dir)
+            body, data_path = await _read_statement(request, req, info.spool_dir)
             try:
                 text = body.decode("utf-8")
             except UnicodeDecodeError:
@@ -236,7 +252,12 @@ async def _execute(
                 os.unlink(data_path)
         raise
 
-    fmt = trailing_format(sql) or req.params.transport.get("default_format") or "TabSeparated"
+    fmt = (
+        trailing_format(sql)
+        or req.params.transport.get("default_format")
+        or request.headers.get("x-clickhouse-format")
+        or "TabSeparated"
+    )
     has_result = keyword in _RESULT_KEYWORDS and data_path is None
     run = _Run(engine, req, sql, fmt, data_path)
     if has_result and keyword in _STREAM_KEYWORDS and fmt in STREAMABLE_FORMATS:
@@ -253,12 +274,14 @@ async def _execute(
     if has_result:
         out["X-ClickHouse-Format"] = fmt
     view = result.get_memview().view() if result is not None else memoryview(b"")
-    if req.encoding is None:
+    codec = req.encoder()
+    if codec is None:
         return Response(bytes(view), media_type=content_type(fmt), headers=out)
-    out["Content-Encoding"] = req.encoding
+    if req.encoding:
+        out["Content-Encoding"] = req.encoding
 
     def compressed() -> Iterator[bytes]:
-        codec = codecs.encoder(req.encoding or "")
+        assert codec is not None
         for i in range(0, len(view), _CHUNK):
             piece = codec.feed(bytes(view[i : i + _CHUNK]))
             if piece:
@@ -273,9 +296,9 @@ def _respond_stream(
     run: _Run, first: bytes, req: _Request, info: ServerInfo, headers: dict[str, str], fmt: str
 ) -> Response:
     out = {**headers, "X-ClickHouse-Format": fmt, "X-ClickHouse-Summary": json.dumps({})}
-    codec = codecs.encoder(req.encoding) if req.encoding else None
-    if codec is not None:
-        out["Content-Encoding"] = req.encoding or ""
+    codec = req.encoder()
+    if req.encoding:
+        out["Content-Encoding"] = req.encoding
 
     async def body() -> AsyncIterator[bytes]:
         try:

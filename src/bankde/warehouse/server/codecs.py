@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import zlib
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -149,3 +150,105 @@ def encoder(encoding: str) -> Codec:
         return _Fn(feed, flush)
     b = _brotli().Compressor(quality=1)
     return _Fn(b.process, b.finish)
+
+
+# --- ClickHouse's own block compression (compress=1 / decompress=1) ---------------------------
+# Each block: CityHash128 of the rest (16 bytes, high half first), method byte, UInt32 size of
+# the compressed block with its 9-byte header, UInt32 uncompressed size, compressed data.
+_NONE, _LZ4, _ZSTD = 0x02, 0x82, 0x90
+_BLOCK_HEADER = 9
+_MAX_BLOCK = 1024**2
+
+
+def _city128(data: bytes) -> bytes:
+    from clickhouse_cityhash.cityhash import CityHash128
+
+    h = CityHash128(data)
+    return struct.pack("<QQ", h >> 64, h & 0xFFFFFFFFFFFFFFFF)
+
+
+class NativeEncoder:
+    """Response bodies in ClickHouse's compressed block format (LZ4), as `compress=1` asks."""
+
+    def feed(self, data: bytes) -> bytes:
+        import lz4.block
+
+        out = []
+        for i in range(0, len(data), _MAX_BLOCK):
+            piece = data[i : i + _MAX_BLOCK]
+            body = lz4.block.compress(piece, store_size=False)
+            framed = struct.pack("<BII", _LZ4, len(body) + _BLOCK_HEADER, len(piece)) + body
+            out.append(_city128(framed) + framed)
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        return b""
+
+
+class NativeDecoder:
+    """Request bodies in ClickHouse's compressed block format (`decompress=1`); checksums checked."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> bytes:
+        self._buffer += data
+        out = []
+        while len(self._buffer) >= 16 + _BLOCK_HEADER:
+            method, size, raw_size = struct.unpack_from("<BII", self._buffer, 16)
+            if len(self._buffer) < 16 + size:
+                break
+            framed = self._buffer[16 : 16 + size]
+            if _city128(framed) != self._buffer[:16]:
+                raise ClickHouseError(
+                    40, "Checksum doesn't match: corrupted data", "CHECKSUM_DOESNT_MATCH"
+                )
+            payload = framed[_BLOCK_HEADER:]
+            if method == _LZ4:
+                import lz4.block
+
+                out.append(lz4.block.decompress(payload, uncompressed_size=raw_size))
+            elif method == _ZSTD:
+                out.append(_zstd().decompress(payload))
+            elif method == _NONE:
+                out.append(payload)
+            else:
+                raise ClickHouseError(
+                    271, f"Unknown compression method byte 0x{method:02x}", "CANNOT_DECOMPRESS"
+                )
+            self._buffer = self._buffer[16 + size :]
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        if self._buffer:
+            raise ClickHouseError(
+                33, "Cannot read all data: a compressed block is cut short", "CANNOT_READ_ALL_DATA"
+            )
+        return b""
+
+
+class _Chain:
+    def __init__(self, first: Codec, second: Codec) -> None:
+        self._first, self._second = first, second
+
+    def feed(self, data: bytes) -> bytes:
+        return self._second.feed(self._first.feed(data))
+
+    def flush(self) -> bytes:
+        return self._second.feed(self._first.flush()) + self._second.flush()
+
+
+def request_decoder(content_encoding: str, native: bool) -> Codec | None:
+    """The request body's decoder: HTTP Content-Encoding, then ClickHouse blocks (decompress=1)."""
+    http = decoder(content_encoding)
+    if not native:
+        return http
+    return NativeDecoder() if http is None else _Chain(http, NativeDecoder())
+
+
+def response_encoder(http_encoding: str | None, native: bool) -> Codec | None:
+    """The response body's encoder: ClickHouse blocks (compress=1), then HTTP Content-Encoding."""
+    http = encoder(http_encoding) if http_encoding else None
+    if not native:
+        return http
+    return NativeEncoder() if http is None else _Chain(NativeEncoder(), http)
