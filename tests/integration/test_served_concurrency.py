@@ -118,6 +118,7 @@ def test_four_readers_while_cdc_and_dbt_run() -> None:
             assert proc.stdin is not None
             proc.stdin.write(reader_password + "\n")
             proc.stdin.close()
+            proc.stdin = None  # communicate() later must not flush it
             readers.append(proc)
         busy_lag = _lag_samples(env, READ_SECONDS)
         rows2, t2 = _raw_rows(env), time.monotonic()
