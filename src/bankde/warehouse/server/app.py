@@ -28,6 +28,7 @@ from bankde.warehouse.server.protocol import (
     ClickHouseError,
     RequestParams,
     content_type,
+    engine_error,
     first_keyword,
     infile_insert,
     split_inline_data,
@@ -360,7 +361,8 @@ class _Run:
     def once(self) -> Any:
         with self._stack:
             handle = self._checkout()
-            result = handle.query(self.sql, self.fmt, self.req.params.query_params)
+            with self.engine.admit(self.req.user):
+                result = handle.query(self.sql, self.fmt, self.req.params.query_params)
             if first_keyword(self.sql) == "USE":
                 handle.database = (
                     handle.query("SELECT currentDatabase()", "TabSeparated")
@@ -373,7 +375,8 @@ class _Run:
     def open_stream(self) -> bytes:
         try:
             handle = self._checkout()
-            self._stream = handle.send_query(self.sql, self.fmt, self.req.params.query_params)
+            with self.engine.admit(self.req.user):
+                self._stream = handle.send_query(self.sql, self.fmt, self.req.params.query_params)
             self._iter = iter(self._stream)
             first = self.next_chunk()
         except BaseException:
@@ -383,12 +386,13 @@ class _Run:
 
     def next_chunk(self) -> bytes | None:
         try:
-            chunk = next(self._iter)
+            with self.engine.admit(self.req.user):
+                chunk = next(self._iter)
         except StopIteration:
             return None
+        except ClickHouseError:
+            raise
         except Exception as exc:
-            from bankde.warehouse.server.protocol import engine_error
-
             raise engine_error(exc) from None
         return bytes(chunk.bytes())
 

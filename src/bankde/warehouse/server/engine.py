@@ -126,7 +126,9 @@ class Engine:
 
     chDB runs statements of different connections concurrently, so a long query holds only its
     own handle; the CDC writer in the owning process has its own connection and is never queued
-    behind a reader. Readers run with `reader_max_threads` so a heavy query leaves CPU to CDC.
+    behind a reader. Read-only users are BI readers: their statements run with
+    `reader_max_threads` threads and at most `reader_slots` at a time (the rest queue), so however
+    many dashboards query, they use at most that much CPU and CDC and dbt keep the rest.
     """
 
     def __init__(
@@ -135,17 +137,36 @@ class Engine:
         pool_size: int = 4,
         max_sessions: int = 64,
         reader_max_threads: int | None = None,
+        reader_slots: int | None = None,
     ) -> None:
         self.path = path
         self.pool_size = pool_size
         self.max_sessions = max_sessions
         cores = os.cpu_count() or 2
         self.reader_max_threads = reader_max_threads or max(1, cores // 2)
+        self._reader_gate = threading.BoundedSemaphore(reader_slots or max(1, cores // 2))
         self._cond = threading.Condition()
         self._idle: dict[str, list[Handle]] = {}
         self._open: dict[str, int] = {}
         self._sessions: dict[tuple[str, str], _Session] = {}
         self._closed = False
+
+    @contextmanager
+    def admit(self, user: User) -> Iterator[None]:
+        """Held while one statement (or one streamed block) of `user` runs on the engine."""
+        if not user.readonly:
+            yield
+            return
+        if not self._reader_gate.acquire(timeout=CHECKOUT_TIMEOUT):
+            raise ClickHouseError(
+                TOO_MANY_SIMULTANEOUS_QUERIES,
+                f"Too many simultaneous queries of read-only users: waited {CHECKOUT_TIMEOUT:g}s",
+                "TOO_MANY_SIMULTANEOUS_QUERIES",
+            )
+        try:
+            yield
+        finally:
+            self._reader_gate.release()
 
     def _new_handle(self, user: User) -> Handle:
         try:
