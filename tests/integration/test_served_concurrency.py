@@ -18,9 +18,10 @@ from tests.served import BANKDE
 READERS = 4
 READ_SECONDS = 60.0
 QUIET_SECONDS = 30.0
-# CDC may trail the source by this much at any sample while readers run: batches are 0.5 s, and
-# `bankde run` pauses CDC while dbt builds (every 30 s here), on a machine shared with others.
-MAX_LAG_SECONDS = 30.0
+# CDC may trail the source by this much at any sample while readers run. Batches are 0.5 s, but
+# `bankde run` pauses CDC while dbt builds (every 30 s here; a build takes 30-70 s on this shared
+# 2-core machine), so the lag is bounded by a build's duration, readers or not.
+MAX_LAG_SECONDS = 120.0
 
 # Each reader cycles through these; the last is heavy (seconds of CPU) on purpose: it must not
 # stall CDC for its whole duration.
