@@ -94,7 +94,7 @@ class ChangeColumns:
     Row i is one ChangeEvent: `values[j][i]` is column `names[j]` of its key row (`after` for
     c/u, `before` for d) in Postgres text form (Arrow string, null for NULL), `op[i]` its op
     (Arrow string), `deleted[i]` whether op is d, and `lsn`/`pos`/`tx_id`/`ts_ms` its source
-    fields (numpy arrays; `lsn` is the commit LSN, so the version is `lsn << 32 | pos`). Rows
+    fields (numpy arrays; `lsn` is the commit LSN, so the version is `make_version(lsn, pos)`). Rows
     are in no particular order: versions decide. Never holds unchanged-TOAST gaps.
     """
 

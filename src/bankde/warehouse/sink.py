@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bankde.cdc.version import make_version, sql_make_version, version_lsn
 from bankde.contracts import Offset, SourceColumn, Truncate
 from bankde.errors import CaptureError
 from bankde.settings import Settings
@@ -149,7 +150,7 @@ class ClickHouseSink:
                 arrays.append(col)
                 columns.append(field.name)
                 exprs.append(typed_cast_expr(f"c{i}", field.type, ch_type))
-            version = snapshot_lsn << 32
+            version = make_version(snapshot_lsn, 0)
             columns += list(_META_INSERT)
             exprs += [
                 f"toUInt128('{version}')",
@@ -196,7 +197,7 @@ class ClickHouseSink:
             self.wh.command(
                 f"INSERT INTO {info.name} ({keys}, _version, _is_deleted, _op, _lsn, _tx_id, "
                 f"_source_ts, _ingested_at) SELECT {keys}, toUInt128('{version}'), 1, 'd', "
-                f"toUInt64({version >> 32}), 0, now64(3), now64(3) FROM {info.name} FINAL "
+                f"toUInt64({version_lsn(version)}), 0, now64(3), now64(3) FROM {info.name} FINAL "
                 f"WHERE _is_deleted = 0 AND _version < toUInt128('{version}')"
             )
 
@@ -334,7 +335,7 @@ class ClickHouseSink:
         types = info.column_types
         exprs = [text_cast_expr(f"c{i}", types[name]) for i, name in enumerate(names)]
         exprs += [
-            "toUInt128(m_lsn) * 4294967296 + m_pos",
+            sql_make_version("m_lsn", "m_pos"),
             "m_del",
             "m_op",
             "m_lsn",
