@@ -8,8 +8,8 @@ import time
 
 from _cluster import peak_rss_mib, start_cluster, stop_cluster
 
-from bankde.cdc import capture
-from bankde.cdc.capture import BatchStats
+from bankde.cdc import api as capture
+from bankde.cdc.api import BatchStats
 from bankde.cdc.slot import drop_slot, ensure_publication
 from bankde.settings import Settings
 from bankde.source.connection import cdc_info, connect, source_info
@@ -209,7 +209,7 @@ def debezium_prepare(settings: Settings) -> tuple[Settings, Settings] | None:
     except ModuleNotFoundError:
         print("debezium: extra [debezium] not installed, engine not measured")
         return None
-    from bankde.cdc.engines.debezium_config import engine_settings
+    from bankde.cdc.engines.debezium.config import engine_settings
     from bankde.cdc.slot import ensure_publication, slot_state
     from bankde.contracts import Offset
 

@@ -7,9 +7,9 @@ import select
 import time
 from typing import Any
 
-from bankde.cdc.engine import ProgressFn
 from bankde.cdc.pgoutput import Decoder, Transaction
 from bankde.cdc.slot import (
+    PROTO_VERSION,
     catalog_columns,
     drop_slot,
     ensure_publication,
@@ -18,12 +18,10 @@ from bankde.cdc.slot import (
     slot_state,
 )
 from bankde.cdc.snapshot import copy_snapshot
-from bankde.contracts import Offset, Sink
+from bankde.contracts import Offset, ProgressFn, Sink
 from bankde.errors import CaptureError
 from bankde.settings import Settings
 from bankde.source.connection import cdc_info
-
-PROTO_VERSION = "1"  # enough for PG >= 13; we never ask for streamed in-progress transactions
 
 
 class NativeEngine:
@@ -191,3 +189,7 @@ class NativeEngine:
                 self._conn.close()
         self._conn = None
         self._cur = None
+
+
+# The registry's entry point (cdc/registry.py).
+Engine = NativeEngine

@@ -15,6 +15,8 @@ from bankde.settings import Settings
 from bankde.source.connection import cdc_info, connect, source_info
 from bankde.source.schema import SCHEMAS
 
+PROTO_VERSION = "1"  # enough for PG >= 13; we never ask for streamed in-progress transactions
+
 
 @dataclass(frozen=True)
 class SlotState:
@@ -249,7 +251,6 @@ def peek_pending(settings: Settings, timeout_ms: int | None = None) -> Pending |
     to nothing. None when it cannot tell: the slot is streaming to a consumer right now, or
     decoding up to the first change took longer than `timeout_ms`.
     """
-    from bankde.cdc.native import PROTO_VERSION
     from bankde.cdc.pgoutput import PG_EPOCH_US
 
     with connect(cdc_info(settings), autocommit=True) as conn:

@@ -8,8 +8,7 @@ from urllib.parse import quote
 import numpy as np
 import pyarrow as pa
 
-from bankde.cdc.engine import ProgressFn
-from bankde.contracts import Sink
+from bankde.contracts import ProgressFn, Sink
 from bankde.errors import CaptureError
 from bankde.source.connection import SourceInfo
 

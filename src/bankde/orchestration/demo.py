@@ -127,7 +127,7 @@ def newest_event(settings: Settings) -> datetime | None:
 def run_demo(settings: Settings, size: Size = "small", *, quiet: bool = False) -> PipelineSummary:
     """The whole pipeline once. On existing data it adds new events and everything downstream
     updates incrementally (CDC from the stored offset, incremental dbt models)."""
-    from bankde.cdc.capture import sync
+    from bankde.cdc.api import sync
     from bankde.generator import fill
     from bankde.transform.runner import run_dbt
     from bankde.warehouse.client import open_warehouse

@@ -107,8 +107,8 @@ def run_pipeline(
     segments of `dbt_every` seconds, each ended cleanly (complete transactions written and
     acknowledged) before dbt builds. On stop the filler returns between two transactions, then a
     last sync applies its final commits: raw equals the source when this returns."""
-    from bankde.cdc.capture import run as cdc_run
-    from bankde.cdc.capture import sync as cdc_sync
+    from bankde.cdc.api import run as cdc_run
+    from bankde.cdc.api import sync as cdc_sync
     from bankde.orchestration.demo import start_source
     from bankde.warehouse.client import close_warehouse, open_warehouse
 

@@ -74,21 +74,22 @@ def _skip(message: str) -> None:
 
 
 # --- pg_to_ch -------------------------------------------------------------------------------
-def snapshot_raw() -> dict[str, Any]:
-    """Full resync: drop slot and landing tables, snapshot the source again, catch up."""
-    from bankde.cdc.capture import resync
+def snapshot_raw(engine: str = "native") -> dict[str, Any]:
+    """Full resync: drop slot and landing tables, snapshot the source again, catch up (any
+    engine of the registry, cdc/registry.py)."""
+    from bankde.cdc.api import resync
 
     with warehouse_session() as settings:
-        return resync(settings, show_progress=False).to_dict()
+        return resync(settings, engine=engine, show_progress=False).to_dict()
 
 
 # --- cdc_to_dwh -----------------------------------------------------------------------------
-def sync_changes(skip_when_idle: bool = True) -> dict[str, Any]:
+def sync_changes(skip_when_idle: bool = True, engine: str = "native") -> dict[str, Any]:
     """Micro-batch: apply every change committed before now (snapshot first if none yet)."""
-    from bankde.cdc.capture import sync
+    from bankde.cdc.api import sync
 
     with warehouse_session() as settings:
-        result = sync(settings, show_progress=False).to_dict()
+        result = sync(settings, engine=engine, show_progress=False).to_dict()
     if skip_when_idle and not result["changes"] and not result["snapshot_rows"]:
         _skip("no new changes in the source; models are up to date")
     return result

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from bankde.cdc.version import make_version, sql_make_version, version_lsn
-from bankde.contracts import Offset, SourceColumn, Truncate
+from bankde.contracts import Changes, ColumnarChanges, Offset, SourceColumn, Truncate
 from bankde.errors import CaptureError
 from bankde.settings import Settings
 from bankde.warehouse import ddl
@@ -62,17 +62,16 @@ class ClickHouseSink:
         return cls(open_warehouse(settings, wait))
 
     # --- contract ------------------------------------------------------------------------
-    def apply(
-        self, events: Sequence[ChangeEvent], offset: Offset, truncates: Sequence[Truncate] = ()
-    ) -> None:
+    def apply(self, events: Changes, offset: Offset, truncates: Sequence[Truncate] = ()) -> None:
         with self._mutex, _gc_paused():
             started_us = time.time_ns() // 1000
-            # A batch that can hand over its changes columnar skips the per-event pivot.
-            columnar = getattr(events, "columnar", None)
+            # A batch that hands over its changes columnar skips the per-event pivot.
             groups: list[ChangeColumns] = []
-            rest: Sequence[ChangeEvent] = events
-            if columnar is not None:
-                groups, rest = columnar()
+            rest: Sequence[ChangeEvent]
+            if isinstance(events, ColumnarChanges):
+                groups, rest = events.columnar()
+            else:
+                rest = events
             for cols in groups:
                 self._write_columns(cols)
             by_table: dict[tuple[str, str], list[ChangeEvent]] = {}
@@ -200,10 +199,6 @@ class ClickHouseSink:
                 f"toUInt64({version_lsn(version)}), 0, now64(3), now64(3) FROM {info.name} FINAL "
                 f"WHERE _is_deleted = 0 AND _version < toUInt128('{version}')"
             )
-
-    def landing_table(self, schema: str, table: str) -> str:
-        """Quoted name of the table a source table lands in (for callers building queries)."""
-        return self.names.landing_table(schema, table)
 
     # --- internals -------------------------------------------------------------------------
     def _staged_tables(self) -> set[tuple[str, str]]:

