@@ -6,8 +6,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bankde.cdc.slot import captured_tables_in
 from bankde.settings import Settings, get_settings
+from bankde.source.catalog import captured_tables_in
 from bankde.source.connection import connect, source_info
 from bankde.warehouse.client import Warehouse, open_warehouse
 from bankde.warehouse.ddl import DbNames, table_info

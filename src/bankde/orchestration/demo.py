@@ -168,7 +168,7 @@ def run_demo(settings: Settings, size: Size = "small", *, quiet: bool = False) -
     summary.dbt = {
         "success": dbt.success,
         "nodes": len(dbt.nodes),
-        "failed": [n for n, status, _ in dbt.nodes if status in ("error", "fail", "runtime error")],
+        "failed": dbt.failed,
     }
     path = settings.home_dir / SUMMARY_FILE
     path.write_text(json.dumps(summary.as_dict(), indent=2, default=str), encoding="utf-8")

@@ -225,7 +225,7 @@ def _build(settings: Settings, state: RunState) -> None:
     try:
         with contextlib.redirect_stdout(sys.stderr):
             res = run_dbt(["build"], settings, quiet=True)
-        ok, failed = res.success, [n for n, s, _ in res.nodes if s in ("error", "fail")]
+        ok, failed = res.success, res.failed
     except BankdeError as exc:
         ok, failed = False, [str(exc)]
     state.dbt_runs += 1

@@ -103,9 +103,8 @@ def build_models(select: str | None = None) -> dict[str, Any]:
     args = ["build"] + (["--select", select] if select else [])
     with warehouse_session() as settings:
         res = run_dbt(args, settings, quiet=True)
-    failed = [n for n, status, _ in res.nodes if status not in ("success", "pass", "skipped")]
     if not res.success:
-        raise DbtFailed(f"dbt build failed: {', '.join(failed) or 'see the task log'}")
+        raise DbtFailed(f"dbt build failed: {', '.join(res.failed) or 'see the task log'}")
     return {"nodes": len(res.nodes), "seconds": round(sum(t for *_, t in res.nodes), 2)}
 
 

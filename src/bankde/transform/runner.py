@@ -25,6 +25,10 @@ COMMANDS = ("build", "run", "test", "docs", "snapshot", "compile", "ls", "debug"
 DEV_SALT = "bankde-dev-salt-not-secret"
 
 
+# dbt node statuses that mean "this node failed" (warn, skipped, pass, success do not).
+FAILED_STATUSES = frozenset({"error", "fail", "runtime error"})
+
+
 class DbtFailed(BankdeError):
     """dbt ran but a model or test failed (details are in dbt's own output above)."""
 
@@ -35,6 +39,11 @@ class DbtResult:
 
     success: bool
     nodes: tuple[tuple[str, str, float], ...]
+
+    @property
+    def failed(self) -> list[str]:
+        """Names of the nodes that failed: a model that errored or a test that failed."""
+        return [name for name, status, _ in self.nodes if status in FAILED_STATUSES]
 
 
 def project_dir() -> Path:
