@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bankde.cdc.progress import snapshot_progress
 from bankde.cdc.registry import DEFAULT_ENGINE, get_engine, make_engine
@@ -13,6 +13,9 @@ from bankde.cdc.stream import BatchStats, SyncResult
 from bankde.contracts import Sink
 from bankde.settings import Settings
 
+if TYPE_CHECKING:
+    from bankde.warehouse.session import WarehouseSession
+
 __all__ = ["BatchStats", "SyncResult", "open_sink", "resync", "run", "sync"]
 
 # How long `cdc sync` keeps retrying a source lost mid-stream before giving up (one that is
@@ -20,10 +23,12 @@ __all__ = ["BatchStats", "SyncResult", "open_sink", "resync", "run", "sync"]
 SYNC_RETRY_SECONDS = 120.0
 
 
-def open_sink(settings: Settings) -> Sink:
-    """The warehouse sink the settings select (embedded chDB or a ClickHouse server)."""
+def open_sink(settings: Settings, session: WarehouseSession | None = None) -> Sink:
+    """The warehouse sink on `session` (default: the process's session the settings select)."""
     from bankde.warehouse.sink import ClickHouseSink
 
+    if session is not None:
+        return ClickHouseSink(session.warehouse(settings))
     return ClickHouseSink.open(settings)
 
 

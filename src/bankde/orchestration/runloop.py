@@ -110,13 +110,15 @@ def run_pipeline(
     from bankde.cdc.api import run as cdc_run
     from bankde.cdc.api import sync as cdc_sync
     from bankde.orchestration.demo import start_source
-    from bankde.warehouse.client import close_warehouse, open_warehouse
+    from bankde.warehouse.session import open_session
 
     stop = stop or threading.Event()
     state = RunState()
     if not settings.external_source or options.fill:
         start_source(settings)
-    open_warehouse(settings)  # hold it for the whole run; fail fast if another process has it
+    # Held for the whole run (fails fast if another process has it); capture, dbt and the
+    # status line share it.
+    session = open_session(settings)
 
     threads: list[threading.Thread] = []
     if options.fill:
@@ -161,7 +163,7 @@ def run_pipeline(
                 res = cdc_sync(settings, show_progress=False)
                 state.changes += res.changes
         finally:
-            close_warehouse()
+            session.close()
     if state.errors:
         raise BankdeError(state.errors[0])
     return state

@@ -166,15 +166,7 @@ class ClickHouseSink:
             return n
 
     def load_offset(self, slot: str) -> Offset | None:
-        rows = self.wh.query(
-            f"SELECT lsn, snapshot_done FROM {self.names.offsets} FINAL WHERE slot = {{s:String}} "
-            "ORDER BY lsn DESC LIMIT 1",
-            {"s": slot},
-        )
-        if not rows:
-            return None
-        lsn, done = rows[0]
-        return Offset(slot, int(lsn), bool(done))
+        return load_offset(self.wh, slot)
 
     def reset(self, slot: str) -> None:
         with self._mutex:
@@ -560,6 +552,23 @@ class ClickHouseSink:
             f"{first_lsn}, {last_lsn}, {events}, {inserts}, {updates}, {deletes}, "
             f"map({tmap}), {lag_ms})"
         )
+
+
+def load_offset(wh: Warehouse, slot: str) -> Offset | None:
+    """The last offset recorded for `slot`, or None when nothing was ever applied. Read-only:
+    a warehouse without meta.cdc_offsets (never written to) has none."""
+    names = DbNames(wh.settings.wh_prefix)
+    if not ddl.has_table(wh, names.meta, "cdc_offsets"):
+        return None
+    rows = wh.query(
+        f"SELECT lsn, snapshot_done FROM {names.offsets} FINAL WHERE slot = {{s:String}} "
+        "ORDER BY lsn DESC LIMIT 1",
+        {"s": slot},
+    )
+    if not rows:
+        return None
+    lsn, done = rows[0]
+    return Offset(slot, int(lsn), bool(done))
 
 
 @contextmanager
