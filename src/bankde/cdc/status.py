@@ -143,8 +143,8 @@ def lag_seconds(settings: Settings, st: SlotState, last_batch: datetime | None) 
 
 def table_counts(settings: Settings, wh: Warehouse) -> dict[str, dict[str, int | None]]:
     """Rows per captured table: source count(*) vs warehouse rows visible through FINAL."""
+    from bankde.source.catalog import table_counts as source_counts
     from bankde.source.connection import source_info
-    from bankde.source.schema import table_counts as source_counts
     from bankde.warehouse.ddl import db_names
     from bankde.warehouse.types import ident
 

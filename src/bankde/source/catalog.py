@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from bankde.contracts import SourceColumn
 from bankde.source.connection import SourceInfo, connect
@@ -70,21 +71,28 @@ def catalog_tables(
 ) -> dict[tuple[str, str], CatalogTable]:
     """Columns and primary key of every table of the captured schemas (or of `only`)."""
     with connect(info) as conn:
-        rows = conn.execute(
-            """
-            SELECT c.oid, n.nspname, c.relname, a.attname, a.atttypid::int8, a.atttypmod,
-                   format_type(a.atttypid, a.atttypmod), a.attnotnull,
-                   array_position(i.indkey::int2[], a.attnum)
-            FROM pg_attribute a
-            JOIN pg_class c ON c.oid = a.attrelid
-            JOIN pg_namespace n ON n.oid = c.relnamespace
-            LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
-            WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p')
-              AND a.attnum > 0 AND NOT a.attisdropped
-            ORDER BY n.nspname, c.relname, a.attnum
-            """,
-            (list(SCHEMAS),),
-        ).fetchall()
+        return catalog_tables_in(conn, only)
+
+
+def catalog_tables_in(
+    conn: psycopg.Connection[Any], only: Sequence[tuple[str, str]] | None = None
+) -> dict[tuple[str, str], CatalogTable]:
+    """catalog_tables() on an open connection (inside the caller's transaction and snapshot)."""
+    rows = conn.execute(
+        """
+        SELECT c.oid, n.nspname, c.relname, a.attname, a.atttypid::int8, a.atttypmod,
+               format_type(a.atttypid, a.atttypmod), a.attnotnull,
+               array_position(i.indkey::int2[], a.attnum)
+        FROM pg_attribute a
+        JOIN pg_class c ON c.oid = a.attrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
+        WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p')
+          AND a.attnum > 0 AND NOT a.attisdropped
+        ORDER BY n.nspname, c.relname, a.attnum
+        """,
+        (list(SCHEMAS),),
+    ).fetchall()
     wanted = None if only is None else set(only)
     grouped: dict[tuple[str, str], tuple[int, list[CatalogColumn], list[tuple[int, str]]]] = {}
     for oid, schema, table, col, typid, typmod, type_name, not_null, key_pos in rows:
@@ -106,6 +114,19 @@ def catalog_tables(
 def primary_keys(info: SourceInfo) -> dict[tuple[str, str], tuple[str, ...]]:
     """Primary-key columns per captured table, in key order (tables without one: absent)."""
     return {name: t.key for name, t in catalog_tables(info).items() if t.key}
+
+
+def table_counts(info: SourceInfo) -> dict[str, int]:
+    """Exact row counts of every bank.* and truth.* table."""
+    with connect(info) as conn:
+        out: dict[str, int] = {}
+        for schema, table in captured_tables_in(conn):
+            q = sql.SQL("SELECT count(*) FROM {}.{}").format(
+                sql.Identifier(schema), sql.Identifier(table)
+            )
+            row = conn.execute(q).fetchone()
+            out[f"{schema}.{table}"] = int(row[0]) if row else 0
+        return out
 
 
 def row_estimates(info: SourceInfo, tables: Sequence[tuple[str, str]]) -> dict[str, int]:

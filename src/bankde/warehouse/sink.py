@@ -289,10 +289,7 @@ class ClickHouseSink:
         names = [n for n, _ in info.columns]
         for name in cols.names:
             if name not in info.column_types:
-                raise CaptureError(
-                    f"{schema}.{table}.{name} is not in warehouse table {info.name}: the "
-                    "capture must call ensure_columns() for the new column before its changes"
-                )
+                raise _unknown_column(schema, table, name, info)
         n = len(cols)
         index = {name: i for i, name in enumerate(cols.names)}
         # A warehouse column the source no longer sends (dropped there) lands as NULL/default.
@@ -363,10 +360,7 @@ class ClickHouseSink:
         for row in (rows[0], rows[-1]):
             for name in row:
                 if name not in known:
-                    raise CaptureError(
-                        f"{schema}.{table}.{name} is not in warehouse table {info.name}: the "
-                        "capture must call ensure_columns() for the new column before its changes"
-                    )
+                    raise _unknown_column(schema, table, name, info)
 
     def _check_not_null(
         self,
@@ -589,6 +583,14 @@ _POS = attrgetter("pos")
 _OP = attrgetter("op")
 _TX = attrgetter("source.tx_id")
 _TS = attrgetter("source.ts_ms")
+
+
+def _unknown_column(schema: str, table: str, name: str, info: TableInfo) -> CaptureError:
+    """A column the warehouse lacks means a Relation message was not applied: stop loudly."""
+    return CaptureError(
+        f"{schema}.{table}.{name} is not in warehouse table {info.name}: the "
+        "capture must call ensure_columns() for the new column before its changes"
+    )
 
 
 def _strings(values: Sequence[Any]) -> pa.Array:
