@@ -43,9 +43,11 @@ def test_a_second_data_directory_is_refused(wh_settings: Settings, tmp_path: Pat
         open_session(other)
 
 
-def test_cdc_status_runs_no_ddl(source_wh_settings: Settings) -> None:
-    """`cdc status` on a warehouse nothing was captured into reports it, creating nothing."""
+def test_read_only_commands_run_no_ddl(source_wh_settings: Settings) -> None:
+    """`cdc status` and `reconcile` on a warehouse nothing was captured into report it, creating
+    nothing."""
     from bankde.cdc.status import status
+    from bankde.monitoring.reconcile import reconcile
     from bankde.warehouse.sink import load_offset
 
     s = source_wh_settings
@@ -55,4 +57,7 @@ def test_cdc_status_runs_no_ddl(source_wh_settings: Settings) -> None:
     assert data["offset_lsn"] is None and data["last_batch_at"] is None
     assert data["tables"] and all(c["warehouse"] is None for c in data["tables"].values())
     assert load_offset(open_warehouse(s), s.cdc_slot) is None
+    assert _databases(s) == []
+    result = reconcile(s, open_warehouse(s))
+    assert not result.equal and all("does not exist" in " ".join(t.problems) for t in result.tables)
     assert _databases(s) == []
