@@ -163,7 +163,7 @@ class NativeEngine:
             return False
         if self._returned >= target_lsn:
             return True
-        wal_end = int(getattr(self._cur, "wal_end", 0) or 0)
+        wal_end = int(self._cur.wal_end or 0)
         return wal_end >= target_lsn
 
     def close(self) -> None:

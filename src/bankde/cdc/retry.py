@@ -27,7 +27,7 @@ def is_disconnect(exc: BaseException) -> bool:
     if isinstance(exc, psycopg.OperationalError):
         return True
     if isinstance(exc, psycopg2.Error):
-        code = getattr(exc, "pgcode", None)
+        code = exc.pgcode
         # No SQLSTATE: the socket went away ("server closed the connection", "no COPY in
         # progress"); class 08 connection exception; class 57 shutdown or admin termination.
         return code is None or code[:2] in ("08", "57")
