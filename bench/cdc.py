@@ -8,8 +8,9 @@ import time
 
 from _cluster import peak_rss_mib, start_cluster, stop_cluster
 
-from bankde.cdc import capture
-from bankde.cdc.capture import BatchStats
+from bankde.cdc import api as capture
+from bankde.cdc.api import BatchStats
+from bankde.cdc.registry import ENGINES
 from bankde.cdc.slot import drop_slot, ensure_publication
 from bankde.settings import Settings
 from bankde.source.connection import cdc_info, connect, source_info
@@ -191,7 +192,8 @@ def main() -> None:
         )
         print(f"peak RSS: {peak_rss_mib():,.0f} MiB")
     finally:
-        for slot in (*BASELINE_SLOTS, settings.cdc_slot, f"{settings.cdc_slot}_dbz"):
+        engine_slots = {spec.settings_for(settings).cdc_slot for spec in ENGINES.values()}
+        for slot in (*BASELINE_SLOTS, *sorted(engine_slots)):
             try:
                 drop_slot(settings.model_copy(update={"cdc_slot": slot}))
             except Exception as exc:
@@ -209,10 +211,11 @@ def debezium_prepare(settings: Settings) -> tuple[Settings, Settings] | None:
     except ModuleNotFoundError:
         print("debezium: extra [debezium] not installed, engine not measured")
         return None
-    from bankde.cdc.engines.debezium_config import engine_settings
+    from bankde.cdc.registry import get_engine
     from bankde.cdc.slot import ensure_publication, slot_state
     from bankde.contracts import Offset
 
+    engine_settings = get_engine("debezium").settings_for
     passes = []
     for name, prefix in (("dbzcold", "dbzc_"), ("dbzwarm", "dbz_")):
         dbz = engine_settings(

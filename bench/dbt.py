@@ -220,8 +220,7 @@ def main() -> int:
             )
             dt, dc = time.perf_counter() - t, cpu() - c
             if not res.success:
-                failed = [n for n in res.nodes if n[1] not in ("success", "pass")]
-                print(f"{label}: FAILED {failed}")
+                print(f"{label}: FAILED {res.failed}")
                 raise SystemExit(1)
             slow = sorted(res.nodes, key=lambda n: -n[2])[:5]
             # CPU seconds show the work done; wall time also shows how busy the shared machine was.

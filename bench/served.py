@@ -15,7 +15,7 @@ import pyarrow as pa
 from _cluster import free_port, start_cluster, stop_cluster
 
 from bankde.settings import Settings
-from bankde.warehouse.client import Warehouse, close_warehouse, open_warehouse
+from bankde.warehouse.client import close_warehouse, open_warehouse
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.served import start_served
@@ -76,7 +76,7 @@ def main() -> None:
             password=served.password(),
             autogenerate_session_id=False,
         )
-        remote = Warehouse(Settings(home=local_home, clickhouse_url=served.client_url()))
+        remote = open_warehouse(Settings(home=local_home, clickhouse_url=served.client_url()))
         sql = SELECT.format(rows=args.rows)
 
         t_local = best(lambda: local.query_arrow(sql), args.repeat)
@@ -120,7 +120,7 @@ def cdc(args: argparse.Namespace, url: str, wh_dir: Path) -> None:
     """The same changes streamed by two slots: sink in-process vs sink on the served URL."""
     from cdc import mixed_load  # bench/cdc.py: the same mixed load as the CDC benchmark
 
-    from bankde.cdc import capture
+    from bankde.cdc import api as capture
     from bankde.cdc.slot import drop_slot, ensure_publication
     from bankde.generator import load_fill_config
     from bankde.generator.runner import fill

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from bankde.cdc.envelope import ChangeEvent
+    from bankde.cdc.envelope import ChangeColumns, ChangeEvent, Relation
 
 
 @dataclass(frozen=True)
@@ -44,13 +44,108 @@ class SourceColumn:
 # A source TRUNCATE inside the stream: (schema, table, version of the truncate itself).
 Truncate = tuple[str, str, int]
 
+# Snapshot progress: (schema.table, rows so far, estimated total or None).
+ProgressFn = Callable[[str, int, int | None], None]
+
+
+class CapturedTransaction(Protocol):
+    """One committed transaction, as every capture engine hands it out.
+
+    `end_lsn` is what the slot is acknowledged up to once the sink holds the transaction;
+    `commit_lsn` versions its changes (make_version(commit_lsn, pos)). `relations` are the tables
+    (re)described inside it, whose columns the sink must hold before its rows land. `events` are
+    its row changes in order, positions 1..; `truncates` (schema, table, position) its TRUNCATEs.
+    `rows` counts its row changes (what batch bounds count) without decoding them.
+    Implementations: pgoutput.Transaction (row messages kept raw until a batch decodes them
+    columnar) and envelope.EventTransaction (built as events, e.g. by Debezium).
+    """
+
+    @property
+    def xid(self) -> int: ...
+    @property
+    def commit_lsn(self) -> int: ...
+    @property
+    def end_lsn(self) -> int: ...
+    @property
+    def ts_ms(self) -> int: ...
+    @property
+    def relations(self) -> list[Relation]: ...
+    @property
+    def rows(self) -> int: ...
+    @property
+    def events(self) -> list[ChangeEvent]: ...
+    @property
+    def truncates(self) -> list[tuple[str, str, int]]: ...
+
+
+@runtime_checkable
+class ColumnarChanges(Protocol):
+    """A batch of change events that also hands them over per table as Arrow columns
+    (cdc.columnar.ChangeBatch): the sink then skips the per-event pivot."""
+
+    def columnar(self) -> tuple[list[ChangeColumns], list[ChangeEvent]]:
+        """ChangeColumns per table, plus the events the bulk decoder left as ChangeEvents: the
+        same envelopes as iterating the batch, once each."""
+        ...
+
+
+# What a sink applies: row change events, or a columnar batch of them.
+Changes = Sequence["ChangeEvent"] | ColumnarChanges
+
+
+class CaptureEngine(Protocol):
+    """A source of committed transactions for one slot (native pgoutput, Debezium, ...).
+
+    Invariant: `poll` returns complete transactions in commit order, each with `end_lsn`, the
+    commit end LSN to acknowledge; the caller acknowledges (`acknowledge`) only after the sink
+    wrote that transaction and the offset covering it. Whatever was returned but not
+    acknowledged may be returned again after a reconnect; nothing acknowledged ever is.
+    `snapshot_rows`/`snapshot_seconds` describe the snapshot the last `open` took (empty, 0.0
+    when it resumed streaming instead).
+    """
+
+    name: str
+    snapshot_rows: dict[str, int]
+    snapshot_seconds: float
+
+    def open(self, sink: Sink, progress: ProgressFn | None = None) -> Offset:
+        """Connect; snapshot into the sink when the sink has no finished snapshot for this slot;
+        start streaming after the sink's stored offset. Returns the offset streaming resumes at."""
+        ...
+
+    def poll(self, timeout: float) -> CapturedTransaction | None:
+        """The next complete transaction, or None when none completed within `timeout` seconds
+        (or when `must_flush` asks the caller to write what it holds first)."""
+        ...
+
+    @property
+    def must_flush(self) -> bool:
+        """True when the caller must write and acknowledge what it holds before polling again."""
+        ...
+
+    def acknowledge(self, lsn: int) -> None:
+        """Tell the source everything up to `lsn` (a returned `end_lsn`) is durably written."""
+        ...
+
+    def caught_up(self, target_lsn: int) -> bool:
+        """True when every transaction committed before `target_lsn` has been returned."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class RequestsStatus(Protocol):
+    """Optional engine feature: ask the source for a keepalive now, so `caught_up` learns how
+    far the server has decoded without waiting for its next one (native pgoutput)."""
+
+    def request_status(self) -> None: ...
+
 
 class Sink(Protocol):
     """Where change events land (the ClickHouse raw tables)."""
 
-    def apply(
-        self, events: Sequence[ChangeEvent], offset: Offset, truncates: Sequence[Truncate] = ()
-    ) -> None:
+    def apply(self, events: Changes, offset: Offset, truncates: Sequence[Truncate] = ()) -> None:
         """Write `events` (complete transactions, in commit order), then record `offset`.
 
         Idempotent: the same events may be delivered again after a crash; applying them twice

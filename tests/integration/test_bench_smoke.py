@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -25,6 +26,64 @@ EXPECT = {
     "served": ["as Arrow: HTTP", "insert_arrow", "CDC stream", "baseline"],
 }
 
+# Every figure each prints, as a pattern whose group is the number: each must appear and be a
+# positive number. (The "vs the ...k/s target: 0.4x" lines are a checked figure over a constant,
+# printed with one decimal: at tiny sizes they may round to 0.0, so they are not listed.)
+_N = r"([0-9][0-9,]*(?:\.[0-9]+)?)"
+FIGURES = {
+    "fill": [
+        rf"= {_N} txns/s",
+        rf"pre-built rows into bank\.transaction, same session settings as the filler = {_N} rows/s",
+        rf"default session \(FK triggers fire\) = {_N} rows/s",
+        rf"ratio:\s+{_N} x ceiling",
+        rf"best against best {_N}",
+        rf"{_N} x the default-session COPY",
+        rf"speed:\s+{_N} txns/s",
+        rf"filler process {_N} s",
+        rf"peak RSS of the filler process {_N} MiB",
+    ],
+    "cdc": [
+        rf"snapshot: {_N} rows in {_N}s = {_N} rows/s",
+        rf"COPY out to Arrow {_N} rows/s \| ratio {_N}",
+        rf"applied in {_N}s = {_N} changes/s",
+        rf"streaming phase alone {_N}/s",
+        rf"\(pg_recvlogical\) {_N} changes/s, ratio {_N}",
+        rf"read\+decode without warehouse {_N} changes/s, ratio {_N}",
+        rf"cold JVM\): {_N} changes at {_N} changes/s \({_N}s with connector start; process CPU {_N} us/change",
+        rf"warm JVM\): {_N} changes at {_N} changes/s \({_N}s with connector start; process CPU {_N} us/change",
+        rf"stream: native {_N} changes/s \| debezium engine {_N} changes/s \| ratio native/debezium {_N}",
+        rf"p50 {_N} ms, p99 {_N} ms over {_N} transactions",
+        rf"peak RSS: {_N} MiB",
+    ],
+    "sink": [
+        rf"in batches of {_N}: {_N} events/s \(best of {_N}; median {_N}\)",
+        rf"no parsing: {_N} rows/s; ratio {_N}",
+        rf"swapped in\): {_N} rows/s",
+        rf"visible after swap: {_N}",
+    ],
+    "dbt": [
+        rf"terminals in {_N}s",
+        rf"full dbt build: {_N}s wall, {_N}s CPU",
+        rf"incremental dbt build after .*: {_N}s wall, {_N}s CPU",
+        rf"fct_transactions rows: {_N}",
+        rf"fct_transactions rows: {_N} \(raw live rows {_N}\)",
+        rf"full build {_N}s \(target < 60s, ratio {_N}\)",
+        rf"incremental build {_N}s \(target < 10s, ratio {_N}\)",
+        rf"full/incremental = {_N}x",
+    ],
+}
+
+
+def figures(name: str, out: str) -> list[tuple[str, float]]:
+    """(pattern, value) of every figure FIGURES[name] names; fails on a line that is missing."""
+    found = []
+    for pattern in FIGURES[name]:
+        matches = list(re.finditer(pattern, out))
+        assert matches, f"{name}: no figure matching {pattern!r} in\n{out[-4000:]}"
+        for m in matches:
+            found += [(pattern, float(g.replace(",", ""))) for g in m.groups()]
+    return found
+
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_benchmark_runs_at_tiny_size(name: str) -> None:
@@ -39,3 +98,5 @@ def test_benchmark_runs_at_tiny_size(name: str) -> None:
     assert proc.returncode == 0, out[-4000:]
     for needle in EXPECT[name]:
         assert needle in out, f"{name}: {needle!r} missing from\n{out[-4000:]}"
+    for pattern, value in figures(name, out):
+        assert value > 0, f"{name}: {pattern!r} printed {value}, not a positive number"

@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from bankde.cdc import capture
+from bankde.cdc import api as capture
 from bankde.cdc.slot import drop_publication, drop_slot, slot_state
 from bankde.settings import Settings
 from bankde.source.connection import connect, source_info

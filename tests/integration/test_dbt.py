@@ -56,7 +56,7 @@ def _fill(settings: Settings, seed: int, as_of: str, txns: int, backfill_days: i
 
 
 def _sync(settings: Settings) -> None:
-    from bankde.cdc import capture
+    from bankde.cdc import api as capture
 
     capture.sync(settings, show_progress=False)
 

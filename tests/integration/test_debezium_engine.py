@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bankde.cdc.engines.debezium_config import engine_settings
+from bankde.cdc.engines.debezium.config import engine_settings
 from bankde.settings import Settings
 from bankde.source.connection import connect, source_info
 from tests.conftest import cli_env, make_home

@@ -165,7 +165,7 @@ def test_offsets_and_batch_metrics_follow_each_apply(wh: Warehouse, wh_settings:
 def test_queries_take_the_engine_mutex_like_inserts(wh: Warehouse) -> None:
     """chDB handles run one statement at a time: a query on another thread (the sink's writer,
     a capture engine, dbt) waits while a statement holds the engine."""
-    engine = wh._embedded
+    engine = wh.session._embedded
     assert engine is not None
     done: list[str] = []
     readers = [

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bankde.cdc.engines.debezium_config import connector_properties
+from bankde.cdc.engines.debezium.config import connector_properties
 from bankde.settings import Settings
 from bankde.source.connection import SourceInfo
 

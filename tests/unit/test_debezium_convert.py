@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bankde.cdc.engines.debezium_convert import (
+from bankde.cdc.engines.debezium.convert import (
     UNCHANGED_TOAST,
     Assembler,
     TableInfo,
@@ -117,7 +117,7 @@ def test_transaction_positions_versions_and_values() -> None:
     assert first.source.tx_id == 7 and first.source.ts_ms == 1700000000123
     assert txn.events[2].before is not None and txn.events[2].before["id"] == "1"
     # The table is described (for the sink's ensure_columns) once per connection.
-    assert [r.qualified for r in txn.relations] == ["bank.t"]
+    assert [(r.schema, r.table) for r in txn.relations] == [("bank", "t")]
     asm.begin(8)
     asm.change(_event("c", None, _row(3)))
     assert asm.end(8, 0x1_0000_0200, 0).relations == []

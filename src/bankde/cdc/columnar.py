@@ -9,9 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bankde.cdc.envelope import ChangeColumns, ChangeEvent, make_version
-from bankde.cdc.pgoutput import Relation, RowChunk, Transaction
-from bankde.contracts import Truncate
+from bankde.cdc.envelope import ChangeColumns, ChangeEvent, Relation
+from bankde.cdc.pgoutput import RowChunk, Transaction
+from bankde.cdc.version import make_version
+from bankde.contracts import CapturedTransaction, Truncate
 from bankde.errors import CaptureError
 
 _T, _N, _U = 0x74, 0x6E, 0x75  # tuple column kinds: text, null, unchanged TOAST
@@ -38,13 +39,13 @@ class ChangeBatch(Sequence[ChangeEvent]):
     """
 
     def __init__(self) -> None:
-        self.txns: list[Transaction] = []
+        self.txns: list[CapturedTransaction] = []
         self.rows = 0  # row messages or events: what batch bounds count
         self._columnar: tuple[list[ChangeColumns], list[ChangeEvent]] | None = None
         self._truncates: list[Truncate] | None = None
         self._events: list[ChangeEvent] | None = None
 
-    def add(self, txn: Transaction) -> None:
+    def add(self, txn: CapturedTransaction) -> None:
         self.txns.append(txn)
         self.rows += txn.rows
         self._columnar = self._truncates = self._events = None
@@ -104,7 +105,7 @@ class ChangeBatch(Sequence[ChangeEvent]):
 
     def _decode(self) -> tuple[tuple[list[ChangeColumns], list[ChangeEvent]], list[Truncate]]:
         # Still raw: the native decoder's transactions nobody has read as events yet.
-        raw = [t for t in self.txns if t._events is None and (t.chunks or t.truncate_seqs)]
+        raw = [t for t in self.txns if isinstance(t, Transaction) and t.raw]
         raw_ids = {id(t) for t in raw}
         built = [t for t in self.txns if id(t) not in raw_ids]
         rest = [ev for t in built for ev in t.events]

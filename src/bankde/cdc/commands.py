@@ -5,7 +5,6 @@ from __future__ import annotations
 import typer
 
 from bankde.console import err, out, print_json
-from bankde.errors import ConfigError
 from bankde.settings import Settings
 from bankde.warehouse.options import WaitOption, settings_with_wait
 
@@ -14,7 +13,14 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-ENGINE_HELP = "Capture engine: native (pgoutput, default) or debezium (extra \\[debezium])."
+
+def _engine_help() -> str:
+    from bankde.cdc.registry import engine_help
+
+    return engine_help()
+
+
+ENGINE_HELP = _engine_help()
 
 
 def register(root: typer.Typer) -> None:
@@ -22,19 +28,14 @@ def register(root: typer.Typer) -> None:
 
 
 def _engine_settings(settings: Settings, engine: str) -> Settings:
-    """The settings `engine` captures under: the Debezium engine has its own slot, publication
-    and offset row (names suffixed `_dbz`)."""
-    if engine == "native":
-        return settings
-    if engine == "debezium":
-        from bankde.cdc.engines.debezium_config import engine_settings
+    """The settings `engine` captures under (its own slot, publication and offset row)."""
+    from bankde.cdc.registry import get_engine
 
-        return engine_settings(settings)
-    raise ConfigError(f"unknown capture engine {engine!r}: use --engine native or debezium")
+    return get_engine(engine).settings_for(settings)
 
 
 def _print_result(res: object, as_json: bool) -> None:
-    from bankde.cdc.capture import SyncResult
+    from bankde.cdc.api import SyncResult
 
     assert isinstance(res, SyncResult)
     if as_json:
@@ -65,7 +66,7 @@ def sync(
     wait: WaitOption = None,
 ) -> None:
     """Snapshot if needed, apply every change committed before now, then exit."""
-    from bankde.cdc.capture import sync as do_sync
+    from bankde.cdc.api import sync as do_sync
 
     res = do_sync(settings_with_wait(wait), engine=engine, show_progress=progress and not as_json)
     _print_result(res, as_json)
@@ -90,7 +91,7 @@ def run(
     import signal
     import threading
 
-    from bankde.cdc.capture import run as do_run
+    from bankde.cdc.api import run as do_run
 
     settings = settings_with_wait(wait)
     stop = threading.Event()
@@ -151,9 +152,8 @@ def resync(
     wait: WaitOption = None,
 ) -> None:
     """Drop and recreate the slot and the landing tables, then snapshot again."""
-    from bankde.cdc.capture import make_engine, open_sink, sync
-    from bankde.cdc.capture import resync as do_resync
-    from bankde.cdc.slot import drop_slot
+    from bankde.cdc.api import resync as do_resync
+    from bankde.cdc.registry import make_engine
 
     settings = settings_with_wait(wait)
     slot_settings = _engine_settings(settings, engine)
@@ -163,13 +163,5 @@ def resync(
         err=True,
     ):
         raise typer.Exit(1)
-    show = progress and not as_json
-    if engine == "native":
-        res = do_resync(settings, show_progress=show)
-    else:
-        # As capture.resync does for the native slot, with the engine's own slot and offset row.
-        sink = open_sink(settings)
-        drop_slot(slot_settings)
-        sink.reset(slot_settings.cdc_slot)
-        res = sync(settings, sink=sink, engine=engine, show_progress=show)
+    res = do_resync(settings, engine=engine, show_progress=progress and not as_json)
     _print_result(res, as_json)

@@ -1,4 +1,4 @@
-"""The contract between capture and sink: the Debezium change-event envelope."""
+"""What every capture engine produces: the Debezium change-event envelope, tables, transactions."""
 
 from __future__ import annotations
 
@@ -94,7 +94,7 @@ class ChangeColumns:
     Row i is one ChangeEvent: `values[j][i]` is column `names[j]` of its key row (`after` for
     c/u, `before` for d) in Postgres text form (Arrow string, null for NULL), `op[i]` its op
     (Arrow string), `deleted[i]` whether op is d, and `lsn`/`pos`/`tx_id`/`ts_ms` its source
-    fields (numpy arrays; `lsn` is the commit LSN, so the version is `lsn << 32 | pos`). Rows
+    fields (numpy arrays; `lsn` is the commit LSN, so the version is `make_version(lsn, pos)`). Rows
     are in no particular order: versions decide. Never holds unchanged-TOAST gaps.
     """
 
@@ -111,3 +111,49 @@ class ChangeColumns:
 
     def __len__(self) -> int:
         return len(self.deleted)
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type_oid: int
+    typmod: int
+    is_key: bool  # part of the replica identity as pgoutput flags it
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A table as the stream last described it (pgoutput's Relation message, or the catalog)."""
+
+    relid: int
+    schema: str
+    table: str
+    replica_identity: str  # 'd' default, 'f' full, 'i' index, 'n' nothing
+    columns: tuple[Column, ...]
+    # The primary key, from the catalog when known; else the replica-identity columns.
+    key: tuple[str, ...]
+    names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.names:
+            object.__setattr__(self, "names", tuple(c.name for c in self.columns))
+
+
+@dataclass
+class EventTransaction:
+    """A committed transaction an engine built as ChangeEvents (contracts.CapturedTransaction).
+
+    `truncates` holds (schema, table, position inside the transaction) of each truncated table.
+    """
+
+    xid: int
+    commit_lsn: int
+    end_lsn: int
+    ts_ms: int
+    relations: list[Relation] = field(default_factory=list)
+    events: list[ChangeEvent] = field(default_factory=list)
+    truncates: list[tuple[str, str, int]] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return len(self.events)

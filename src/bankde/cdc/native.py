@@ -7,23 +7,17 @@ import select
 import time
 from typing import Any
 
-from bankde.cdc.engine import ProgressFn
 from bankde.cdc.pgoutput import Decoder, Transaction
+from bankde.cdc.preflight import preflight
 from bankde.cdc.slot import (
-    catalog_columns,
+    PROTO_VERSION,
     drop_slot,
-    ensure_publication,
-    lost_slot_message,
-    primary_keys,
-    slot_state,
 )
 from bankde.cdc.snapshot import copy_snapshot
-from bankde.contracts import Offset, Sink
-from bankde.errors import CaptureError
+from bankde.contracts import Offset, ProgressFn, Sink
 from bankde.settings import Settings
+from bankde.source.catalog import catalog_tables, primary_keys
 from bankde.source.connection import cdc_info
-
-PROTO_VERSION = "1"  # enough for PG >= 13; we never ask for streamed in-progress transactions
 
 
 class NativeEngine:
@@ -75,33 +69,20 @@ class NativeEngine:
         return conn
 
     def open(self, sink: Sink, progress: ProgressFn | None = None) -> Offset:
-        slot = self.settings.cdc_slot
-        state = slot_state(self.settings)
-        if state.exists and state.lost:
-            raise CaptureError(lost_slot_message(self.settings))
-        if state.exists and state.database not in (None, cdc_info(self.settings).dbname):
-            raise CaptureError(
-                f"replication slot {slot} belongs to database {state.database}: set BANKDE_CDC_SLOT "
-                "to another name"
-            )
-        tables = ensure_publication(self.settings)
-        keys = primary_keys(self.settings)
-        offset = sink.load_offset(slot)
-        if offset is not None and offset.snapshot_done and not state.exists:
-            raise CaptureError(
-                f"replication slot {slot} is gone but the warehouse holds data streamed through it "
-                "(changes since then cannot be recovered): run `bankde cdc resync`"
-            )
+        start = preflight(self.settings, sink)
+        keys = primary_keys(cdc_info(self.settings))
         self._conn = self._connect()
         self._cur = self._conn.cursor()
-        if offset is None or not offset.snapshot_done:
-            offset = self._snapshot(sink, tables, progress)
+        if start.fresh or start.offset is None:
+            offset = self._snapshot(sink, start.tables, progress)
+        else:
+            offset = start.offset
         self.decoder = Decoder(lambda s, t: keys.get((s, t)))
         self._acked = offset.lsn
         self._returned = offset.lsn
         self._must_flush = False
         self._cur.start_replication(
-            slot_name=slot,
+            slot_name=self.settings.cdc_slot,
             decode=False,
             start_lsn=offset.lsn,
             options={
@@ -124,8 +105,8 @@ class NativeEngine:
         # Staged first: the staged copies then take the source's columns, a changed type
         # included (the landing tables are replaced when the snapshot is done).
         sink.reset_for_snapshot(slot, tables)
-        for (schema, table), columns in catalog_columns(self.settings, tables).items():
-            sink.ensure_columns(schema, table, columns)
+        for (schema, table), info in catalog_tables(cdc_info(self.settings), tables).items():
+            sink.ensure_columns(schema, table, info.source_columns())
         started = time.monotonic()
         self._cur.execute(f'CREATE_REPLICATION_SLOT "{slot}" LOGICAL pgoutput EXPORT_SNAPSHOT')
         _name, consistent, snapshot_name, _plugin = self._cur.fetchone()
@@ -182,7 +163,7 @@ class NativeEngine:
             return False
         if self._returned >= target_lsn:
             return True
-        wal_end = int(getattr(self._cur, "wal_end", 0) or 0)
+        wal_end = int(self._cur.wal_end or 0)
         return wal_end >= target_lsn
 
     def close(self) -> None:
@@ -191,3 +172,7 @@ class NativeEngine:
                 self._conn.close()
         self._conn = None
         self._cur = None
+
+
+# The registry's entry point (cdc/registry.py).
+Engine = NativeEngine

@@ -6,7 +6,7 @@ import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from bankde.cdc.envelope import ChangeEvent, Source
+from bankde.cdc.envelope import ChangeEvent, Column, Relation, Source
 from bankde.errors import CaptureError
 
 # Commit timestamps count microseconds from 2000-01-01 (Postgres' epoch).
@@ -20,36 +20,6 @@ _BEGIN = struct.Struct("!QqI")  # final (commit) LSN, commit time, xid
 _COMMIT = struct.Struct("!bQQq")  # flags, commit LSN, end LSN, commit time
 _COL = struct.Struct("!Ii")  # type oid, typmod
 _TRUNC = struct.Struct("!Ib")  # number of relations, options
-
-
-@dataclass(frozen=True)
-class Column:
-    name: str
-    type_oid: int
-    typmod: int
-    is_key: bool  # part of the replica identity as pgoutput flags it
-
-
-@dataclass(frozen=True)
-class Relation:
-    """A table as the stream last described it (a Relation message)."""
-
-    relid: int
-    schema: str
-    table: str
-    replica_identity: str  # 'd' default, 'f' full, 'i' index, 'n' nothing
-    columns: tuple[Column, ...]
-    # The primary key, from the catalog when known; else the replica-identity columns.
-    key: tuple[str, ...]
-    names: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not self.names:
-            object.__setattr__(self, "names", tuple(c.name for c in self.columns))
-
-    @property
-    def qualified(self) -> str:
-        return f"{self.schema}.{self.table}"
 
 
 @dataclass(slots=True)
@@ -89,9 +59,14 @@ class Transaction:
     _truncates: list[tuple[str, str, int]] | None = field(default=None, repr=False)
 
     @property
+    def raw(self) -> bool:
+        """Whether its row messages are still undecoded (a batch may then decode them columnar)."""
+        return self._events is None and bool(self.chunks or self.truncate_seqs)
+
+    @property
     def rows(self) -> int:
         """Row messages (native) or events held: what batch bounds count."""
-        if self._events is None and (self.chunks or self.truncate_seqs):
+        if self.raw:
             return self.entries - len(self.truncate_seqs)
         return len(self.events)
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from bankde.contracts import SourceColumn
 from bankde.errors import CaptureError
 from bankde.settings import Settings
+from bankde.source.catalog import captured_tables
 from bankde.source.connection import cdc_info, connect, source_info
-from bankde.source.schema import SCHEMAS
+
+PROTO_VERSION = "1"  # enough for PG >= 13; we never ask for streamed in-progress transactions
 
 
 @dataclass(frozen=True)
@@ -47,41 +47,6 @@ class SlotState:
         return self.wal_status == "lost"
 
 
-def captured_tables(settings: Settings) -> list[tuple[str, str]]:
-    """Every base table of the captured schemas (bank, truth), in a stable order."""
-    with connect(source_info(settings)) as conn:
-        return captured_tables_in(conn)
-
-
-def captured_tables_in(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
-    """captured_tables() on an open connection (inside the caller's transaction and snapshot)."""
-    rows = conn.execute(
-        "SELECT table_schema, table_name FROM information_schema.tables "
-        "WHERE table_schema = ANY(%s) AND table_type = 'BASE TABLE' ORDER BY 1, 2",
-        (list(SCHEMAS),),
-    ).fetchall()
-    return [(str(s), str(t)) for s, t in rows]
-
-
-def primary_keys(settings: Settings) -> dict[tuple[str, str], tuple[str, ...]]:
-    """Primary-key columns per captured table, in key order."""
-    with connect(cdc_info(settings)) as conn:
-        rows = conn.execute(
-            """
-            SELECT n.nspname, c.relname, array_agg(a.attname ORDER BY k.ord)
-            FROM pg_index i
-            JOIN pg_class c ON c.oid = i.indrelid
-            JOIN pg_namespace n ON n.oid = c.relnamespace
-            CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-            JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
-            WHERE i.indisprimary AND n.nspname = ANY(%s)
-            GROUP BY 1, 2
-            """,
-            (list(SCHEMAS),),
-        ).fetchall()
-    return {(str(s), str(t)): tuple(cols) for s, t, cols in rows}
-
-
 def ensure_publication(settings: Settings) -> list[tuple[str, str]]:
     """Create (or widen) the publication over every captured table, as the application role.
 
@@ -90,7 +55,7 @@ def ensure_publication(settings: Settings) -> list[tuple[str, str]]:
     then carry the whole old row, and an update's unchanged TOAST values come with its old row.
     Returns the published tables.
     """
-    tables = captured_tables(settings)
+    tables = captured_tables(source_info(settings))
     if not tables:
         raise CaptureError("no tables in schemas bank/truth to capture: run `bankde db init`")
     pub = settings.cdc_publication
@@ -208,31 +173,6 @@ def _lsn(text: str | None) -> int | None:
     return parse_lsn(text)
 
 
-def catalog_columns(
-    settings: Settings, tables: list[tuple[str, str]]
-) -> dict[tuple[str, str], list[SourceColumn]]:
-    """Columns of each table from the catalog: type OID and typmod (as pgoutput sends them), NOT
-    NULL, primary key."""
-    keys = primary_keys(settings)
-    out: dict[tuple[str, str], list[SourceColumn]] = {}
-    with connect(cdc_info(settings)) as conn:
-        for schema, table in tables:
-            rows = conn.execute(
-                "SELECT a.attname, a.atttypid::int8, a.atttypmod, a.attnotnull "
-                "FROM pg_attribute a WHERE a.attrelid = %s::regclass AND a.attnum > 0 "
-                "AND NOT a.attisdropped ORDER BY a.attnum",
-                (sql.Identifier(schema, table).as_string(conn),),
-            ).fetchall()
-            key = keys.get((schema, table), ())
-            out[(schema, table)] = [
-                SourceColumn(
-                    name=str(n), pg_type=int(t), typmod=int(m), not_null=bool(nn), key=str(n) in key
-                )
-                for n, t, m, nn in rows
-            ]
-    return out
-
-
 @dataclass(frozen=True)
 class Pending:
     """What a peek at an idle slot found: is a committed captured change waiting, and since when."""
@@ -249,7 +189,6 @@ def peek_pending(settings: Settings, timeout_ms: int | None = None) -> Pending |
     to nothing. None when it cannot tell: the slot is streaming to a consumer right now, or
     decoding up to the first change took longer than `timeout_ms`.
     """
-    from bankde.cdc.native import PROTO_VERSION
     from bankde.cdc.pgoutput import PG_EPOCH_US
 
     with connect(cdc_info(settings), autocommit=True) as conn:

@@ -8,9 +8,9 @@ from urllib.parse import quote
 import numpy as np
 import pyarrow as pa
 
-from bankde.cdc.engine import ProgressFn
-from bankde.contracts import Sink
+from bankde.contracts import ProgressFn, Sink
 from bankde.errors import CaptureError
+from bankde.source.catalog import row_estimates
 from bankde.source.connection import SourceInfo
 
 # Rows handed to the sink per call: big enough to amortise an insert, small enough for memory.
@@ -52,18 +52,14 @@ def copy_snapshot(
     except Exception as exc:
         raise CaptureError(f"snapshot connection failed: {str(exc).splitlines()[0]}") from None
     counts: dict[str, int] = {}
+    estimates = row_estimates(info, tables) if progress else {}
     try:
         cur = conn.cursor()
         cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         cur.execute(f"SET TRANSACTION SNAPSHOT '{_quote_literal(snapshot_name)}'")
         for schema, table in tables:
             name = f"{schema}.{table}"
-            cur.execute(
-                "SELECT reltuples::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                f"WHERE n.nspname = '{_quote_literal(schema)}' AND c.relname = '{_quote_literal(table)}'"
-            )
-            est_row = cur.fetchone()
-            estimate = int(est_row[0]) if est_row and est_row[0] and est_row[0] > 0 else None
+            estimate = estimates.get(name)
             done = 0
             if progress:
                 progress(name, 0, estimate)

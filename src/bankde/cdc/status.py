@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -13,12 +13,21 @@ from bankde.cdc.slot import SlotState, peek_pending, slot_state, walsender_lag
 from bankde.errors import BankdeError
 from bankde.settings import Settings
 
+if TYPE_CHECKING:
+    from bankde.warehouse.client import Warehouse
+
 # A status call must stay quick; a slot whose first captured change lies behind much other WAL
 # falls back to the time since the last batch.
 PEEK_TIMEOUT_MS = 2000
 
 
-def status(settings: Settings, *, counts: bool = True, wait: float = 0.0) -> dict[str, Any]:
+def status(
+    settings: Settings,
+    *,
+    counts: bool = True,
+    wait: float = 0.0,
+    warehouse: Warehouse | None = None,
+) -> dict[str, Any]:
     """Everything `bankde cdc status` prints, as plain data (JSON-ready).
 
     lag_bytes: WAL between the server's current position and what the slot confirmed (it counts
@@ -31,6 +40,7 @@ def status(settings: Settings, *, counts: bool = True, wait: float = 0.0) -> dic
     WAL, else the time since the last applied batch.
     None before any of that is known (no slot, nothing applied yet).
     When another process owns the embedded warehouse, the warehouse part names it instead.
+    Read-only: `warehouse` (default: the process's session, waiting `wait` s) is never written.
     """
     st = slot_state(settings)
     data: dict[str, Any] = {
@@ -60,16 +70,22 @@ def status(settings: Settings, *, counts: bool = True, wait: float = 0.0) -> dic
     try:
         from bankde.warehouse.client import open_warehouse
 
-        wh = open_warehouse(settings, wait=wait)
+        wh = warehouse or open_warehouse(settings, wait=wait)
     except BankdeError as exc:
         data["warehouse"] = str(exc)
         data["lag_seconds"] = lag_seconds(settings, st, None)
         return data
-    from bankde.warehouse.ddl import db_names
-    from bankde.warehouse.sink import ClickHouseSink
+    from bankde.warehouse.ddl import db_names, has_table
+    from bankde.warehouse.sink import load_offset
 
+    # Read-only: a warehouse nothing was captured into yet is reported as such, never created.
     names = db_names(settings)
-    offset = ClickHouseSink(wh).load_offset(settings.cdc_slot)
+    if not has_table(wh, names.meta, "cdc_batches"):
+        data["lag_seconds"] = lag_seconds(settings, st, None)
+        if counts:
+            data["tables"] = table_counts(settings, wh)
+        return data
+    offset = load_offset(wh, settings.cdc_slot)
     if offset is not None:
         data["offset_lsn"] = format_lsn(offset.lsn)
         data["snapshot_done"] = offset.snapshot_done
@@ -125,10 +141,10 @@ def lag_seconds(settings: Settings, st: SlotState, last_batch: datetime | None) 
     return round(max(0.0, age), 3)
 
 
-def table_counts(settings: Settings, wh: Any) -> dict[str, dict[str, int | None]]:
+def table_counts(settings: Settings, wh: Warehouse) -> dict[str, dict[str, int | None]]:
     """Rows per captured table: source count(*) vs warehouse rows visible through FINAL."""
+    from bankde.source.catalog import table_counts as source_counts
     from bankde.source.connection import source_info
-    from bankde.source.schema import table_counts as source_counts
     from bankde.warehouse.ddl import db_names
     from bankde.warehouse.types import ident
 

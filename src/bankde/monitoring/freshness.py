@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
 
 from bankde.settings import Settings
+
+if TYPE_CHECKING:
+    from bankde.warehouse.client import Warehouse
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ def source_latest(settings: Settings) -> dict[str, datetime | None]:
         return out
 
 
-def freshness(settings: Settings) -> list[TableFreshness]:
+def freshness(settings: Settings, warehouse: Warehouse | None = None) -> list[TableFreshness]:
     """Freshness of every captured bank table (source read first, so a change committed in
     between can only make the warehouse look fresher, never staler)."""
     from bankde.warehouse.client import open_warehouse
@@ -54,7 +57,7 @@ def freshness(settings: Settings) -> list[TableFreshness]:
     from bankde.warehouse.types import ident
 
     src = source_latest(settings)
-    wh = open_warehouse(settings)
+    wh = warehouse or open_warehouse(settings)
     raw = db_names(settings).raw
     present = {
         str(r[0])

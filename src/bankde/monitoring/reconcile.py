@@ -6,8 +6,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bankde.cdc.slot import captured_tables_in
 from bankde.settings import Settings, get_settings
+from bankde.source.catalog import CatalogTable, captured_tables_in, catalog_tables_in
 from bankde.source.connection import connect, source_info
 from bankde.warehouse.client import Warehouse, open_warehouse
 from bankde.warehouse.ddl import DbNames, table_info
@@ -144,23 +144,6 @@ def _ch_bucket(text: str) -> str:
     return f"bitAnd(reinterpretAsUInt32(reverse(substring(MD5({text}), 1, 4))), {BUCKETS - 1})"
 
 
-def _source_columns(conn: Any, schema: str, table: str) -> tuple[list[tuple[str, str]], list[str]]:
-    """[(column, format_type)] in table order, and the primary-key columns."""
-    rel = f"{_pg_ident(schema)}.{_pg_ident(table)}"
-    cols = conn.execute(
-        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-        "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-        (rel,),
-    ).fetchall()
-    key = conn.execute(
-        "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid "
-        "AND a.attnum = ANY(i.indkey) WHERE i.indrelid = %s::regclass AND i.indisprimary "
-        "ORDER BY array_position(i.indkey, a.attnum)",
-        (rel,),
-    ).fetchall()
-    return [(str(n), str(t)) for n, t in cols], [str(k[0]) for k in key]
-
-
 def reconcile(
     settings: Settings | None = None,
     warehouse: Warehouse | None = None,
@@ -183,18 +166,27 @@ def reconcile(
         conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
         conn.execute("SET LOCAL TimeZone = 'UTC'")
         conn.execute("SET LOCAL extra_float_digits = 1")
+        catalog = catalog_tables_in(conn)
         for schema, table in captured_tables_in(conn):
-            checks.append(_check_table(conn, wh, names, schema, table, sample_size))
+            source = catalog.get((schema, table))
+            checks.append(_check_table(conn, wh, names, source, schema, table, sample_size))
         conn.rollback()
     return ReconcileResult(checks, time.monotonic() - started)
 
 
 def _check_table(
-    conn: Any, wh: Warehouse, names: DbNames, schema: str, table: str, sample_size: int
+    conn: Any,
+    wh: Warehouse,
+    names: DbNames,
+    source: CatalogTable | None,
+    schema: str,
+    table: str,
+    sample_size: int,
 ) -> TableCheck:
     database = names.landing_db(schema)
     check = TableCheck(f"{schema}.{table}", f"{database}.{table}")
-    src_cols, key = _source_columns(conn, schema, table)
+    src_cols = [(c.name, c.type_name) for c in source.columns] if source else []
+    key = list(source.key) if source else []
     info = table_info(wh, database, table)
     if info is None:
         check.problems.append(f"warehouse table {database}.{table} does not exist")

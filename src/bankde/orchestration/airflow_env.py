@@ -166,9 +166,7 @@ def standalone(settings: Settings, port: int | None = None) -> int:
     finally:
         if server is not None:
             server.stop()
-        from bankde.warehouse.client import close_warehouse
-
-        close_warehouse()
+            server.session.close()
 
 
 def _serve(settings: Settings) -> WarehouseServer | None:
@@ -177,10 +175,10 @@ def _serve(settings: Settings) -> WarehouseServer | None:
     if not settings.embedded_warehouse:
         return None
     from bankde.console import out
-    from bankde.warehouse.client import open_warehouse
     from bankde.warehouse.server.serve import WarehouseServer
+    from bankde.warehouse.session import open_session
 
-    server = WarehouseServer(settings, open_warehouse(settings), strict_port=False)
+    server = WarehouseServer(settings, open_session(settings), strict_port=False)
     out.print(f"warehouse served at {server.start()} to the tasks (ClickHouse HTTP)")
     return server
 

@@ -127,10 +127,10 @@ def newest_event(settings: Settings) -> datetime | None:
 def run_demo(settings: Settings, size: Size = "small", *, quiet: bool = False) -> PipelineSummary:
     """The whole pipeline once. On existing data it adds new events and everything downstream
     updates incrementally (CDC from the stored offset, incremental dbt models)."""
-    from bankde.cdc.capture import sync
+    from bankde.cdc.api import open_sink, sync
     from bankde.generator import fill
     from bankde.transform.runner import run_dbt
-    from bankde.warehouse.client import open_warehouse
+    from bankde.warehouse.session import open_session
 
     steps = Steps(quiet)
     steps.run(
@@ -145,22 +145,23 @@ def run_demo(settings: Settings, size: Size = "small", *, quiet: bool = False) -
         f"filler: {verb} the source ({config.total_txns:,} transactions, size {size})",
         lambda: fill(settings, config),
     )
-    # Hold the warehouse for the rest of the run: CDC and dbt share this process's engine.
-    open_warehouse(settings)
+    # One session for the rest of the run: CDC, dbt and the summary share this process's
+    # engine (the caller closes it).
+    session = open_session(settings)
     synced = steps.run(
         "cdc",
         "CDC: snapshot (first run) and stream the changes into the warehouse",
-        lambda: sync(settings, show_progress=not quiet),
+        lambda: sync(settings, sink=open_sink(settings, session), show_progress=not quiet),
     )
     with contextlib.redirect_stdout(sys.stderr):
         # dbt reports on stdout; keep stdout for the summary (--json reads it).
         dbt = steps.run(
             "dbt",
             "dbt build: staging, ods, marts and tests",
-            lambda: run_dbt(["build"], settings, quiet=quiet),
+            lambda: run_dbt(["build"], settings, quiet=quiet, session=session),
         )
     with steps.step("summary", "summary: reconcile source and warehouse, evaluate fraud rules"):
-        summary = collect(settings)
+        summary = collect(settings, session.warehouse(settings))
     summary.steps = steps.seconds
     summary.fill = _plain(fill_summary)
     summary.fill["rerun"] = rerun
@@ -168,7 +169,7 @@ def run_demo(settings: Settings, size: Size = "small", *, quiet: bool = False) -
     summary.dbt = {
         "success": dbt.success,
         "nodes": len(dbt.nodes),
-        "failed": [n for n, status, _ in dbt.nodes if status in ("error", "fail", "runtime error")],
+        "failed": dbt.failed,
     }
     path = settings.home_dir / SUMMARY_FILE
     path.write_text(json.dumps(summary.as_dict(), indent=2, default=str), encoding="utf-8")

@@ -110,17 +110,19 @@ def run_pipeline(
     segments of `dbt_every` seconds, each ended cleanly (complete transactions written and
     acknowledged) before dbt builds. On stop the filler returns between two transactions, then a
     last sync applies its final commits: raw equals the source when this returns."""
-    from bankde.cdc.capture import run as cdc_run
-    from bankde.cdc.capture import sync as cdc_sync
+    from bankde.cdc.api import run as cdc_run
+    from bankde.cdc.api import sync as cdc_sync
     from bankde.orchestration.demo import start_source
-    from bankde.warehouse.client import close_warehouse, open_warehouse
+    from bankde.warehouse.session import open_session
 
     stop = stop or threading.Event()
     state = RunState()
     if not settings.external_source or options.fill:
         start_source(settings)
-    wh = open_warehouse(settings)  # hold it for the whole run; fail fast if another process has it
-    server = _serve(settings, wh) if options.serve and wh.embedded else None
+    # Held for the whole run (fails fast if another process has it); capture, dbt and the
+    # status line share it, other processes reach it through the server.
+    session = open_session(settings)
+    server = _serve(settings, session) if options.serve and session.embedded else None
 
     threads: list[threading.Thread] = []
     if options.fill:
@@ -167,17 +169,17 @@ def run_pipeline(
         finally:
             if server is not None:
                 server.stop()
-            close_warehouse()
+            session.close()
     if state.errors:
         raise BankdeError(state.errors[0])
     return state
 
 
-def _serve(settings: Settings, wh: Any) -> Any:
+def _serve(settings: Settings, session: Any) -> Any:
     """Other processes (bankde commands, dbt, BI tools) reach the warehouse through this."""
     from bankde.warehouse.server.serve import WarehouseServer
 
-    server = WarehouseServer(settings, wh, strict_port=False)
+    server = WarehouseServer(settings, session, strict_port=False)
     url = server.start()
     err.print(f"warehouse served at {url} (ClickHouse HTTP; users and passwords in README)")
     return server
@@ -241,7 +243,7 @@ def _build(settings: Settings, state: RunState) -> None:
     try:
         with contextlib.redirect_stdout(sys.stderr):
             res = run_dbt(["build"], settings, quiet=True)
-        ok, failed = res.success, [n for n, s, _ in res.nodes if s in ("error", "fail")]
+        ok, failed = res.success, res.failed
     except BankdeError as exc:
         ok, failed = False, [str(exc)]
     state.dbt_runs += 1

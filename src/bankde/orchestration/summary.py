@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bankde.errors import BankdeError
 from bankde.settings import Settings
+
+if TYPE_CHECKING:
+    from bankde.warehouse.client import Warehouse
 
 
 @dataclass
@@ -31,22 +34,27 @@ class PipelineSummary:
         return bool(self.reconciliation.get("equal")) and bool(self.dbt.get("success", True))
 
 
-def reconcile_dict(settings: Settings) -> dict[str, Any]:
+def _warehouse(settings: Settings, wh: Warehouse | None) -> Warehouse:
+    from bankde.warehouse.client import open_warehouse
+
+    return wh if wh is not None else open_warehouse(settings)
+
+
+def reconcile_dict(settings: Settings, wh: Warehouse | None = None) -> dict[str, Any]:
     """Source vs warehouse per table as plain data: {equal, differing, tables: {...}}."""
     from bankde.monitoring.reconcile import reconcile
 
-    result = reconcile(settings)
+    result = reconcile(settings, _warehouse(settings, wh))
     data = result.to_dict()
     data["differing"] = [t.table for t in result.differing]
     return data
 
 
-def mart_counts(settings: Settings) -> dict[str, int]:
+def mart_counts(settings: Settings, wh: Warehouse | None = None) -> dict[str, int]:
     """Rows of every table in the marts database."""
-    from bankde.warehouse.client import open_warehouse
     from bankde.warehouse.types import ident
 
-    wh = open_warehouse(settings)
+    wh = _warehouse(settings, wh)
     db = f"{settings.wh_prefix}marts"
     names = [
         str(r[0])
@@ -59,11 +67,9 @@ def mart_counts(settings: Settings) -> dict[str, int]:
     return {n: int(wh.scalar(f"select count() from {ident(db)}.{ident(n)}") or 0) for n in names}
 
 
-def alerts_by_rule(settings: Settings) -> dict[str, int]:
+def alerts_by_rule(settings: Settings, wh: Warehouse | None = None) -> dict[str, int]:
     """Alerts in marts.fct_fraud_alerts per rule ({} before the first dbt build)."""
-    from bankde.warehouse.client import open_warehouse
-
-    wh = open_warehouse(settings)
+    wh = _warehouse(settings, wh)
     db = f"{settings.wh_prefix}marts"
     exists = wh.scalar(
         "select count() from system.tables where database = {db:String} and name = 'fct_fraud_alerts'",
@@ -77,13 +83,15 @@ def alerts_by_rule(settings: Settings) -> dict[str, int]:
     return {str(r): int(n) for r, n in rows}
 
 
-def collect(settings: Settings) -> PipelineSummary:
-    """Read the current state of source and warehouse (this process owns the warehouse)."""
+def collect(settings: Settings, wh: Warehouse | None = None) -> PipelineSummary:
+    """Read the current state of source and warehouse (this process owns the warehouse; every
+    read goes through `wh`, default the process's session)."""
     from bankde.cdc.status import status
     from bankde.transform.evaluation import evaluation_rows
 
+    wh = _warehouse(settings, wh)
     summary = PipelineSummary()
-    st = status(settings, counts=True)
+    st = status(settings, counts=True, warehouse=wh)
     summary.rows = {
         name: {"source": c.get("source"), "raw": c.get("warehouse")}
         for name, c in st.get("tables", {}).items()
@@ -99,30 +107,29 @@ def collect(settings: Settings) -> PipelineSummary:
             "current_lsn",
         )
     }
-    summary.marts = mart_counts(settings)
-    summary.reconciliation = reconcile_dict(settings)
-    alerts = alerts_by_rule(settings)
+    summary.marts = mart_counts(settings, wh)
+    summary.reconciliation = reconcile_dict(settings, wh)
+    alerts = alerts_by_rule(settings, wh)
     try:
-        scores = evaluation_rows(settings)
+        scores = evaluation_rows(settings, warehouse=wh)
     except BankdeError:
         scores = []
     for s in scores:
         row = s.as_dict()
         row["alerts"] = alerts.get(s.rule, s.alerted)
         summary.rules.append(row)
-    summary.locations = locations(settings)
+    summary.locations = locations(settings, wh)
     return summary
 
 
-def locations(settings: Settings) -> dict[str, str]:
+def locations(settings: Settings, wh: Warehouse | None = None) -> dict[str, str]:
     from bankde.source.connection import source_info
-    from bankde.warehouse.client import open_warehouse
 
     info = source_info(settings)
     where = {
         "home": str(settings.home_dir),
         "source": info.public_dsn,
-        "warehouse": open_warehouse(settings).location,
+        "warehouse": _warehouse(settings, wh).location,
     }
     if info.managed:
         where["postgres_data"] = str(settings.home_dir / "postgres" / "data")

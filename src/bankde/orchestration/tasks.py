@@ -6,11 +6,14 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bankde.errors import BankdeError
 from bankde.orchestration.airflow_env import TASK_LOCK_WAIT, WAREHOUSE_POOL
 from bankde.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from bankde.warehouse.session import WarehouseSession
 
 __all__ = [
     "RAW_ASSET_URI",
@@ -54,16 +57,17 @@ def task_settings() -> Settings:
 
 
 @contextmanager
-def warehouse_session() -> Iterator[Settings]:
-    """Hold the warehouse only for the task's work: close it (and release the lock) afterwards so
-    the next task in the pool, or a `bankde` command, gets it at once."""
-    from bankde.warehouse.client import close_warehouse
+def warehouse_session() -> Iterator[tuple[Settings, WarehouseSession]]:
+    """Hold the warehouse only for the task's work: close the session (and release the lock)
+    afterwards so the next task in the pool, or a `bankde` command, gets it at once."""
+    from bankde.warehouse.session import open_session
 
     settings = task_settings()
+    session = open_session(settings)
     try:
-        yield settings
+        yield settings, session
     finally:
-        close_warehouse()
+        session.close()
 
 
 def _skip(message: str) -> None:
@@ -74,21 +78,24 @@ def _skip(message: str) -> None:
 
 
 # --- pg_to_ch -------------------------------------------------------------------------------
-def snapshot_raw() -> dict[str, Any]:
-    """Full resync: drop slot and landing tables, snapshot the source again, catch up."""
-    from bankde.cdc.capture import resync
+def snapshot_raw(engine: str = "native") -> dict[str, Any]:
+    """Full resync: drop slot and landing tables, snapshot the source again, catch up (any
+    engine of the registry, cdc/registry.py)."""
+    from bankde.cdc.api import open_sink, resync
 
-    with warehouse_session() as settings:
-        return resync(settings, show_progress=False).to_dict()
+    with warehouse_session() as (settings, session):
+        sink = open_sink(settings, session)
+        return resync(settings, sink=sink, engine=engine, show_progress=False).to_dict()
 
 
 # --- cdc_to_dwh -----------------------------------------------------------------------------
-def sync_changes(skip_when_idle: bool = True) -> dict[str, Any]:
+def sync_changes(skip_when_idle: bool = True, engine: str = "native") -> dict[str, Any]:
     """Micro-batch: apply every change committed before now (snapshot first if none yet)."""
-    from bankde.cdc.capture import sync
+    from bankde.cdc.api import open_sink, sync
 
-    with warehouse_session() as settings:
-        result = sync(settings, show_progress=False).to_dict()
+    with warehouse_session() as (settings, session):
+        sink = open_sink(settings, session)
+        result = sync(settings, sink=sink, engine=engine, show_progress=False).to_dict()
     if skip_when_idle and not result["changes"] and not result["snapshot_rows"]:
         _skip("no new changes in the source; models are up to date")
     return result
@@ -100,11 +107,10 @@ def build_models(select: str | None = None) -> dict[str, Any]:
     from bankde.transform.runner import DbtFailed, run_dbt
 
     args = ["build"] + (["--select", select] if select else [])
-    with warehouse_session() as settings:
-        res = run_dbt(args, settings, quiet=True)
-    failed = [n for n, status, _ in res.nodes if status not in ("success", "pass", "skipped")]
+    with warehouse_session() as (settings, session):
+        res = run_dbt(args, settings, quiet=True, session=session)
     if not res.success:
-        raise DbtFailed(f"dbt build failed: {', '.join(failed) or 'see the task log'}")
+        raise DbtFailed(f"dbt build failed: {', '.join(res.failed) or 'see the task log'}")
     return {"nodes": len(res.nodes), "seconds": round(sum(t for *_, t in res.nodes), 2)}
 
 
@@ -155,8 +161,8 @@ def check_freshness() -> dict[str, Any]:
     """Per table: the warehouse's newest change vs the source's newest change."""
     from bankde.monitoring.freshness import freshness
 
-    with warehouse_session() as settings:
-        rows = freshness(settings)
+    with warehouse_session() as (settings, session):
+        rows = freshness(settings, session.warehouse(settings))
         limit = settings.monitor_max_staleness_seconds
     stale = [
         f"{r.table} ({'never captured' if r.staleness_s == math.inf else f'{r.staleness_s:.0f}s'})"
@@ -181,9 +187,9 @@ def check_reconciliation() -> dict[str, Any]:
     slot still had unapplied WAL when the check began (then lag and freshness judge it)."""
     from bankde.orchestration.summary import reconcile_dict
 
-    with warehouse_session() as settings:
+    with warehouse_session() as (settings, session):
         pending = pending_changes(settings)
-        result = reconcile_dict(settings)
+        result = reconcile_dict(settings, session.warehouse(settings))
     if result["equal"]:
         return result
     differing = ", ".join(result["differing"]) or "?"

@@ -81,21 +81,3 @@ def init_source(settings: Settings) -> SourceInfo:
     apply_schema(info)
     ensure_cdc_role(settings, info)
     return info
-
-
-def table_counts(info: SourceInfo) -> dict[str, int]:
-    """Exact row counts of every bank.* and truth.* table."""
-    with connect(info) as conn:
-        rows = conn.execute(
-            "SELECT table_schema, table_name FROM information_schema.tables "
-            "WHERE table_schema = ANY(%s) AND table_type = 'BASE TABLE' ORDER BY 1, 2",
-            (list(SCHEMAS),),
-        ).fetchall()
-        out: dict[str, int] = {}
-        for schema, table in rows:
-            q = sql.SQL("SELECT count(*) FROM {}.{}").format(
-                sql.Identifier(schema), sql.Identifier(table)
-            )
-            row = conn.execute(q).fetchone()
-            out[f"{schema}.{table}"] = int(row[0]) if row else 0
-        return out

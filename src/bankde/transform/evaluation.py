@@ -9,6 +9,7 @@ from bankde.errors import BankdeError
 
 if TYPE_CHECKING:
     from bankde.settings import Settings
+    from bankde.warehouse.client import Warehouse
 
 
 class EvaluationMissing(BankdeError):
@@ -37,11 +38,13 @@ class RuleScore:
         return asdict(self)
 
 
-def evaluation_rows(settings: Settings, prefix: str | None = None) -> list[RuleScore]:
+def evaluation_rows(
+    settings: Settings, prefix: str | None = None, warehouse: Warehouse | None = None
+) -> list[RuleScore]:
     """Rows of `<prefix>marts.fraud_rule_evaluation` (built by `bankde dbt build`), 'overall' last."""
     from bankde.warehouse.client import open_warehouse
 
-    wh = open_warehouse(settings)
+    wh = warehouse or open_warehouse(settings)
     db = f"{settings.wh_prefix if prefix is None else prefix}marts"
     exists = wh.scalar(
         "select count() from system.tables where database = {db:String} "

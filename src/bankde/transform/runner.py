@@ -16,6 +16,7 @@ from bankde.errors import BankdeError, ConfigError
 
 if TYPE_CHECKING:
     from bankde.settings import Settings
+    from bankde.warehouse.session import WarehouseSession
 
 # dbt subcommands `bankde dbt` passes through; everything after them goes to dbt verbatim.
 COMMANDS = ("build", "run", "test", "docs", "snapshot", "compile", "ls", "debug", "parse", "seed")
@@ -23,6 +24,10 @@ COMMANDS = ("build", "run", "test", "docs", "snapshot", "compile", "ls", "debug"
 # Public, so tokens made with it are reversible by anyone with a list of candidate values; the
 # same default is in macros/pseudonymise.sql for plain dbt.
 DEV_SALT = "bankde-dev-salt-not-secret"
+
+
+# dbt node statuses that mean "this node failed" (warn, skipped, pass, success do not).
+FAILED_STATUSES = frozenset({"error", "fail", "runtime error"})
 
 
 class DbtFailed(BankdeError):
@@ -35,6 +40,11 @@ class DbtResult:
 
     success: bool
     nodes: tuple[tuple[str, str, float], ...]
+
+    @property
+    def failed(self) -> list[str]:
+        """Names of the nodes that failed: a model that errored or a test that failed."""
+        return [name for name, status, _ in self.nodes if status in FAILED_STATUSES]
 
 
 def project_dir() -> Path:
@@ -129,16 +139,16 @@ def _environ(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _own_warehouse(settings: Settings) -> None:
-    """Open (once per process) the warehouse and its named lock before dbt connects to it.
+def _own_warehouse(settings: Settings) -> WarehouseSession:
+    """The process's warehouse session, opened (with its named lock) before dbt connects.
 
-    Embedded chDB: the process-wide engine is opened by bankde's warehouse client, which holds
-    the lock file for the life of the process; dbt's chdb connections then attach to the same
-    engine. Another process holding the warehouse makes this wait, then fail naming it.
+    Embedded chDB: the session holds the engine and the lock file; dbt's chdb connections then
+    attach to the same engine. Another process holding the warehouse makes this wait, then fail
+    naming it.
     """
-    from bankde.warehouse.client import open_warehouse
+    from bankde.warehouse.session import open_session
 
-    open_warehouse(settings)
+    return open_session(settings)
 
 
 def run_dbt(
@@ -148,6 +158,7 @@ def run_dbt(
     prefix: str | None = None,
     threads: int | None = None,
     quiet: bool = False,
+    session: WarehouseSession | None = None,
 ) -> DbtResult:
     """Invoke dbt with `args` (e.g. ["build", "--select", "marts"]) on bankde's warehouse.
 
@@ -172,7 +183,8 @@ def run_dbt(
     full = [*args, "--project-dir", str(project), "--profiles-dir", str(project)]
     if quiet:
         full = ["--quiet", *full]
-    _own_warehouse(settings)
+    if session is None:
+        _own_warehouse(settings)
     with _environ(env):
         res = dbtRunner().invoke(full)
     nodes: list[tuple[str, str, float]] = []

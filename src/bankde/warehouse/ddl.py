@@ -146,14 +146,20 @@ def _migrate_offsets(wh: Warehouse, names: DbNames) -> None:
 
 
 def ensure_schema(wh: Warehouse) -> None:
-    """Apply the schema once per process and prefix (cheap to call before every use)."""
-    key = (wh.location, wh.settings.wh_prefix)
-    if key not in _applied:
+    """Apply the schema once per session and prefix (cheap to call before every use)."""
+    prefix = wh.settings.wh_prefix
+    if prefix not in wh.session.schema_applied:
         apply_schema(wh)
-        _applied.add(key)
+        wh.session.schema_applied.add(prefix)
 
 
-_applied: set[tuple[str, str]] = set()
+def has_table(wh: Warehouse, database: str, table: str) -> bool:
+    """Whether the table exists (a read: never creates anything)."""
+    found = wh.scalar(
+        "SELECT count() FROM system.tables WHERE database = {d:String} AND name = {t:String}",
+        {"d": database, "t": table},
+    )
+    return bool(found)
 
 
 @dataclass(frozen=True)
@@ -344,4 +350,4 @@ def drop_databases(wh: Warehouse) -> None:
     names = DbNames(wh.settings.wh_prefix)
     for logical in _LOGICAL_DBS:
         wh.command(f"DROP DATABASE IF EXISTS {ident(names.real(logical))} SYNC")
-    _applied.discard((wh.location, wh.settings.wh_prefix))
+    wh.session.schema_applied.discard(wh.settings.wh_prefix)

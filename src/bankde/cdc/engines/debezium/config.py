@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bankde.cdc.engines.debezium_convert import UNCHANGED_TOAST
+from bankde.cdc.engines.debezium.convert import UNCHANGED_TOAST
 from bankde.settings import Settings
 from bankde.source.connection import SourceInfo
 
@@ -38,7 +38,7 @@ def connector_properties(
 ) -> dict[str, str]:
     """The embedded connector's configuration. Values are chosen so Debezium's JSON carries the
     same text forms as pgoutput: exact decimals as strings, UTC timestamps as ISO strings, dates
-    as day numbers (converted back to text in debezium_convert)."""
+    as day numbers (converted back to text in convert.py)."""
     s = engine_settings(settings)
     p = info.params
     props = {

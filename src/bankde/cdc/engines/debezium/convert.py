@@ -7,8 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bankde.cdc.envelope import ChangeEvent, Source
-from bankde.cdc.pgoutput import Column, Relation, Transaction
+from bankde.cdc.envelope import ChangeEvent, Column, EventTransaction, Relation, Source
 from bankde.errors import CaptureError
 
 # Debezium's stand-in for an unchanged TOAST value it was not sent (configured to this string).
@@ -187,12 +186,12 @@ class Assembler:
             )
         self._pending.append(value)
 
-    def end(self, xid: int, end_lsn: int, ts_ms: int) -> Transaction:
+    def end(self, xid: int, end_lsn: int, ts_ms: int) -> EventTransaction:
         if self._xid != xid:
             raise CaptureError(
                 f"debezium END of transaction {xid} while {self._xid} is open: stream out of step"
             )
-        txn = Transaction(xid, end_lsn, end_lsn, ts_ms)
+        txn = EventTransaction(xid, end_lsn, end_lsn, ts_ms)
         events = txn.events
         # Per table of this transaction: its converters and the Source all its events share.
         seen: dict[tuple[str, str], tuple[TableInfo, Source]] = {}

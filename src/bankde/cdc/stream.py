@@ -1,4 +1,4 @@
-"""The capture loop: snapshot, stream in bounded batches, write, then acknowledge; sync/run/resync."""
+"""The streamer: one engine into one sink in bounded batches, written on a thread, then acknowledged."""
 
 from __future__ import annotations
 
@@ -9,20 +9,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bankde.cdc.columnar import ChangeBatch
-from bankde.cdc.engine import CaptureEngine, ProgressFn
-from bankde.cdc.envelope import format_lsn
-from bankde.cdc.pgoutput import Relation, Transaction
-from bankde.console import err
-from bankde.contracts import Offset, Sink, SourceColumn
-from bankde.errors import CaptureError, ConfigError, SourceUnavailable
+from bankde.cdc.envelope import Relation, format_lsn
+from bankde.contracts import (
+    CapturedTransaction,
+    CaptureEngine,
+    Offset,
+    ProgressFn,
+    Sink,
+    SourceColumn,
+)
 from bankde.settings import Settings
-
-# Reconnect backoff after the source went away: doubles from the first to the last.
-BACKOFF_FIRST = 0.5
-BACKOFF_MAX = 10.0
-# How long `cdc sync` keeps retrying a source lost mid-stream before giving up (one that is
-# unreachable at the start fails at once).
-SYNC_RETRY_SECONDS = 120.0
 
 
 @dataclass
@@ -82,30 +78,6 @@ class SyncResult:
         }
 
 
-def open_sink(settings: Settings) -> Sink:
-    """The warehouse sink the settings select (embedded chDB or a ClickHouse server)."""
-    from bankde.warehouse.sink import ClickHouseSink
-
-    return ClickHouseSink.open(settings)
-
-
-def make_engine(settings: Settings, engine: str = "native") -> CaptureEngine:
-    if engine == "native":
-        from bankde.cdc.native import NativeEngine
-
-        return NativeEngine(settings)
-    if engine == "debezium":
-        try:
-            from bankde.cdc.engines.debezium import DebeziumEngine
-        except ModuleNotFoundError as exc:
-            raise CaptureError(
-                f"the debezium engine is not available ({exc.name} missing): "
-                "pip install 'bankde[debezium]'"
-            ) from None
-        return DebeziumEngine(settings)
-    raise ConfigError(f"unknown capture engine {engine!r}: use --engine native or debezium")
-
-
 class Streamer:
     """Drives one engine into one sink: batches bounded by rows and time, write, then ack.
 
@@ -152,10 +124,9 @@ class Streamer:
             self.engine.close()
             self.engine = None
             raise
-        snap_rows = getattr(self.engine, "snapshot_rows", None)
-        if snap_rows:
-            self.result.snapshot_rows = dict(snap_rows)
-            self.result.snapshot_seconds = float(getattr(self.engine, "snapshot_seconds", 0.0))
+        if self.engine.snapshot_rows:
+            self.result.snapshot_rows = dict(self.engine.snapshot_rows)
+            self.result.snapshot_seconds = self.engine.snapshot_seconds
         self._reset_buffer()
         self._writer.reset(offset.lsn)
         self._submitted = self._acked = self._end_lsn = offset.lsn
@@ -181,7 +152,7 @@ class Streamer:
         self._batch_started = None
 
     # -- the loop -----------------------------------------------------------------------
-    def step(self, timeout: float) -> Transaction | None:
+    def step(self, timeout: float) -> CapturedTransaction | None:
         """Poll once; write a batch when it is full, old enough, or the engine asks."""
         engine = self.engine
         assert engine is not None
@@ -202,7 +173,7 @@ class Streamer:
             self._acknowledge()
         return txn
 
-    def _take(self, txn: Transaction) -> None:
+    def _take(self, txn: CapturedTransaction) -> None:
         if txn.relations:
             self._ensure_columns(txn.relations)
         if self._batch_started is None:
@@ -408,274 +379,3 @@ def source_columns(rel: Relation) -> list[SourceColumn]:
         SourceColumn(name=c.name, pg_type=c.type_oid, typmod=c.typmod, key=c.name in rel.key)
         for c in rel.columns
     ]
-
-
-def _is_disconnect(exc: BaseException) -> bool:
-    """A lost or refused source connection (worth a reconnect), not a real error."""
-    if isinstance(exc, SourceUnavailable):
-        return True
-    import psycopg
-    import psycopg2
-
-    if isinstance(exc, psycopg.OperationalError):
-        return True
-    if isinstance(exc, psycopg2.Error):
-        code = getattr(exc, "pgcode", None)
-        # No SQLSTATE: the socket went away ("server closed the connection", "no COPY in
-        # progress"); class 08 connection exception; class 57 shutdown or admin termination.
-        return code is None or code[:2] in ("08", "57")
-    return False
-
-
-class _Backoff:
-    def __init__(self) -> None:
-        self.delay = BACKOFF_FIRST
-        self.since: float | None = None
-
-    def wait(self, stop: threading.Event | None) -> None:
-        if self.since is None:
-            self.since = time.monotonic()
-        if stop is not None:
-            stop.wait(self.delay)
-        else:
-            time.sleep(self.delay)
-        self.delay = min(self.delay * 2, BACKOFF_MAX)
-
-    def reset(self) -> None:
-        self.delay = BACKOFF_FIRST
-        self.since = None
-
-    def elapsed(self) -> float:
-        return 0.0 if self.since is None else time.monotonic() - self.since
-
-
-def _stream(
-    settings: Settings,
-    sink: Sink,
-    engine_name: str,
-    *,
-    until_lsn: Callable[[], int] | None,
-    stop: threading.Event | None,
-    progress: ProgressFn | None,
-    batch_rows: int | None = None,
-    batch_seconds: float | None = None,
-    on_batch: Callable[[BatchStats], None] | None = None,
-    max_outage: float | None = None,
-    retry_at_start: bool = True,
-) -> SyncResult:
-    """Open (snapshot if needed), then stream until caught up with `until_lsn` or until `stop`.
-
-    A lost source connection is retried with backoff (for at most `max_outage` seconds when
-    given); without `retry_at_start`, a source that cannot be opened at all fails at once.
-    """
-    started = time.monotonic()
-    if engine_name == "debezium":
-        # Its own slot, publication and offset row: never the native engine's.
-        from bankde.cdc.engines.debezium_config import engine_settings
-
-        settings = engine_settings(settings)
-    streamer = Streamer(
-        settings,
-        sink,
-        lambda: make_engine(settings, engine_name),
-        batch_rows,
-        batch_seconds,
-        on_batch,
-    )
-    backoff = _Backoff()
-    target = until_lsn() if until_lsn is not None else None
-    streamer.result.target_lsn = target
-    stream_started: float | None = None
-    try:
-        while stop is None or not stop.is_set():
-            try:
-                if streamer.engine is None:
-                    streamer.open(progress)
-                    progress = None  # a reconnect never snapshots with a bar again
-                    if stream_started is None:
-                        stream_started = time.monotonic()
-                    backoff.reset()
-                streamer.step(0.25)
-                if target is not None:
-                    engine = streamer.engine
-                    assert engine is not None
-                    if engine.caught_up(target):
-                        streamer.flush()
-                        break
-                    request = getattr(engine, "request_status", None)
-                    if request is not None and not streamer.holding:
-                        request()
-            except Exception as exc:
-                if not _is_disconnect(exc):
-                    raise
-                if stream_started is None and not retry_at_start:
-                    # The first open failed: a scheduler's micro-batch fails now, in one line,
-                    # rather than after minutes of retries.
-                    if isinstance(exc, SourceUnavailable):
-                        raise
-                    raise SourceUnavailable(
-                        f"cannot stream from the source: {_first_line(exc)}"
-                    ) from None
-                _on_disconnect(streamer, backoff, exc, stop, max_outage)
-        else:
-            # Stopped: write what is complete, so a clean shutdown loses no work.
-            if streamer.engine is not None:
-                try:
-                    streamer.flush()
-                except Exception as exc:
-                    if not _is_disconnect(exc):
-                        raise
-    finally:
-        streamer.shutdown()
-    res = streamer.result
-    res.seconds = time.monotonic() - started
-    res.stream_seconds = time.monotonic() - stream_started if stream_started else 0.0
-    return res
-
-
-def _on_disconnect(
-    streamer: Streamer,
-    backoff: _Backoff,
-    exc: BaseException,
-    stop: threading.Event | None,
-    max_outage: float | None,
-) -> None:
-    streamer.drop_unwritten()
-    streamer.close()
-    streamer.result.reconnects += 1
-    if max_outage is not None and backoff.elapsed() > max_outage:
-        raise SourceUnavailable(
-            f"source unreachable for {max_outage:.0f}s, giving up: {_first_line(exc)}"
-        ) from None
-    err.print(
-        f"[yellow]source connection lost ({_first_line(exc)}); reconnecting in "
-        f"{backoff.delay:.1f}s[/yellow]"
-    )
-    backoff.wait(stop)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-# -- public library API (CLI, demo/run loops and Airflow tasks call these) ----------------
-def sync(
-    settings: Settings,
-    *,
-    sink: Sink | None = None,
-    engine: str = "native",
-    show_progress: bool = True,
-) -> SyncResult:
-    """Snapshot if needed, then apply every change committed before the WAL position current at
-    the start (pg_current_wal_lsn()), then return. Safe to run repeatedly (micro-batches).
-
-    A source that cannot be reached or opened at the start fails at once (SourceUnavailable);
-    one lost mid-stream is retried with backoff for up to SYNC_RETRY_SECONDS."""
-    from bankde.cdc.slot import current_wal_lsn
-
-    return _open_and_stream(
-        settings,
-        sink,
-        engine,
-        show_progress,
-        until_lsn=lambda: current_wal_lsn(settings),
-        stop=None,
-        max_outage=SYNC_RETRY_SECONDS,
-        retry_at_start=False,
-    )
-
-
-def run(
-    settings: Settings,
-    stop_event: threading.Event,
-    *,
-    sink: Sink | None = None,
-    engine: str = "native",
-    batch_rows: int | None = None,
-    batch_seconds: float | None = None,
-    on_batch: Callable[[BatchStats], None] | None = None,
-    show_progress: bool = True,
-) -> SyncResult:
-    """Stream until `stop_event` is set; reconnects with backoff while the source is down. On
-    stop, the complete transactions held are written and acknowledged before returning."""
-    return _open_and_stream(
-        settings,
-        sink,
-        engine,
-        show_progress,
-        until_lsn=None,
-        stop=stop_event,
-        batch_rows=batch_rows,
-        batch_seconds=batch_seconds,
-        on_batch=on_batch,
-    )
-
-
-def _open_and_stream(
-    settings: Settings, sink: Sink | None, engine: str, show_progress: bool, **options: Any
-) -> SyncResult:
-    """_stream into `sink` (default: the settings' warehouse), with snapshot progress bars."""
-    make_engine(settings, engine)  # a wrong engine name fails before anything opens
-    sink = sink or open_sink(settings)
-    with snapshot_progress(show_progress) as progress:
-        return _stream(settings, sink, engine, progress=progress, **options)
-
-
-def resync(
-    settings: Settings, *, sink: Sink | None = None, show_progress: bool = True
-) -> SyncResult:
-    """Drop the slot and the landing tables, then snapshot and catch up again (the way out of an
-    invalidated slot or a lost warehouse)."""
-    from bankde.cdc.slot import drop_slot
-
-    sink = sink or open_sink(settings)
-    drop_slot(settings)
-    sink.reset(settings.cdc_slot)
-    return sync(settings, sink=sink, show_progress=show_progress)
-
-
-class snapshot_progress:
-    """A rich progress bar per table on stderr while a snapshot runs (None when hidden)."""
-
-    def __init__(self, show: bool) -> None:
-        self.show = show
-        self._progress: Any = None
-        self._tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> ProgressFn | None:
-        if not self.show:
-            return None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("snapshot {task.description:<24}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err,
-            transient=False,
-        )
-        return self._update
-
-    def _update(self, table: str, done: int, total: int | None) -> None:
-        prog = self._progress
-        if not prog.live.is_started:
-            prog.start()
-        task = self._tasks.get(table)
-        if task is None:
-            task = prog.add_task(table, total=total)
-            self._tasks[table] = task
-        if total is not None and total < done:
-            total = done
-        prog.update(task, completed=done, total=total)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None and self._progress.live.is_started:
-            self._progress.stop()

@@ -1,0 +1,1 @@
+"""Debezium Postgres connector engines: settings, JSON conversion, the in-process engine."""
