@@ -354,8 +354,12 @@ class _Run:
         database = t.get("database")
         if session_id is None or database:
             handle.use(database)
-        snapshot = handle.apply_settings(self.req.params.settings)
-        self._stack.callback(handle.restore_settings, snapshot)
+        if session_id is None:
+            handle.switch_settings(self.req.params.settings)
+        else:
+            # A session's own SETs must survive the request's settings: put back what was.
+            snapshot = handle.apply_settings(self.req.params.settings)
+            self._stack.callback(handle.restore_settings, snapshot)
         return handle
 
     def once(self) -> Any:

@@ -46,8 +46,14 @@ class Handle:
         self.database = "default"
         self.tainted = False
         self.closed = False
+        # Settings this handle runs with when a request asks for none, and the request settings
+        # it has now (pooled handles keep them between requests: clients send the same few on
+        # every request, so most requests change nothing).
+        self.baseline: dict[str, str] = {}
+        self.current: dict[str, str] = {}
         if max_threads is not None:
             self.conn.query(f"SET max_threads = {int(max_threads)}", "TabSeparated")
+            self.baseline["max_threads"] = str(int(max_threads))
         # Last: a read-only handle may not change `readonly` afterwards (ClickHouse's rule).
         if user.readonly:
             self.conn.query(f"SET readonly = {int(user.readonly)}", "TabSeparated")
@@ -69,6 +75,27 @@ class Handle:
         if wanted != self.database:
             self.query(f"USE `{wanted.replace('`', '``')}`", "TabSeparated")
             self.database = wanted
+
+    def switch_settings(self, settings: Mapping[str, str]) -> None:
+        """Pooled handles: make `settings` the request settings in force, changing only what
+        differs from the previous request's (the rest back to the baseline)."""
+        for name in settings:
+            if not _SETTING_NAME_RE.match(name):
+                raise ClickHouseError(115, f"Unknown setting '{name}'", "UNKNOWN_SETTING")
+        try:
+            for name in [n for n in self.current if n not in settings]:
+                base = self.baseline.get(name)
+                self.query(f"SET {name} = {'DEFAULT' if base is None else _quote(base)}", "TSV")
+                del self.current[name]
+            for name, value in settings.items():
+                if self.current.get(name) != value:
+                    self.current.pop(name, None)
+                    self.query(f"SET {name} = {_quote(value)}", "TabSeparated")
+                    self.current[name] = value
+        except ClickHouseError:
+            # Half switched: this handle's settings are unknown now; it serves no one else.
+            self.tainted = True
+            raise
 
     def apply_settings(self, settings: Mapping[str, str]) -> dict[str, tuple[str, bool]]:
         """SET each setting for the next statement; returns what restore_settings puts back."""
