@@ -1,0 +1,55 @@
+"""dbt/macros/cdc_version.sql is the render of bankde.cdc.version, and means what Python means."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import chdb
+import jinja2
+import pytest
+
+from bankde.cdc.version import POS_MASK, make_version, version_lsn
+from bankde.transform.macros import CDC_VERSION_MACROS, render_dbt_macros, write_dbt_macros
+
+DBT_PROJECT = Path(__file__).resolve().parents[2] / "dbt"
+
+
+def test_committed_macros_are_the_render_of_the_python_encoding() -> None:
+    committed = (DBT_PROJECT / CDC_VERSION_MACROS).read_text(encoding="utf-8")
+    assert committed == render_dbt_macros(), (
+        f"dbt/{CDC_VERSION_MACROS} differs from bankde.cdc.version: run `bankde dbt macros`"
+    )
+
+
+def test_write_reports_a_change_only_when_there_is_one(tmp_path: Path) -> None:
+    (tmp_path / "macros").mkdir()
+    (tmp_path / CDC_VERSION_MACROS).write_text("{# hand-edited #}\n", encoding="utf-8")
+    assert write_dbt_macros(tmp_path)
+    assert (tmp_path / CDC_VERSION_MACROS).read_text(encoding="utf-8") == render_dbt_macros()
+    assert not write_dbt_macros(tmp_path)
+
+
+def _call(macro: str, *args: str) -> str:
+    """SQL a dbt model gets from `{{ macro(args) }}` (dbt's own Jinja, without dbt)."""
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    call = f"{{{{ {macro}({', '.join(repr(a) for a in args)}) }}}}"
+    return env.from_string(render_dbt_macros() + call).render().strip()
+
+
+def _clickhouse(expression: str) -> int:
+    return int(
+        chdb.query(f"SELECT toString({expression})", "CSV").bytes().decode().strip().strip('"')
+    )
+
+
+@pytest.mark.parametrize(
+    ("lsn", "pos"),
+    [(0, 0), (0x16B3748, 1), (0x1_0000_0000_0000, POS_MASK), ((1 << 64) - 1, 7)],
+)
+def test_macros_compute_in_clickhouse_what_python_computes(lsn: int, pos: int) -> None:
+    version = make_version(lsn, pos)
+    assert _clickhouse(_call("cdc_make_version", f"toUInt64('{lsn}')", str(pos))) == version
+    assert _clickhouse(_call("cdc_version_lsn", f"toUInt128('{version}')")) == version_lsn(version)
+    assert _clickhouse(_call("cdc_max_version_at", f"toUInt64('{lsn}')")) == make_version(
+        lsn, POS_MASK
+    )
