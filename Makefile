@@ -45,10 +45,12 @@ lint: $(DEV_STAMP)
 	$(MAKE) --no-print-directory lint-sql
 
 # sqlfluff's dbt templater compiles every model as dbt does, here against a throwaway empty
-# embedded warehouse (never the one a demo may hold); dbt/.sqlfluff has the rules.
+# embedded warehouse (never the one a demo may hold), with dbt's target/ and logs/ beside it;
+# dbt/.sqlfluff has the rules.
 lint-sql: $(DEV_STAMP)
-	@wh=$$(mktemp -d) && cd dbt && BANKDE_DBT_TARGET=chdb BANKDE_WAREHOUSE_DIR=$$wh/warehouse \
-		../$(BIN)/sqlfluff lint . ; rc=$$?; rm -rf $$wh; exit $$rc
+	@tmp=$$(mktemp -d) && cd dbt && BANKDE_DBT_TARGET=chdb BANKDE_WAREHOUSE_DIR=$$tmp/warehouse \
+		DBT_TARGET_PATH=$$tmp/target DBT_LOG_PATH=$$tmp/logs ../$(BIN)/sqlfluff lint . ; \
+		rc=$$?; rm -rf $$tmp; exit $$rc
 
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy src

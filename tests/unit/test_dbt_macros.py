@@ -53,3 +53,21 @@ def test_macros_compute_in_clickhouse_what_python_computes(lsn: int, pos: int) -
     assert _clickhouse(_call("cdc_max_version_at", f"toUInt64('{lsn}')")) == make_version(
         lsn, POS_MASK
     )
+
+
+def test_cli_check_fails_on_a_stale_file_and_regenerating_fixes_it(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from bankde.cli import app
+
+    (tmp_path / "macros").mkdir()
+    (tmp_path / CDC_VERSION_MACROS).write_text("{# stale #}\n", encoding="utf-8")
+    env = {"BANKDE_DBT_PROJECT_DIR": str(tmp_path), "COLUMNS": "200"}
+    runner = CliRunner()
+    stale = runner.invoke(app, ["dbt", "macros", "--check"], env=env)
+    assert stale.exit_code == 1, stale.output
+    assert "out of date" in stale.output
+    assert (tmp_path / CDC_VERSION_MACROS).read_text(encoding="utf-8") == "{# stale #}\n"
+    assert runner.invoke(app, ["dbt", "macros"], env=env).exit_code == 0
+    fresh = runner.invoke(app, ["dbt", "macros", "--check"], env=env)
+    assert fresh.exit_code == 0, fresh.output

@@ -82,7 +82,8 @@ hits as (
 per_scenario as (
 
     select
-        scenarios.scenario,
+        -- Four tables have `scenario`: ClickHouse would name this column `scenarios.scenario`.
+        scenarios.scenario as scenario,  -- noqa: AL09
         coalesce(alert_counts.rule, concat('fraud_', scenarios.scenario)) as rule,
         coalesce(label_counts.labelled, 0) as labelled,
         coalesce(alert_counts.alerted, 0) as alerted,

@@ -61,8 +61,25 @@ joined as (
 
     -- Only attributes that never change after creation are copied from the dimensions, so a
     -- row written by an earlier incremental run never goes stale.
+    -- In a join of more than two tables ClickHouse names a column another table also has by its
+    -- qualified name (`transactions.card_id`): those aliases are needed (noqa: AL09).
     select
-        transactions.*,
+        transactions.txn_id,
+        transactions.txn_ref,
+        transactions.account_id as account_id,  -- noqa: AL09
+        transactions.card_id as card_id,  -- noqa: AL09
+        transactions.terminal_id as terminal_id,  -- noqa: AL09
+        transactions.txn_type,
+        transactions.status,
+        transactions.decline_reason,
+        transactions.amount,
+        transactions.currency,
+        transactions.balance_after,
+        transactions.occurred_at,
+        transactions.is_approved,
+        transactions.is_declined,
+        transactions.is_debit,
+        transactions.cdc_version,
         accounts.customer_id,
         cards.network as card_network,
         terminals.mcc,
