@@ -35,10 +35,14 @@
 
 {% macro pin_cdc_watermark() -%}
     {#- on-run-start: run pin_cdc_watermark_statements in order (nothing is left for the hook
-        itself to execute). -#}
-    {%- for statement in pin_cdc_watermark_statements() -%}
-        {%- do run_query(statement) -%}
-    {%- endfor -%}
+        itself to execute). dbt also renders hooks for commands that never execute them
+        (compile, docs generate, show, list): those must not pin, so only the commands that run
+        on-run-start do. -#}
+    {%- if execute and flags.WHICH in ['run', 'build', 'test', 'seed', 'snapshot', 'retry', 'freshness'] -%}
+        {%- for statement in pin_cdc_watermark_statements() -%}
+            {%- do run_query(statement) -%}
+        {%- endfor -%}
+    {%- endif -%}
 {%- endmacro %}
 
 {% macro pin_cdc_watermark_statements() -%}
