@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
-import chdb
 import jinja2
 import pytest
 
@@ -36,23 +37,48 @@ def _call(macro: str, *args: str) -> str:
     return env.from_string(render_dbt_macros() + call).render().strip()
 
 
-def _clickhouse(expression: str) -> int:
-    return int(
-        chdb.query(f"SELECT toString({expression})", "CSV").bytes().decode().strip().strip('"')
-    )
+CASES = [(0, 0), (0x16B3748, 1), (0x1_0000_0000_0000, POS_MASK), ((1 << 64) - 1, 7)]
 
 
-@pytest.mark.parametrize(
-    ("lsn", "pos"),
-    [(0, 0), (0x16B3748, 1), (0x1_0000_0000_0000, POS_MASK), ((1 << 64) - 1, 7)],
-)
-def test_macros_compute_in_clickhouse_what_python_computes(lsn: int, pos: int) -> None:
+def _expressions(lsn: int, pos: int) -> list[str]:
     version = make_version(lsn, pos)
-    assert _clickhouse(_call("cdc_make_version", f"toUInt64('{lsn}')", str(pos))) == version
-    assert _clickhouse(_call("cdc_version_lsn", f"toUInt128('{version}')")) == version_lsn(version)
-    assert _clickhouse(_call("cdc_max_version_at", f"toUInt64('{lsn}')")) == make_version(
-        lsn, POS_MASK
+    return [
+        _call("cdc_make_version", f"toUInt64('{lsn}')", str(pos)),
+        _call("cdc_version_lsn", f"toUInt128('{version}')"),
+        _call("cdc_max_version_at", f"toUInt64('{lsn}')"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def clickhouse_values() -> dict[str, int]:
+    """Every macro expression of CASES evaluated by chDB, in a process of its own: this one may
+    already hold an embedded warehouse at a path, and chDB allows one per process."""
+    expressions = sorted({e for lsn, pos in CASES for e in _expressions(lsn, pos)})
+    query = "SELECT " + ", ".join(f"toString({e})" for e in expressions)
+    script = (
+        "import sys, chdb; "
+        "print(chdb.query(sys.stdin.read(), 'TabSeparated').bytes().decode(), end='')"
     )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        input=query,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return dict(zip(expressions, map(int, done.stdout.strip().split("\t")), strict=True))
+
+
+@pytest.mark.parametrize(("lsn", "pos"), CASES)
+def test_macros_compute_in_clickhouse_what_python_computes(
+    lsn: int, pos: int, clickhouse_values: dict[str, int]
+) -> None:
+    make, lsn_of, max_at = (clickhouse_values[e] for e in _expressions(lsn, pos))
+    version = make_version(lsn, pos)
+    assert make == version
+    assert lsn_of == version_lsn(version) == lsn
+    assert max_at == make_version(lsn, POS_MASK)
 
 
 def test_cli_check_fails_on_a_stale_file_and_regenerating_fixes_it(tmp_path: Path) -> None:
