@@ -46,6 +46,28 @@ for _command, _help in _PASSTHROUGH_COMMANDS.items():
     _passthrough(_command, _help)
 
 
+@app.command(name="macros")
+def macros(
+    check: bool = typer.Option(
+        False, "--check", help="Change nothing; exit 1 if the committed file is out of date."
+    ),
+) -> None:
+    """Regenerate dbt/macros/cdc_version.sql from bankde.cdc.version (the version encoding)."""
+    from bankde.transform.macros import CDC_VERSION_MACROS, render_dbt_macros, write_dbt_macros
+    from bankde.transform.runner import project_dir
+
+    path = project_dir() / CDC_VERSION_MACROS
+    if check:
+        current = path.read_text(encoding="utf-8") if path.is_file() else ""
+        if current != render_dbt_macros():
+            out.print(f"{path} is out of date: run `bankde dbt macros`")
+            raise typer.Exit(1)
+        out.print(f"{path} is up to date")
+        return
+    changed = write_dbt_macros(project_dir())
+    out.print(f"{path} {'written' if changed else 'already up to date'}")
+
+
 @app.command(name="eval")
 def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
