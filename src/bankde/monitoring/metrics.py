@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol
 
@@ -126,23 +126,6 @@ class PipelineMetrics:
         from prometheus_client import generate_latest
 
         return generate_latest(self.registry).decode()
-
-
-def chain(
-    *callbacks: Callable[[AppliedBatch], None] | None,
-) -> Callable[[AppliedBatch], None] | None:
-    """One per-batch callback calling each given one in order (None when there is none)."""
-    live = [c for c in callbacks if c is not None]
-    if not live:
-        return None
-    if len(live) == 1:
-        return live[0]
-
-    def call(batch: AppliedBatch) -> None:
-        for c in live:
-            c(batch)
-
-    return call
 
 
 def watch_slot(settings: Settings, metrics: PipelineMetrics, stop: threading.Event) -> None:

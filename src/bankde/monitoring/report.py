@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import html
+import importlib.util
+import json
 import os
 import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,8 +20,6 @@ from bankde.errors import BankdeError
 from bankde.settings import Settings
 
 if TYPE_CHECKING:
-    import plotly.graph_objects as go
-
     from bankde.warehouse.client import Warehouse
 
 REPORT_FILE = "report.html"
@@ -67,6 +68,115 @@ class ReportResult:
     notes: list[str]
 
 
+class Fig:
+    """A plotly figure as plain JSON (traces and layout) that plotly.js draws in the page.
+
+    Built without plotly.py's figure classes: those validate every property and deep-copy the
+    template per figure (about half a second each here), which alone broke the report's time
+    budget. Keyword names follow plotly.py's (`marker_color` = {"marker": {"color": ...}}).
+    """
+
+    def __init__(self) -> None:
+        self.data: list[dict[str, Any]] = []
+        self.layout: dict[str, Any] = {}
+
+    def add_bar(self, **trace: Any) -> None:
+        self.add_trace("bar", **trace)
+
+    def add_scatter(self, **trace: Any) -> None:
+        self.add_trace("scatter", **trace)
+
+    def add_trace(self, kind: str, **trace: Any) -> None:
+        self.data.append({"type": kind, **_expand(trace)})
+
+    def update_layout(self, **props: Any) -> None:
+        _merge(self.layout, _expand(props))
+
+    def update_xaxes(self, **props: Any) -> None:
+        self._axes("xaxis", props)
+
+    def update_yaxes(self, **props: Any) -> None:
+        self._axes("yaxis", props)
+
+    def _axes(self, prefix: str, props: dict[str, Any]) -> None:
+        names = [k for k in self.layout if k.startswith(prefix)] or [prefix]
+        for name in names:
+            _merge(self.layout.setdefault(name, {}), _expand(props))
+
+
+def _expand(props: dict[str, Any]) -> dict[str, Any]:
+    """plotly.py's magic underscores: {"marker_color": c} -> {"marker": {"color": c}}."""
+    out: dict[str, Any] = {}
+    for key, value in props.items():
+        if isinstance(value, dict):
+            value = _expand(value)
+        *path, leaf = key.split("_")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+            _merge(node[leaf], value)
+        else:
+            node[leaf] = value
+    return out
+
+
+def _merge(into: dict[str, Any], new: dict[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            _merge(into[key], value)
+        else:
+            into[key] = value
+
+
+def subplots(titles: Sequence[str], spacing: float = 0.07) -> Fig:
+    """One row of len(titles) side-by-side plots; trace i of plot n takes xaxis="x<n>"."""
+    fig = Fig()
+    n = len(titles)
+    width = (1 - spacing * (n - 1)) / n
+    notes = []
+    for i, title in enumerate(titles, start=1):
+        lo = (i - 1) * (width + spacing)
+        suffix = "" if i == 1 else str(i)
+        fig.layout[f"xaxis{suffix}"] = {"domain": [lo, lo + width], "anchor": f"y{suffix}"}
+        fig.layout[f"yaxis{suffix}"] = {"anchor": f"x{suffix}"}
+        notes.append(
+            {
+                "text": title,
+                "x": lo + width / 2,
+                "y": 1.0,
+                "xref": "paper",
+                "yref": "paper",
+                "xanchor": "center",
+                "yanchor": "bottom",
+                "showarrow": False,
+                "font": {"size": 15},
+            }
+        )
+    fig.layout["annotations"] = notes
+    return fig
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)  # a chart coordinate, never stored or summed
+    raise TypeError(f"not JSON serialisable for a chart: {type(value).__name__}")
+
+
+def _plotly_file(name: str) -> str:
+    """A file shipped in the plotly package, read without importing plotly (an import costs
+    about a second): package_data/plotly.min.js and the templates."""
+    spec = importlib.util.find_spec("plotly")
+    if spec is None or not spec.submodule_search_locations:
+        raise BankdeError("the plotly package is missing: pip install plotly")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    return (root / "package_data" / name).read_text(encoding="utf-8")
+
+
 class _Page:
     """Collects sections and counts charts (each a plotly div)."""
 
@@ -80,20 +190,17 @@ class _Page:
         self.sections.append(sec)
         return sec
 
-    def chart(self, sec: Section, fig: go.Figure) -> None:
-        import plotly.io as pio
-
+    def chart(self, sec: Section, fig: Fig) -> None:
         self.charts += 1
+        div = f"chart-{self.charts}"
+        spec = json.dumps(
+            {"data": fig.data, "layout": fig.layout}, default=_json_value, separators=(",", ":")
+        )
+        # "</" inside a script would end it early.
+        spec = spec.replace("</", "<\\/")
         sec.blocks.append(
-            '<div class="chart">'
-            + pio.to_html(
-                fig,
-                full_html=False,
-                include_plotlyjs=False,
-                div_id=f"chart-{self.charts}",
-                config={"displaylogo": False, "responsive": True},
-            )
-            + "</div>"
+            f'<div class="chart"><div id="{div}" class="plotly-graph-div"></div>'
+            f'<script type="text/javascript">bankdePlot("{div}", {spec});</script></div>'
         )
 
     def note(self, sec: Section, text: str) -> None:
@@ -137,9 +244,8 @@ class _Data:
         return self.wh.query(sql)
 
 
-def _layout(fig: go.Figure, title: str, x_title: str, y_title: str, **extra: Any) -> go.Figure:
+def _layout(fig: Fig, title: str, x_title: str, y_title: str, **extra: Any) -> Fig:
     fig.update_layout(
-        template="plotly_white",
         title={"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 17}},
         height=CHART_HEIGHT,
         margin={"l": 70, "r": 30, "t": 70, "b": 60},
@@ -210,8 +316,6 @@ def _fmt(v: Any) -> str:
 
 # --- sections --------------------------------------------------------------------------------
 def _traffic(page: _Page, data: _Data) -> None:
-    import plotly.graph_objects as go
-
     sec = page.section(
         "traffic",
         "Traffic",
@@ -232,7 +336,7 @@ def _traffic(page: _Page, data: _Data) -> None:
         if not xs:
             page.note(sec, "no transactions in the warehouse yet.")
             return
-        fig = go.Figure()
+        fig = Fig()
         for i, (name, values) in enumerate(series.items()):
             fig.add_bar(x=xs, y=[values.get(x, 0) for x in xs], name=name, marker_color=_colour(i))
         page.chart(
@@ -251,14 +355,15 @@ def _traffic(page: _Page, data: _Data) -> None:
         f"SELECT toDayOfWeek(occurred_at) AS d, toHour(occurred_at) AS h, count(), "
         f"uniqExact(toDate(occurred_at)) FROM {fct} GROUP BY d, h ORDER BY d, h"
     )
-    fig = go.Figure()
+    fig = Fig()
     by_day: dict[int, dict[int, float]] = defaultdict(dict)
     for d, h, n, days in rhythm:
         by_day[int(d)][int(h)] = int(n) / max(int(days), 1)
     for d in sorted(by_day):
         fig.add_scatter(
             x=list(range(24)),
-            y=[by_day[d].get(h, 0) for h in range(24)],
+            # An hour outside the data's window is a gap, not a zero (partial first/last day).
+            y=[by_day[d].get(h) for h in range(24)],
             mode="lines+markers",
             name=weekdays[d - 1],
             marker_color=_colour(d - 1),
@@ -282,7 +387,7 @@ def _traffic(page: _Page, data: _Data) -> None:
     if not xs:
         page.note(sec, "no declined transactions yet.")
         return
-    fig = go.Figure()
+    fig = Fig()
     for i, (name, values) in enumerate(series.items()):
         fig.add_bar(x=xs, y=[values.get(x, 0) for x in xs], name=name, marker_color=_colour(i))
     page.chart(
@@ -294,8 +399,6 @@ def _traffic(page: _Page, data: _Data) -> None:
 
 
 def _fraud(page: _Page, data: _Data) -> None:
-    import plotly.graph_objects as go
-
     sec = page.section(
         "fraud",
         "Fraud in the data",
@@ -317,7 +420,7 @@ def _fraud(page: _Page, data: _Data) -> None:
     if not episodes:
         page.note(sec, "no fraud episodes yet (the filler's --fraud-share is 0?).")
     else:
-        fig = go.Figure()
+        fig = Fig()
         scenarios = sorted({str(r[0]) for r in episodes})
         for i, scen in enumerate(scenarios):
             rows = [r for r in episodes if str(r[0]) == scen]
@@ -388,7 +491,7 @@ def _fraud(page: _Page, data: _Data) -> None:
         totals: dict[bool, int] = defaultdict(int)
         for fraud, _b, n in rows:
             totals[bool(fraud)] += int(n)
-        fig = go.Figure()
+        fig = Fig()
         for i, (fraud, name) in enumerate(((False, "legitimate"), (True, "fraud (labelled)"))):
             pts = [(x_of(b), int(n)) for f, b, n in rows if bool(f) == fraud]
             if not pts:
@@ -409,8 +512,6 @@ def _fraud(page: _Page, data: _Data) -> None:
 
 
 def _rules(page: _Page, data: _Data) -> None:
-    import plotly.graph_objects as go
-
     from bankde.transform.evaluation import EvaluationMissing, evaluation_rows
 
     sec = page.section(
@@ -428,7 +529,7 @@ def _rules(page: _Page, data: _Data) -> None:
     if not scores:
         page.note(sec, "the evaluation has no rows yet.")
         return
-    fig = go.Figure()
+    fig = Fig()
     names = [s.scenario for s in scores]
     for i, metric in enumerate(("precision", "recall", "f1")):
         values = [getattr(s, metric) for s in scores]
@@ -551,8 +652,6 @@ def _bucket_seconds(span_s: float) -> int:
 
 
 def _cdc(page: _Page, data: _Data, with_source: bool, with_reconcile: bool) -> None:
-    import plotly.graph_objects as go
-
     from bankde.cdc.envelope import format_lsn
 
     sec = page.section(
@@ -592,7 +691,7 @@ def _cdc(page: _Page, data: _Data, with_source: bool, with_reconcile: bool) -> N
             xs.append(b)
             ys.append(int(n) / width)
             prev = b
-        fig = go.Figure()
+        fig = Fig()
         fig.add_scatter(x=xs, y=ys, mode="lines+markers", name="changes/s", marker_color=_colour(0))
         page.chart(
             sec,
@@ -609,7 +708,7 @@ def _cdc(page: _Page, data: _Data, with_source: bool, with_reconcile: bool) -> N
             f"events FROM {batches} WHERE kind = 'stream' AND {window} ORDER BY finished_at DESC "
             "LIMIT 20000"
         )[::-1]
-        fig = go.Figure()
+        fig = Fig()
         fig.add_scatter(
             x=[r[0] for r in lag],
             y=[float(r[1]) for r in lag],
@@ -679,8 +778,6 @@ def _cdc(page: _Page, data: _Data, with_source: bool, with_reconcile: bool) -> N
 
 
 def _freshness(page: _Page, sec: Section, data: _Data) -> None:
-    import plotly.graph_objects as go
-
     from bankde.monitoring.freshness import freshness
 
     try:
@@ -697,7 +794,7 @@ def _freshness(page: _Page, sec: Section, data: _Data) -> None:
             ts = ts.replace(tzinfo=UTC)
         return max((now - ts).total_seconds() / 60, 0.01)
 
-    fig = go.Figure()
+    fig = Fig()
     tables = [f.table for f in rows]
     for i, (side, attr) in enumerate(
         (("source", "source_latest"), ("warehouse", "warehouse_latest"))
@@ -780,8 +877,6 @@ def _reconcile(page: _Page, sec: Section, data: _Data) -> None:
 
 
 def _lifecycle(page: _Page, data: _Data) -> None:
-    import plotly.graph_objects as go
-    from plotly.subplots import make_subplots
 
     sec = page.section(
         "lifecycle",
@@ -796,13 +891,7 @@ def _lifecycle(page: _Page, data: _Data) -> None:
     if not entities:
         page.note(sec, "the status history models are not built yet: run `bankde dbt build`.")
         return
-    fig = make_subplots(
-        rows=1,
-        cols=len(entities),
-        subplot_titles=[f"{e}s" for e in entities],
-        shared_yaxes=False,
-        horizontal_spacing=0.07,
-    )
+    fig = subplots([f"{e}s" for e in entities])
     points = 0
     for col, entity in enumerate(entities, start=1):
         hist = f"{data.ods}.ods_{entity}_status_history"
@@ -815,17 +904,15 @@ def _lifecycle(page: _Page, data: _Data) -> None:
         )
         points += len(rows)
         for i, (kind, idx) in enumerate((("opened", 1), ("closed", 2))):
-            fig.add_trace(
-                go.Bar(
-                    x=[r[0] for r in rows],
-                    y=[int(r[idx]) for r in rows],
-                    name=kind,
-                    marker_color=_colour(2 if i == 0 else 1),
-                    legendgroup=kind,
-                    showlegend=col == 1,
-                ),
-                row=1,
-                col=col,
+            fig.add_bar(
+                x=[r[0] for r in rows],
+                y=[int(r[idx]) for r in rows],
+                name=kind,
+                marker_color=_colour(2 if i == 0 else 1),
+                legendgroup=kind,
+                showlegend=col == 1,
+                xaxis=f"x{col if col > 1 else ''}",
+                yaxis=f"y{col if col > 1 else ''}",
             )
     if not points:
         page.note(sec, f"no opens or closes in the last {LIFECYCLE_DAYS} days.")
@@ -834,7 +921,10 @@ def _lifecycle(page: _Page, data: _Data) -> None:
     # Above the subplot titles, not over them.
     fig.update_layout(margin={"t": 110}, legend={"y": 1.12})
     fig.update_xaxes(title_text="day (UTC)")
-    fig.update_yaxes(title_text="count per day", row=1, col=1)
+    fig.layout["yaxis"]["title"] = {"text": "count per day"}
+    for name, axis in fig.layout.items():
+        if name.startswith("yaxis") and name != "yaxis":
+            axis["title"] = {"text": ""}
     page.chart(sec, fig)
 
 
@@ -885,9 +975,16 @@ def _kpis(data: _Data) -> list[tuple[str, str]]:
     return out
 
 
-def render(page: _Page, kpis: list[tuple[str, str]], generated: datetime, location: str) -> str:
-    from plotly.offline import get_plotlyjs
+# Draws one chart: the figure's JSON with the shared template, responsive to the page width.
+_PLOT_JS = """
+function bankdePlot(id, fig) {
+  fig.layout.template = BANKDE_TEMPLATE;
+  Plotly.newPlot(id, fig.data, fig.layout, {displaylogo: false, responsive: true});
+}
+"""
 
+
+def render(page: _Page, kpis: list[tuple[str, str]], generated: datetime, location: str) -> str:
     nav = "".join(f'<a href="#{s.anchor}">{html.escape(s.title)}</a>' for s in page.sections)
     body = "".join(
         f'<section id="{s.anchor}"><h2>{html.escape(s.title)}</h2>'
@@ -901,7 +998,9 @@ def render(page: _Page, kpis: list[tuple[str, str]], generated: datetime, locati
         "<title>bankde report</title>"
         f"<style>{_CSS}</style>"
         # plotly.js inlined: the file opens with no network.
-        f'<script type="text/javascript">{get_plotlyjs()}</script>'
+        f'<script type="text/javascript">{_plotly_file("plotly.min.js")}</script>'
+        '<script type="text/javascript">const BANKDE_TEMPLATE = '
+        f"{_plotly_file('templates/plotly_white.json')};{_PLOT_JS}</script>"
         "</head><body>"
         "<header><h1>bankde pipeline report</h1>"
         f"<p>generated {generated:%Y-%m-%d %H:%M:%S} UTC from {html.escape(location)}</p>"

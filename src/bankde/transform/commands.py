@@ -50,7 +50,7 @@ def docs(ctx: typer.Context) -> None:
     """dbt's documentation site (models, columns, tests, lineage), generated offline.
 
     `bankde dbt docs` (or `docs generate \\[dbt args]`) writes it and prints where; `docs serve
-    [dbt args]` serves it (dbt's own server)."""
+    \\[dbt args]` serves it (dbt's own server)."""
     from bankde.console import err
     from bankde.transform.docs import generate_docs
 
