@@ -413,9 +413,10 @@ def _fraud(page: _Page, data: _Data) -> None:
         return
     labels = f"{data.stg}.stg_fraud_labels"
     episodes = data.rows(
-        f"SELECT e.scenario, e.episode_id, e.started_at, e.ended_at, "
-        f"(SELECT count() FROM {labels} l WHERE l.episode_id = e.episode_id) "
-        f"FROM {data.stg}.stg_fraud_episodes e ORDER BY e.scenario, e.started_at"
+        f"SELECT e.scenario, e.episode_id, e.started_at, e.ended_at, ifNull(n.labelled, 0) "
+        f"FROM {data.stg}.stg_fraud_episodes e LEFT JOIN (SELECT episode_id, count() AS labelled "
+        f"FROM {labels} GROUP BY episode_id) n ON n.episode_id = e.episode_id "
+        "ORDER BY e.scenario, e.started_at"
     )
     if not episodes:
         page.note(sec, "no fraud episodes yet (the filler's --fraud-share is 0?).")
@@ -754,7 +755,7 @@ def _cdc(page: _Page, data: _Data, with_source: bool, with_reconcile: bool) -> N
                         int(ev),
                         f"{format_lsn(int(lo))} – {format_lsn(int(hi))}",
                         int(lag_ms) / 1000,
-                        float(dur),
+                        round(float(dur)),
                         ", ".join(f"{k} {int(v):,}" for k, v in sorted(dict(tables).items())),
                     )
                     for at, kind, ev, lo, hi, lag_ms, dur, tables in recent
