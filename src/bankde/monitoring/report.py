@@ -10,6 +10,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -20,6 +21,7 @@ from bankde.errors import BankdeError
 from bankde.settings import Settings
 
 if TYPE_CHECKING:
+    from bankde.monitoring.reconcile import ReconcileResult
     from bankde.warehouse.client import Warehouse
 
 REPORT_FILE = "report.html"
@@ -236,6 +238,9 @@ class _Data:
             )
         }
         self.prefix = prefix
+        # Started first, on its own thread: it mostly waits for the source's checksums, the
+        # longest part of the report on a large source, while the charts read the warehouse.
+        self.reconciled: Future[ReconcileResult] | None = None
 
     def has(self, layer: str, *tables: str) -> bool:
         return all((f"{self.prefix}{layer}", t) in self._present for t in tables)
@@ -835,10 +840,9 @@ def _freshness(page: _Page, sec: Section, data: _Data) -> None:
 
 
 def _reconcile(page: _Page, sec: Section, data: _Data) -> None:
-    from bankde.monitoring.reconcile import reconcile
-
+    assert data.reconciled is not None
     try:
-        result = reconcile(data.settings, data.wh, sample_size=3)
+        result = data.reconciled.result()
     except BankdeError as exc:
         page.note(sec, f"reconciliation: {exc}")
         return
@@ -1021,6 +1025,11 @@ def build_report(
     (no freshness, no reconciliation); `with_reconcile=False` skips the reconciliation only."""
     data = _Data(settings, wh)
     page = _Page()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bankde-report")
+    if with_source and with_reconcile:
+        from bankde.monitoring.reconcile import reconcile
+
+        data.reconciled = pool.submit(reconcile, settings, wh, 3)
     parts: list[Callable[[], None]] = [
         lambda: _traffic(page, data),
         lambda: _fraud(page, data),
@@ -1028,8 +1037,11 @@ def build_report(
         lambda: _cdc(page, data, with_source, with_reconcile),
         lambda: _lifecycle(page, data),
     ]
-    for part in parts:
-        part()
+    try:
+        for part in parts:
+            part()
+    finally:
+        pool.shutdown(wait=True)
     generated = datetime.now(UTC)
     return render(page, _kpis(data), generated, wh.location), page
 
