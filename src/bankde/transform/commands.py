@@ -31,7 +31,6 @@ _PASSTHROUGH_COMMANDS = {
     "run": "dbt run: build the models only. Extra args go to dbt (e.g. --full-refresh).",
     "test": "dbt test: data tests and unit tests. Extra args go to dbt.",
     "snapshot": "dbt snapshot: record status changes of customers, accounts, cards and terminals.",
-    "docs": "dbt docs (generate | serve): the catalog of models, columns and tests.",
 }
 
 
@@ -66,6 +65,28 @@ def macros(
         return
     changed = write_dbt_macros(project_dir())
     out.print(f"{path} {'written' if changed else 'already up to date'}")
+
+
+@app.command(name="docs", context_settings=_PASSTHROUGH)
+def docs(ctx: typer.Context) -> None:
+    """dbt's documentation site (models, columns, tests, lineage), generated offline.
+
+    `bankde dbt docs` (or `docs generate \\[dbt args]`) writes it and prints where; `docs serve
+    \\[dbt args]` serves it (dbt's own server)."""
+    from bankde.console import err
+    from bankde.transform.docs import generate_docs
+
+    args = list(ctx.args)
+    if args and args[0] != "generate":
+        _run("docs", ctx)
+        return
+    site = generate_docs(get_settings(), args[1:])
+    out.print(str(site.static_index), soft_wrap=True)
+    err.print(
+        f"dbt docs: {site.static_index} opens as a file (everything inlined); {site.index} "
+        "needs an HTTP server beside manifest.json and catalog.json (`bankde dbt docs serve`)",
+        soft_wrap=True,
+    )
 
 
 @app.command(name="eval")
