@@ -13,7 +13,7 @@ import pytest
 
 from bankde.settings import Settings
 from bankde.source.cluster import ManagedCluster
-from bankde.source.connection import connect, source_info
+from bankde.source.connection import admin_info, connect, owner_info, source_info
 from tests.conftest import cli_env, free_port, make_home
 
 BANKDE = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "bankde")
@@ -93,7 +93,7 @@ def test_server_runs_unprivileged_listening_on_loopback_only(own_cluster: Settin
     cluster = ManagedCluster(own_cluster)
     cluster.init()
     cluster.start()
-    info = source_info(own_cluster).with_db("postgres")
+    info = admin_info(own_cluster)
     with connect(info) as conn:
         rows = dict(
             conn.execute(
@@ -145,7 +145,7 @@ def test_unreachable_server_is_one_line_exit_1(own_cluster: Settings) -> None:
 def test_schema_applies_twice_and_documents_tables(source_settings: Settings) -> None:
     from bankde.source.schema import apply_schema
 
-    info = source_info(source_settings)
+    info = owner_info(source_settings)
     apply_schema(info)
     with connect(info) as conn:
         tables = conn.execute(

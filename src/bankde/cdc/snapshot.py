@@ -18,16 +18,15 @@ CHUNK_ROWS = 250_000
 
 
 def adbc_uri(info: SourceInfo) -> str:
-    """A libpq URI for the ADBC driver (it speaks binary COPY and builds Arrow in C++)."""
-    p = info.params
-    user = quote(p.get("user", ""), safe="")
-    pw = p.get("password")
-    auth = f"{user}:{quote(pw, safe='')}@" if pw else f"{user}@"
-    host = p.get("host", "127.0.0.1")
-    query = f"sslmode={p.get('sslmode', 'prefer')}&application_name=bankde_snapshot"
-    return (
-        f"postgresql://{auth}{host}:{p.get('port', '5432')}/{quote(info.dbname, safe='')}?{query}"
-    )
+    """A libpq URI for the ADBC driver (it speaks binary COPY and builds Arrow in C++).
+
+    bankde-security: every parameter of the DSN (sslrootcert, sslcert, sslkey, channel_binding,
+    hostaddr, ...) goes into the query string, which libpq reads like a keyword DSN, so the
+    snapshot connection checks the server exactly as every other connection does.
+    """
+    params = {"application_name": "bankde_snapshot", **info.params}
+    query = "&".join(f"{k}={quote(str(v), safe='')}" for k, v in params.items())
+    return f"postgresql:///?{query}"
 
 
 def copy_snapshot(

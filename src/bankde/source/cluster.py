@@ -266,15 +266,15 @@ class ManagedCluster:
         return True
 
     # -- access -----------------------------------------------------------------------------
-    def allow_database(self, dbname: str, reload: bool = True) -> bool:
-        """pg_hba lines letting the owner, application and capture roles into `dbname` only
-        (the capture role's logical replication connections included). True when added."""
+    def allow_database(self, dbname: str, reload: bool = True, users: tuple[str, ...] = ()) -> bool:
+        """pg_hba lines letting the owner, application and capture roles (or `users`) into
+        `dbname` only (the capture role's logical replication connections included)."""
         s = self.settings
         hba = self.data_dir / "pg_hba.conf"
-        lines = [
+        lines = [HBA_DB.format(db=dbname, users=",".join(users))] if users else [
             HBA_DB.format(db=dbname, users=f"{s.owner_user},{s.db_user}"),
             HBA_DB.format(db=dbname, users=s.cdc_user),
-        ]
+        ]  # fmt: skip
         text = hba.read_text()
         missing = [ln for ln in lines if ln not in text]
         if not missing:
