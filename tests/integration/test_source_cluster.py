@@ -80,7 +80,7 @@ def test_lifecycle_through_cli_keeps_data(own_cluster: Settings) -> None:
 def test_password_is_private_and_never_printed(own_cluster: Settings) -> None:
     env = cli_env(own_cluster)
     up = _bankde("db", "up", env=env)
-    pw_file = Path(own_cluster.home) / "secrets" / "pg_password"
+    pw_file = Path(own_cluster.home) / "secrets" / "pg_admin_password"  # made by db up
     assert oct(pw_file.stat().st_mode & 0o777) == "0o600"
     password = pw_file.read_text().strip()
     status = _bankde("db", "status", env=env)
@@ -126,8 +126,10 @@ def test_wrong_password_is_one_line_exit_1(own_cluster: Settings) -> None:
     cluster = ManagedCluster(own_cluster)
     cluster.init()
     cluster.start()
+    _bankde("db", "init", env=cli_env(own_cluster))
+    # (On the managed cluster `db init` sets the roles' passwords, DB_PASSWORD's included.)
     env = cli_env(own_cluster, DB_PASSWORD="definitely-wrong")
-    proc = _bankde("db", "init", env=env, check=False)
+    proc = _bankde("fill", "--n-new-txns", "10", env=env, check=False)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "wrong password" in lines[0], proc.stderr
