@@ -151,7 +151,7 @@ def connect_error(exc: Exception, info: SourceInfo) -> Exception:
     (exit 2, naming sslrootcert/host), anything else means the source is unavailable."""
     line = describe_connect_error(exc, info)
     low = str(exc).lower()
-    if "certificate" in low or ("ssl" in low and "verify" in low):
+    if "certificate" in low or "ssl error" in low or "signature failure" in low:
         return ConfigError(line)
     return SourceUnavailable(line)
 
@@ -171,10 +171,18 @@ def describe_connect_error(exc: Exception, info: SourceInfo) -> str:
             f"host={info.params.get('host')} (sslmode={info.params.get('sslmode')}): connect by a "
             "name the certificate holds"
         )
-    if "certificate verify failed" in low or "root certificate" in low:
+    if any(
+        t in low for t in ("certificate verify failed", "root certificate", "signature failure")
+    ):
         return (
             f"cannot connect to source {where}: the server certificate is not signed by "
             f"sslrootcert={info.params.get('sslrootcert', '~/.postgresql/root.crt')}"
+        )
+    if "ssl error" in low or "ssl syscall" in low:
+        return (
+            f"cannot connect to source {where}: TLS failed ({msg.split('failed:')[-1].strip()}); "
+            f"check sslmode={info.params.get('sslmode')} and sslrootcert="
+            f"{info.params.get('sslrootcert', '~/.postgresql/root.crt')}"
         )
     if "does not exist" in low and "database" in low:
         hint = "run `bankde db init`" if info.managed else "check DB_NAME"

@@ -61,10 +61,12 @@ def ensure_ca(directory: Path) -> TlsFiles:
         return files
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.UTC)
+    # A name of its own per CA: a client holding another bankde home's CA fails on the issuer.
+    name = _name(f"bankde local CA {os.urandom(4).hex()}")
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name("bankde local CA"))
-        .issuer_name(_name("bankde local CA"))
+        .subject_name(name)
+        .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
