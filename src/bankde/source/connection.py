@@ -113,7 +113,8 @@ def owner_info(settings: Settings) -> SourceInfo:
         return base
     from bankde.source.cluster import ManagedCluster
 
-    return base.as_user(settings.owner_user, ManagedCluster(settings).owner_password())
+    password = settings.owner_password or ManagedCluster(settings).owner_password()
+    return base.as_user(settings.owner_user, password)
 
 
 def admin_info(settings: Settings) -> SourceInfo:

@@ -10,7 +10,7 @@ import psycopg
 from psycopg import sql
 
 from bankde.settings import Settings
-from bankde.source.connection import admin_info, cdc_info, connect
+from bankde.source.connection import admin_info, cdc_info, connect, owner_info
 from bankde.source.scram import scram_verifier
 
 SCHEMAS = ("bank", "truth")
@@ -47,7 +47,8 @@ def provision_managed(settings: Settings, dbname: str) -> bool:
     with connect(admin_info(settings), autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (INIT_LOCK,))
         try:
-            set_role(conn, owner, f"LOGIN NOREPLICATION {LIMITED}", cluster.owner_password())
+            owner_pw = owner_info(settings).params.get("password")
+            set_role(conn, owner, f"LOGIN NOREPLICATION {LIMITED}", owner_pw)
             set_role(conn, app, f"LOGIN NOREPLICATION {LIMITED}", app_password(settings))
             set_role(
                 conn, cdc, f"LOGIN REPLICATION {LIMITED}", cdc_info(settings).params.get("password")
