@@ -95,9 +95,11 @@ def ceiling(settings: Settings, n: int, batch: int, like_filler: bool) -> float:
             for b in blocks:
                 b["v0"] += batch  # next chunk: fresh ids, same bytes otherwise
         rate = done / (time.perf_counter() - started)
-        conn.execute("TRUNCATE bank.transaction CASCADE")
         conn.commit()
-        return rate
+    with connect(owner_info(settings)) as owner:
+        owner.execute("TRUNCATE bank.transaction CASCADE")
+        owner.commit()
+    return rate
 
 
 def main() -> None:
