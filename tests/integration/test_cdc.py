@@ -202,6 +202,8 @@ def _norm(v: Any) -> Any:
         return str(v.normalize())
     if isinstance(v, date):
         return v.isoformat()
+    if isinstance(v, bytes):  # bytea (bank.card.pan_enc): the warehouse keeps its text form
+        return "\\x" + v.hex()
     if isinstance(v, str) and v[:1] in "{[":
         try:
             return json.dumps(json.loads(v), sort_keys=True)

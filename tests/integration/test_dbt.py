@@ -68,9 +68,9 @@ def _build(settings: Settings, *args: str) -> bool:
 
 
 def _psql(settings: Settings, statement: str) -> None:
-    from bankde.source.connection import connect, source_info
+    from bankde.source.connection import connect, owner_info
 
-    with connect(source_info(settings), autocommit=True) as conn:
+    with connect(owner_info(settings), autocommit=True) as conn:  # the owner: it deletes rows
         conn.execute(statement)
 
 
