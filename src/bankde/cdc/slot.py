@@ -282,9 +282,9 @@ def walsender_lag(settings: Settings, pid: int) -> float | None:
     """Seconds the consumer of an active slot lags, from pg_stat_replication of its walsender:
     flush_lag (what the consumer confirmed written), else replay_lag; 0.0 once the server has
     reset them after the consumer confirmed all it was sent. None when that is not visible: the
-    figures are visible to superusers, pg_read_all_stats and the walsender's own role: ask as
-    the capture role (bankde-security: no role holds pg_read_all_stats)."""
-    with connect(cdc_info(settings), autocommit=True) as conn:
+    figures need superuser or pg_read_all_stats (not the capture role), so ask as the owner
+    (bankde-security: the managed cluster's owner role is granted pg_read_all_stats)."""
+    with connect(owner_info(settings), autocommit=True) as conn:
         row = conn.execute(
             "SELECT EXTRACT(epoch FROM coalesce(flush_lag, replay_lag))::float8, "
             "flush_lsn >= sent_lsn, sent_lsn IS NOT NULL FROM pg_stat_replication WHERE pid = %s",

@@ -53,6 +53,9 @@ def provision_managed(settings: Settings, dbname: str) -> bool:
             set_role(
                 conn, cdc, f"LOGIN REPLICATION {LIMITED}", cdc_info(settings).params.get("password")
             )
+            # `cdc status` reads the walsender's lag from pg_stat_replication, which shows it
+            # only to pg_read_all_stats: the owner (who holds the data anyway) may read stats.
+            conn.execute(sql.SQL("GRANT pg_read_all_stats TO {}").format(sql.Identifier(owner)))
             if conn.info.server_version >= 150000:
                 # Bulk batches skip foreign-key triggers (writer.write_batch); on 15+ that one
                 # setting can be granted instead of superuser.
