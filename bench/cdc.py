@@ -14,7 +14,7 @@ from bankde.cdc.api import BatchStats
 from bankde.cdc.registry import ENGINES
 from bankde.cdc.slot import drop_slot, ensure_publication
 from bankde.settings import Settings
-from bankde.source.connection import cdc_info, connect, source_info
+from bankde.source.connection import cdc_info, connect, owner_info, source_info
 from bankde.source.schema import init_source
 
 BASELINE_SLOTS = ("bench_decode", "bench_walsender")
@@ -53,7 +53,7 @@ def copy_out_baseline(settings: Settings) -> float:
 def mixed_load(settings: Settings, changes: int, per_txn: int = 1000) -> int:
     """About `changes` inserts/updates/deletes in transactions of `per_txn` (50/30/20)."""
     done = 0
-    with connect(source_info(settings)) as conn:
+    with connect(owner_info(settings)) as conn:  # deletes: the owner's (the filler never deletes)
         top = int(conn.execute("SELECT max(txn_id) FROM bank.transaction").fetchone()[0])  # type: ignore[index]
         nxt = top + 1
         low = 1
