@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -54,10 +55,57 @@ def cluster_settings(warehouse_dir: Path) -> Iterator[Settings]:
         shutil.rmtree(home, ignore_errors=True)
 
 
+# --- server mode: modules marked `served_too` run every test a second time against a warehouse
+# served by `bankde wh serve` in another process (BANKDE_CLICKHOUSE_URL), through real clients.
+WAREHOUSE_MODES = ("embedded", "served")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "served_too: run again with the warehouse served by another process"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "warehouse_mode" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
+        "served_too"
+    ):
+        metafunc.parametrize("warehouse_mode", WAREHOUSE_MODES, indirect=True)
+
+
 @pytest.fixture()
-def source_settings(cluster_settings: Settings) -> Iterator[Settings]:
+def warehouse_mode(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "embedded"))
+
+
+@pytest.fixture(scope="session")
+def served_warehouse() -> Iterator[Any]:
+    """`bankde wh serve` on a home of its own for the whole session; stopped (SIGTERM) at the end."""
+    from tests.served import start_served
+
+    home = make_home("bankde-served-")
+    served = start_served(home, free_port())
+    try:
+        yield served
+    finally:
+        served.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def in_mode(settings: Settings, mode: str, request: pytest.FixtureRequest) -> Settings:
+    """`settings` on the session's embedded warehouse, or on the served one (its URL)."""
+    if mode != "served":
+        return settings.model_copy(update={"clickhouse_url": None})
+    served = request.getfixturevalue("served_warehouse")
+    return settings.model_copy(update={"clickhouse_url": served.client_url()})
+
+
+@pytest.fixture()
+def source_settings(
+    cluster_settings: Settings, warehouse_mode: str, request: pytest.FixtureRequest
+) -> Iterator[Settings]:
     """Settings for a fresh database of this test's own, schema applied; dropped afterwards."""
-    with fresh_source_db(cluster_settings) as settings:
+    with fresh_source_db(in_mode(cluster_settings, warehouse_mode, request)) as settings:
         yield settings
 
 
@@ -91,6 +139,10 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
             "DB_NAME": settings.db_name,
         }
     )
+    if settings.clickhouse_url:
+        # Server mode: the subprocess reaches the same served warehouse and databases.
+        env["BANKDE_CLICKHOUSE_URL"] = settings.clickhouse_url
+        env["BANKDE_WH_PREFIX"] = settings.wh_prefix
     env.update(extra)
     return env
 
@@ -114,9 +166,7 @@ def warehouse_dir() -> Iterator[Path]:
 
 def _with_warehouse(settings: Settings, warehouse_dir: Path) -> Settings:
     prefix = "t" + uuid.uuid4().hex[:10] + "_"
-    return settings.model_copy(
-        update={"wh_dir": warehouse_dir, "wh_prefix": prefix, "clickhouse_url": None}
-    )
+    return settings.model_copy(update={"wh_dir": warehouse_dir, "wh_prefix": prefix})
 
 
 def _drop_warehouse_dbs(settings: Settings) -> None:
@@ -127,9 +177,12 @@ def _drop_warehouse_dbs(settings: Settings) -> None:
 
 
 @pytest.fixture()
-def wh_settings(warehouse_dir: Path) -> Iterator[Settings]:
+def wh_settings(
+    warehouse_dir: Path, warehouse_mode: str, request: pytest.FixtureRequest
+) -> Iterator[Settings]:
     """Settings on the session warehouse with this test's own databases (prefix); dropped after."""
-    settings = _with_warehouse(Settings(home=warehouse_dir.parent), warehouse_dir)
+    base = in_mode(Settings(home=warehouse_dir.parent), warehouse_mode, request)
+    settings = _with_warehouse(base, warehouse_dir)
     try:
         yield settings
     finally:

@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     wh_prefix: str = Field("", pattern=r"^[A-Za-z0-9_]*$", max_length=40)
     # Seconds a process waits for another one to release the embedded warehouse (--wait overrides).
     wh_lock_wait: float = Field(5.0, ge=0)
+    # Port of the served warehouse (ClickHouse HTTP interface on 127.0.0.1); `wh serve --port`.
+    wh_http_port: int = Field(8123, ge=0, le=65535)
 
     # --- transform (dbt) --------------------------------------------------------------
     # Salt of the PII tokens in stg_ models. Unset: the public development salt (with a warning).

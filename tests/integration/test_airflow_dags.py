@@ -293,3 +293,61 @@ def test_every_dag_runs_for_real(pipeline_settings: Settings, api_server: dict[s
     # With nothing new, cdc_to_dwh skips its task (no asset event, no dbt run for nothing).
     out = _dags_test(env, "cdc_to_dwh")
     assert "skipped" in out.lower()
+
+
+def _task_times(env: dict[str, str], dag_id: str, task_id: str) -> tuple[datetime, datetime]:
+    """When the task last ran, from Airflow's metadata DB (start, end)."""
+    import sqlite3
+
+    db = Path(env["AIRFLOW_HOME"]) / "airflow.db"
+    with sqlite3.connect(db) as conn:
+        row = conn.execute(
+            "SELECT start_date, end_date FROM task_instance WHERE dag_id = ? AND task_id = ? "
+            "AND state = 'success' ORDER BY end_date DESC LIMIT 1",
+            (dag_id, task_id),
+        ).fetchone()
+    assert row is not None, f"{dag_id}.{task_id} has no successful run"
+    return tuple(datetime.fromisoformat(v) for v in row)  # type: ignore[return-value]
+
+
+def test_served_warehouse_lets_cdc_and_dbt_tasks_overlap(
+    pipeline_settings: Settings, api_server: dict[str, str]
+) -> None:
+    """With the warehouse served (as `bankde airflow` does), the pool has several slots and the
+    tasks are HTTP clients: cdc_to_dwh's sync runs while dbt_incremental's build runs."""
+    from bankde.orchestration.airflow_env import pool_slots, prepare
+    from tests.served import start_served
+
+    settings, env = pipeline_settings, api_server
+    served = start_served(settings.home_dir, free_port())
+    try:
+        prepare(settings, env, served=True)
+        assert pool_slots(settings, served=True) > 1
+        t0 = datetime.now(UTC).replace(microsecond=0)
+        _fill(settings, 3000, seed=21, backfill_days=2, as_of=t0)
+        _dags_test(env, "pg_to_ch")
+        _fill(settings, 20000, seed=22, backfill_days=0, as_of=t0 + timedelta(hours=25))
+
+        import threading
+
+        outputs: dict[str, str] = {}
+
+        def run(dag_id: str) -> None:
+            outputs[dag_id] = _dags_test(env, dag_id)
+
+        dbt = threading.Thread(target=run, args=("dbt_incremental",))
+        dbt.start()
+        time.sleep(15)  # dbt's build is the long one: the sync starts while it runs
+        run("cdc_to_dwh")
+        dbt.join(900)
+        assert set(outputs) == {"dbt_incremental", "cdc_to_dwh"}
+        build = _task_times(env, "dbt_incremental", "dbt_build")
+        sync = _task_times(env, "cdc_to_dwh", "sync")
+        assert sync[0] < build[1] and build[0] < sync[1], f"no overlap: build {build}, sync {sync}"
+        applied = re.search(r"'changes': (\d+)", _task_log(settings, "cdc_to_dwh", "sync"))
+        assert applied and int(applied.group(1)) > 0
+        rec = _bankde(settings, "reconcile", "--json")
+        assert rec.returncode == 0, rec.stdout[-3000:] + rec.stderr[-2000:]
+        assert json.loads(rec.stdout)["equal"] is True
+    finally:
+        assert served.stop() == 0, served.log.read_text()[-2000:]

@@ -15,6 +15,7 @@ CASES = {
     "cdc": ["--txns", "5000", "--changes", "2000", "--rate", "500", "--seconds", "2"],
     "sink": ["--events", "5000", "--batch", "1000", "--snapshot-rows", "5000", "--passes", "1"],
     "dbt": ["--txns", "20000", "--changes", "2000"],
+    "served": ["--rows", "20000", "--repeat", "1", "--txns", "2000", "--changes", "2000"],
 }
 # What each prints when it got to the end: the figure and its same-run baseline.
 EXPECT = {
@@ -22,6 +23,7 @@ EXPECT = {
     "cdc": ["snapshot:", "stream:", "latency", "peak RSS"],
     "sink": ["events/s", "baseline", "rows/s"],
     "dbt": ["full dbt build", "incremental dbt build", "target < 60s"],
+    "served": ["as Arrow: HTTP", "insert_arrow", "CDC stream", "baseline"],
 }
 
 # Every figure each prints, as a pattern whose group is the number: each must appear and be a

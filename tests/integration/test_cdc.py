@@ -26,6 +26,9 @@ from bankde.settings import Settings
 from bankde.source.connection import admin_info, connect, owner_info
 from tests.conftest import cli_env, free_port, make_home
 
+# Every test again with the warehouse served by `bankde wh serve` in another process.
+pytestmark = pytest.mark.served_too
+
 REPO = Path(__file__).resolve().parents[2]
 BANKDE = str(REPO / ".venv" / "bin" / "bankde")
 TABLES = [
@@ -363,7 +366,7 @@ def test_kill_dash_nine_at_random_points(
     s = cdc_settings
     env = {
         **cli_home[1],
-        "BANKDE_WH_PREFIX": "k_",
+        "BANKDE_WH_PREFIX": s.wh_prefix + "k_",
         "BANKDE_CDC_BATCH_SECONDS": "0.1",
         "BANKDE_CDC_BATCH_ROWS": "200",
     }
@@ -666,8 +669,9 @@ def test_column_type_change_stops_the_stream_with_one_line(
     status = bankde(env, "cdc", "status", "--json")
     assert status.returncode == 0, status.stderr
     assert parse_lsn(json.loads(status.stdout)["offset_lsn"]) == confirmed
+    raw = env.get("BANKDE_WH_PREFIX", "") + "raw"  # server mode: this test's databases
     query = (
-        "SELECT txn_id, toString(amount) FROM raw.transaction FINAL WHERE txn_id <= 2 ORDER BY 1"
+        f"SELECT txn_id, toString(amount) FROM {raw}.transaction FINAL WHERE txn_id <= 2 ORDER BY 1"
     )
     got = bankde(env, "wh", "sql", query, "--format", "json")
     assert got.returncode == 0, got.stderr

@@ -15,7 +15,7 @@ import pytest
 from psycopg import sql
 
 from bankde.settings import Settings
-from tests.conftest import cli_env, make_home
+from tests.conftest import WAREHOUSE_MODES, cli_env, in_mode, make_home
 
 REPO = Path(__file__).resolve().parents[2]
 BANKDE = str(REPO / ".venv" / "bin" / "bankde")
@@ -74,9 +74,13 @@ def _psql(settings: Settings, statement: str) -> None:
         conn.execute(statement)
 
 
-@pytest.fixture(scope="module")
-def pipeline(cluster_settings: Settings, warehouse_dir: Path) -> Iterator[Pipeline]:
-    """One source database, slot and warehouse prefix for this module: fill, capture, build."""
+@pytest.fixture(scope="module", params=WAREHOUSE_MODES)
+def pipeline(
+    cluster_settings: Settings, warehouse_dir: Path, request: pytest.FixtureRequest
+) -> Iterator[Pipeline]:
+    """One source database, slot and warehouse prefix for this module: fill, capture, build.
+    Twice: embedded (dbt's chdb adapter in-process), and served by another process (dbt-clickhouse's
+    own `clickhouse` target over HTTP, CDC through clickhouse-connect)."""
     from bankde.cdc.slot import drop_publication, drop_slot
     from bankde.source.connection import admin_info, connect
     from bankde.source.schema import init_source
@@ -92,9 +96,9 @@ def pipeline(cluster_settings: Settings, warehouse_dir: Path) -> Iterator[Pipeli
             "cdc_publication": f"pub_{tag}",
             "wh_dir": warehouse_dir,
             "wh_prefix": f"{tag}_",
-            "clickhouse_url": None,
         }
     )
+    settings = in_mode(settings, request.param, request)
     init_source(settings)
     try:
         _fill(settings, seed=20250601, as_of="2025-06-01T00:00:00Z", txns=12_000, backfill_days=5)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, free_port, make_home
+from tests.served import start_served
 
 BANKDE = Path(sys.executable).parent / "bankde"
 
@@ -55,10 +56,36 @@ def demo_home() -> Iterator[tuple[Path, int]]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def test_demo_twice_adds_events_incrementally(demo_home: tuple[Path, int]) -> None:
+@pytest.mark.parametrize("mode", ["embedded", "served"])
+def test_demo_twice_adds_events_incrementally(demo_home: tuple[Path, int], mode: str) -> None:
     """A second `bankde demo` on existing data adds new events; CDC resumes from its offset (no
-    new snapshot), dbt updates, and source and warehouse are still equal."""
+    new snapshot), dbt updates, and source and warehouse are still equal. Served: `bankde wh
+    serve` owns the warehouse and the demo finds it through the lock file, no flag (CDC, dbt's
+    clickhouse target and the summary all over HTTP)."""
     home, port = demo_home
+    served = start_served(home, free_port()) if mode == "served" else None
+    try:
+        runs = _demo_twice(home, port)
+    finally:
+        if served is not None:
+            assert served.stop() == 0, served.log.read_text()[-2000:]
+    if served is not None:
+        assert "served by pid" in runs[0]["where"]["warehouse"], runs[0]["where"]
+        lock = json.loads((home / "warehouse.lock").read_text() or "{}")
+        assert "url" not in lock, "a stopped server withdraws its URL"
+    first, second = runs
+    assert first["fill"]["rerun"] is False and second["fill"]["rerun"] is True
+    assert first["cdc"]["run"]["snapshot_rows"], "the first run snapshots"
+    assert not second["cdc"]["run"]["snapshot_rows"], "a rerun streams, it does not snapshot again"
+    assert second["cdc"]["run"]["changes"] > 0
+    txns = [r["rows"]["bank.transaction"]["source"] for r in runs]
+    assert txns[1] > txns[0]
+    # The file the summary is kept in matches what was printed.
+    saved = json.loads((home / "demo-summary.json").read_text())
+    assert saved["rows"] == second["rows"]
+
+
+def _demo_twice(home: Path, port: int) -> list[dict]:
     runs = []
     for _ in range(2):
         proc = subprocess.run(
@@ -73,16 +100,7 @@ def test_demo_twice_adds_events_incrementally(demo_home: tuple[Path, int]) -> No
         summary = json.loads(proc.stdout)
         _assert_good_summary(summary)
         runs.append(summary)
-    first, second = runs
-    assert first["fill"]["rerun"] is False and second["fill"]["rerun"] is True
-    assert first["cdc"]["run"]["snapshot_rows"], "the first run snapshots"
-    assert not second["cdc"]["run"]["snapshot_rows"], "a rerun streams, it does not snapshot again"
-    assert second["cdc"]["run"]["changes"] > 0
-    txns = [r["rows"]["bank.transaction"]["source"] for r in runs]
-    assert txns[1] > txns[0]
-    # The file the summary is kept in matches what was printed.
-    saved = json.loads((home / "demo-summary.json").read_text())
-    assert saved["rows"] == second["rows"]
+    return runs
 
 
 def test_run_stops_cleanly_on_ctrl_c(demo_home: tuple[Path, int]) -> None:

@@ -48,6 +48,9 @@ VALUES (1, 'card_testing', 20, '2024-05-01 00:00:00+00', '2024-05-01 01:00:00+00
 INSERT INTO truth.fraud_label (txn_id, scenario, episode_id) VALUES (101, 'card_testing', 1), (102, 'card_testing', 1);
 """
 
+# Every test again with the warehouse served by `bankde wh serve` in another process.
+pytestmark = pytest.mark.served_too
+
 
 def land_source(settings: Settings) -> None:
     """Copy every bank.* and truth.* row into the warehouse through the sink, as text form."""
@@ -151,6 +154,7 @@ def cli_settings_env(source_wh_settings: Settings, monkeypatch: pytest.MonkeyPat
         "DB_NAME": source_wh_settings.db_name,
         "BANKDE_WH_DIR": str(source_wh_settings.warehouse_dir),
         "BANKDE_WH_PREFIX": source_wh_settings.wh_prefix,
+        "BANKDE_CLICKHOUSE_URL": source_wh_settings.clickhouse_url or "",
     }.items():
         monkeypatch.setenv(name, value)
     get_settings.cache_clear()

@@ -55,7 +55,7 @@ def test_server_env_is_derived_from_the_clickhouse_url(tmp_path: Path) -> None:
     assert env["BANKDE_DBT_TARGET"] == "clickhouse"
     assert (env["BANKDE_CH_HOST"], env["BANKDE_CH_PORT"]) == ("ch.example", "8443")
     assert (env["BANKDE_CH_USER"], env["BANKDE_CH_PASSWORD"]) == ("ana", "s3cret")
-    assert env["BANKDE_CH_SECURE"] == "true"
+    assert env["BANKDE_CH_SECURE"] == "True"
 
 
 def test_bad_clickhouse_url_is_a_config_error(tmp_path: Path) -> None:

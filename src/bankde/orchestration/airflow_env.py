@@ -8,9 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from bankde.errors import BankdeError, ConfigError
 from bankde.settings import Settings
+
+if TYPE_CHECKING:
+    from bankde.warehouse.server.serve import WarehouseServer
 
 # Tasks that open the warehouse run in this pool: one slot embedded (chDB has one owner process),
 # `airflow_pool_slots` on a ClickHouse server.
@@ -39,8 +43,10 @@ def airflow_home(settings: Settings) -> Path:
     return settings.home_dir / "airflow"
 
 
-def pool_slots(settings: Settings) -> int:
-    return 1 if settings.embedded_warehouse else settings.airflow_pool_slots
+def pool_slots(settings: Settings, served: bool = False) -> int:
+    """One slot for an embedded warehouse each task opens itself (one chDB owner at a time);
+    `airflow_pool_slots` on a server, or when the launcher serves the warehouse to the tasks."""
+    return settings.airflow_pool_slots if served or not settings.embedded_warehouse else 1
 
 
 def airflow_bin() -> Path:
@@ -133,12 +139,12 @@ def run_airflow(args: list[str], env: dict[str, str]) -> str:
     return proc.stdout
 
 
-def prepare(settings: Settings, env: dict[str, str]) -> None:
+def prepare(settings: Settings, env: dict[str, str], served: bool = False) -> None:
     """Create/upgrade Airflow's metadata DB and the warehouse pool (idempotent)."""
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     run_airflow(["db", "migrate"], env)
-    slots = pool_slots(settings)
-    what = "embedded chDB: one process at a time" if slots == 1 else "ClickHouse server"
+    slots = pool_slots(settings, served)
+    what = "embedded chDB: one process at a time" if slots == 1 else "ClickHouse HTTP"
     run_airflow(["pools", "set", WAREHOUSE_POOL, str(slots), f"bankde warehouse ({what})"], env)
 
 
@@ -151,11 +157,35 @@ def _default_signals() -> None:
 
 def standalone(settings: Settings, port: int | None = None) -> int:
     """`airflow standalone` in the foreground until Ctrl-C (or SIGTERM), then a clean stop."""
-    from bankde.console import out
-
     port = port or settings.airflow_port
     env = airflow_env(settings, port)
-    prepare(settings, env)
+    server = _serve(settings)
+    try:
+        prepare(settings, env, served=server is not None)
+        return _standalone(settings, port, env)
+    finally:
+        if server is not None:
+            server.stop()
+            server.session.close()
+
+
+def _serve(settings: Settings) -> WarehouseServer | None:
+    """The launcher owns the embedded warehouse and serves it: every task reaches it over HTTP
+    (no lock waits), so the warehouse pool gets `airflow_pool_slots` slots, not one."""
+    if not settings.embedded_warehouse:
+        return None
+    from bankde.console import out
+    from bankde.warehouse.server.serve import WarehouseServer
+    from bankde.warehouse.session import open_session
+
+    server = WarehouseServer(settings, open_session(settings), strict_port=False)
+    out.print(f"warehouse served at {server.start()} to the tasks (ClickHouse HTTP)")
+    return server
+
+
+def _standalone(settings: Settings, port: int, env: dict[str, str]) -> int:
+    from bankde.console import out
+
     home = airflow_home(settings)
     out.print(f"Airflow UI: http://127.0.0.1:{port}  (user admin)")
     out.print(f"admin password: {home / PASSWORD_FILE} (written on first start)")

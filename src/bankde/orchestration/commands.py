@@ -69,6 +69,11 @@ def run(
         max=65535,
         help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics while running (off by default).",
     ),
+    serve: bool = typer.Option(
+        True,
+        "--serve/--no-serve",
+        help="Serve the warehouse over ClickHouse's HTTP interface while running.",
+    ),
     wait: WaitOption = None,
 ) -> None:
     """Continuous mode: live filler, CDC streaming, dbt every --dbt-every seconds; Ctrl-C stops.
@@ -83,6 +88,7 @@ def run(
         status=not quiet,
         duration=duration,
         metrics_port=metrics_port,  # [report hook] issue 11
+        serve=serve,
     )
     if metrics_port is not None:
         from bankde.console import err

@@ -86,6 +86,9 @@ class RunOptions:
     # report ($BANKDE_HOME/report.html) rewritten after each dbt build.
     metrics_port: int | None = None
     report: bool = True
+    # Serve the warehouse over ClickHouse's HTTP interface while the run owns it; the port is
+    # BANKDE_WH_HTTP_PORT, or any free one when that is taken (the lock file names it).
+    serve: bool = True
 
 
 @contextmanager
@@ -129,8 +132,9 @@ def run_pipeline(
     if not settings.external_source or options.fill:
         start_source(settings)
     # Held for the whole run (fails fast if another process has it); capture, dbt and the
-    # status line share it.
+    # status line share it, other processes reach it through the server.
     session = open_session(settings)
+    server = _serve(settings, session) if options.serve and session.embedded else None
 
     threads: list[threading.Thread] = []
     if options.fill:
@@ -182,10 +186,22 @@ def run_pipeline(
                 res = cdc_sync(settings, show_progress=False)
                 state.changes += res.changes
         finally:
+            if server is not None:
+                server.stop()
             session.close()
     if state.errors:
         raise BankdeError(state.errors[0])
     return state
+
+
+def _serve(settings: Settings, session: Any) -> Any:
+    """Other processes (bankde commands, dbt, BI tools) reach the warehouse through this."""
+    from bankde.warehouse.server.serve import WarehouseServer
+
+    server = WarehouseServer(settings, session, strict_port=False)
+    url = server.start()
+    err.print(f"warehouse served at {url} (ClickHouse HTTP; users and passwords in README)")
+    return server
 
 
 def _start(target: Any, name: str, *args: Any) -> threading.Thread:

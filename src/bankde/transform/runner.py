@@ -117,7 +117,7 @@ def dbt_env(
                 "BANKDE_CH_PORT": str(url.port or (8443 if url.scheme == "https" else 8123)),
                 "BANKDE_CH_USER": url.username or "default",
                 "BANKDE_CH_PASSWORD": url.password or "",
-                "BANKDE_CH_SECURE": "true" if url.scheme == "https" else "false",
+                "BANKDE_CH_SECURE": "True" if url.scheme == "https" else "False",
             }
         )
     else:
@@ -175,6 +175,10 @@ def run_dbt(
     project = project_dir()
     if not (project / "dbt_project.yml").is_file():
         raise ConfigError(f"no dbt project at {project} (set BANKDE_DBT_PROJECT_DIR)")
+    # Served by another process: dbt-clickhouse's own `clickhouse` target over HTTP.
+    from bankde.warehouse.discovery import resolve
+
+    settings = resolve(settings)
     env = dbt_env(settings, prefix=prefix, threads=threads)
     full = [*args, "--project-dir", str(project), "--profiles-dir", str(project)]
     if quiet:

@@ -71,6 +71,24 @@ def run_sql(
         out.print(f"{len(rows)} row{'s' if len(rows) != 1 else ''}")
 
 
+@app.command()
+def serve(
+    port: int | None = typer.Option(
+        None,
+        "--port",
+        min=0,
+        max=65535,
+        help="Port on 127.0.0.1 (default BANKDE_WH_HTTP_PORT, 8123); taken: exit 2.",
+    ),
+    wait: WaitOption = None,
+) -> None:
+    """Serve the embedded warehouse over ClickHouse's HTTP interface until Ctrl-C; every other
+    bankde command, dbt and any ClickHouse client then connect to it."""
+    from bankde.warehouse.server.serve import serve_until_signal
+
+    serve_until_signal(settings_with_wait(wait), port)
+
+
 def _plain(value: Any) -> Any:
     return "" if value is None else value
 

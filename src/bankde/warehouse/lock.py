@@ -24,6 +24,9 @@ class LockHolder:
     pid: int
     command: str
     since: str
+    # --- served warehouse (warehouse/server): where the owner serves it, never a secret -------
+    url: str | None = None
+    secrets_dir: str | None = None
 
     def alive(self) -> bool:
         try:
@@ -45,7 +48,11 @@ def read_holder(path: Path) -> LockHolder | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8") or "{}")
         return LockHolder(
-            int(data["pid"]), str(data.get("command", "?")), str(data.get("since", ""))
+            int(data["pid"]),
+            str(data.get("command", "?")),
+            str(data.get("since", "")),
+            data.get("url") or None,
+            data.get("secrets_dir") or None,
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -72,6 +79,7 @@ class WarehouseLock:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._fd: int | None = None
+        self._record: dict[str, object] = {}
 
     @property
     def held(self) -> bool:
@@ -94,15 +102,33 @@ class WarehouseLock:
                     os.close(fd)
                     raise WarehouseLocked(self._locked_message(wait)) from None
                 time.sleep(POLL_SECONDS)
-        record = {
+        self._record = {
             "pid": os.getpid(),
             "command": _command_line(),
             "since": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(record).encode(), 0)
-        os.fsync(fd)
         self._fd = fd
+        self._write()
+
+    def _write(self) -> None:
+        assert self._fd is not None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, json.dumps(self._record).encode(), 0)
+        os.fsync(self._fd)
+
+    # --- served warehouse (warehouse/server) ------------------------------------------------
+    def record_url(self, url: str | None, secrets_dir: Path | None = None) -> None:
+        """Publish (or, with None, withdraw) the URL the owner serves the warehouse on, and the
+        directory holding its users' password files. The URL never carries a password."""
+        if self._fd is None:
+            return
+        self._record.pop("url", None)
+        self._record.pop("secrets_dir", None)
+        if url is not None:
+            self._record["url"] = url
+            if secrets_dir is not None:
+                self._record["secrets_dir"] = str(secrets_dir)
+        self._write()
 
     def release(self) -> None:
         if self._fd is None:

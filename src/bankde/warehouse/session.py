@@ -74,7 +74,13 @@ class WarehouseSession:
         self.schema_applied: set[str] = set()
         self._embedded: _EmbeddedEngine | None = None
         self._server: Client | None = None
-        if settings.embedded_warehouse:
+        # --- served warehouse: another process owns it and serves it (warehouse/discovery) ---
+        from bankde.warehouse.discovery import find_served
+
+        self.served = find_served(settings) if settings.embedded_warehouse else None
+        if self.served is not None:
+            self._server = _server_client(self.served.client_url)
+        elif settings.embedded_warehouse:
             lock_wait = settings.wh_lock_wait if wait is None else wait
             self._embedded = _EmbeddedEngine(warehouse_path(settings), lock_wait)
         else:
@@ -91,7 +97,14 @@ class WarehouseSession:
     def location(self) -> str:
         if self._embedded is not None:
             return self._embedded.path
+        if self.served is not None:
+            return f"{self.served.path} (served by pid {self.served.pid} at {self.served.url})"
         return "ClickHouse server (BANKDE_CLICKHOUSE_URL)"
+
+    def owner_lock(self) -> WarehouseLock:
+        """The lock this process holds on the embedded warehouse (the HTTP server publishes its
+        URL there)."""
+        return self._require_embedded().lock
 
     @property
     def closed(self) -> bool:
@@ -170,7 +183,9 @@ def _server_client(url: str) -> Client:
     import clickhouse_connect
 
     try:
-        return clickhouse_connect.get_client(dsn=url)
+        # One client shared by threads: no server session (a server runs one query at a time
+        # per session and refuses a second with SESSION_IS_LOCKED).
+        return clickhouse_connect.get_client(dsn=url, autogenerate_session_id=False)
     except Exception as exc:
         raise WarehouseError(
             f"cannot connect to ClickHouse at BANKDE_CLICKHOUSE_URL: {_first_line(exc)}"
