@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import clickhouse_connect
 from dbt.adapters.clickhouse.dbclient import ChRetryableException
@@ -15,24 +14,20 @@ from dbt.adapters.exceptions import FailedToConnectError
 from bankde.errors import BankdeError, WarehouseLocked
 from dbt.adapters.chdb.credentials import ChdbCredentials
 
-if TYPE_CHECKING:
-    from bankde.warehouse.session import WarehouseSession
 
+def hold_warehouse(path: str) -> None:
+    """Own the engine on `path` in this process, as bankde's warehouse client does.
 
-def hold_warehouse(path: str) -> WarehouseSession:
-    """The process's warehouse session on `path` (credentials.path), opened if need be.
-
-    Under `bankde dbt` the process already holds it (the runner opened it) and this returns it.
-    Plain `dbt` takes the named warehouse lock here, waiting up to BANKDE_WH_LOCK_WAIT for
-    another process (a running `bankde cdc run`, say) to let go, so two processes never share
-    one chDB directory.
+    Under `bankde dbt` the process already owns it and this returns at once. Plain `dbt` takes
+    the named warehouse lock here, waiting up to BANKDE_WH_LOCK_WAIT for another process (a
+    running `bankde cdc run`, say) to let go, so two processes never share one chDB directory.
     """
     from bankde.settings import load_settings
     from bankde.warehouse.session import open_session
 
     try:
         settings = load_settings().model_copy(update={"wh_dir": Path(path), "clickhouse_url": None})
-        return open_session(settings)
+        open_session(settings)
     except WarehouseLocked as exc:
         raise FailedToConnectError(f"{exc} (plain dbt: BANKDE_WH_LOCK_WAIT=<seconds>)") from None
     except BankdeError as exc:
@@ -47,11 +42,9 @@ class ChdbClient(ChHttpClient):
     engine itself is opened, under the warehouse lock, by bankde's warehouse client.
     """
 
-    _session: WarehouseSession | None = None
-
     def _create_client(self, credentials: ChdbCredentials) -> Any:  # type: ignore[override]
         path = os.path.realpath(os.path.expanduser(credentials.path))
-        self._session = hold_warehouse(path)
+        hold_warehouse(path)
         try:
             return clickhouse_connect.get_client(
                 interface="chdb",
@@ -61,20 +54,3 @@ class ChdbClient(ChHttpClient):
             )
         except Exception as ex:
             raise ChRetryableException(str(ex)) from ex
-
-    # dbt's own handle (its database and settings) on the session's engine: every statement
-    # holds the session's statement lock, as bankde's warehouse client and sink do.
-    def query(self, sql: str, **kwargs: Any) -> Any:
-        with self._statement_lock():
-            return super().query(sql, **kwargs)
-
-    def command(self, sql: str, **kwargs: Any) -> Any:
-        with self._statement_lock():
-            return super().command(sql, **kwargs)
-
-    def columns_in_query(self, sql: str, **kwargs: Any) -> Any:
-        with self._statement_lock():
-            return super().columns_in_query(sql, **kwargs)
-
-    def _statement_lock(self) -> AbstractContextManager[object]:
-        return self._session.statement_lock() if self._session is not None else nullcontext()
