@@ -70,7 +70,7 @@ def test_demo_twice_adds_events_incrementally(demo_home: tuple[Path, int], mode:
         if served is not None:
             assert served.stop() == 0, served.log.read_text()[-2000:]
     if served is not None:
-        assert "served by pid" in runs[0]["where"]["warehouse"], runs[0]["where"]
+        assert "served by pid" in runs[0]["locations"]["warehouse"], runs[0]["locations"]
         lock = json.loads((home / "warehouse.lock").read_text() or "{}")
         assert "url" not in lock, "a stopped server withdraws its URL"
     first, second = runs
