@@ -5,9 +5,9 @@ from __future__ import annotations
 import urllib.request
 
 import pytest
-from bankde.cdc.capture import BatchStats
 from prometheus_client.parser import text_string_to_metric_families
 
+from bankde.cdc.stream import BatchStats
 from bankde.errors import ConfigError
 from bankde.monitoring.metrics import PipelineMetrics, serving
 from tests.conftest import free_port

@@ -11,8 +11,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pyarrow as pa
 import pytest
-from bankde.cdc.engines.debezium_config import connector_properties
 
+from bankde.cdc.engines.debezium.config import connector_properties
 from bankde.cdc.snapshot import adbc_uri, bytea_text
 from bankde.errors import ConfigError
 from bankde.settings import Settings
