@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 AIRFLOW_STAMP := $(VENV)/.installed-airflow
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo airflow test lint typecheck pytest bench-fill bench-sink bench-dbt bench venv clean
+.PHONY: demo airflow test lint lint-sql typecheck pytest bench-fill bench-sink bench-dbt bench venv clean
 
 # The package alone: enough for `make demo`.
 $(STAMP): pyproject.toml
@@ -42,6 +42,15 @@ test: $(DEV_STAMP) lint typecheck pytest
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(MAKE) --no-print-directory lint-sql
+
+# sqlfluff's dbt templater compiles every model as dbt does, here against a throwaway empty
+# embedded warehouse (never the one a demo may hold), with dbt's target/ and logs/ beside it;
+# dbt/.sqlfluff has the rules.
+lint-sql: $(DEV_STAMP)
+	@tmp=$$(mktemp -d) && cd dbt && BANKDE_DBT_TARGET=chdb BANKDE_WAREHOUSE_DIR=$$tmp/warehouse \
+		DBT_TARGET_PATH=$$tmp/target DBT_LOG_PATH=$$tmp/logs ../$(BIN)/sqlfluff lint . ; \
+		rc=$$?; rm -rf $$tmp; exit $$rc
 
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy src

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import threading
 import time
+from typing import Any
 
 from _cluster import peak_rss_mib, start_cluster, stop_cluster
 
@@ -13,7 +14,7 @@ from bankde.cdc.api import BatchStats
 from bankde.cdc.registry import ENGINES
 from bankde.cdc.slot import drop_slot, ensure_publication
 from bankde.settings import Settings
-from bankde.source.connection import cdc_info, connect, source_info
+from bankde.source.connection import cdc_info, connect, owner_info, source_info
 from bankde.source.schema import init_source
 
 BASELINE_SLOTS = ("bench_decode", "bench_walsender")
@@ -52,7 +53,7 @@ def copy_out_baseline(settings: Settings) -> float:
 def mixed_load(settings: Settings, changes: int, per_txn: int = 1000) -> int:
     """About `changes` inserts/updates/deletes in transactions of `per_txn` (50/30/20)."""
     done = 0
-    with connect(source_info(settings)) as conn:
+    with connect(owner_info(settings)) as conn:  # deletes: the owner's (the filler never deletes)
         top = int(conn.execute("SELECT max(txn_id) FROM bank.transaction").fetchone()[0])  # type: ignore[index]
         nxt = top + 1
         low = 1
@@ -133,7 +134,17 @@ def main() -> None:
     ap.add_argument("--changes", type=int, default=300_000, help="Mixed changes to stream.")
     ap.add_argument("--rate", type=int, default=5000, help="Changes/s for the latency run.")
     ap.add_argument("--seconds", type=float, default=20.0, help="Length of the latency run.")
+    ap.add_argument(
+        "--batch-log-cost",
+        action="store_true",
+        help="Only measure what recording each batch in meta.cdc_batches costs: the same mixed "
+        "load streamed with recording on and off, alternated, at two batch sizes.",
+    )
+    ap.add_argument("--rounds", type=int, default=3, help="Rounds per setting (--batch-log-cost).")
     args = ap.parse_args()
+    if args.batch_log_cost:
+        batch_log_cost(args.txns, args.changes, args.rounds)
+        return
 
     home, settings, cluster = start_cluster("bankde-bench-cdc-")
     try:
@@ -198,6 +209,73 @@ def main() -> None:
                 drop_slot(settings.model_copy(update={"cdc_slot": slot}))
             except Exception as exc:
                 print(f"could not drop slot {slot}: {exc}")
+        stop_cluster(home, cluster)
+
+
+def batch_log_cost(txns: int, changes: int, rounds: int) -> None:
+    """Changes/s of `cdc sync` over equal mixed loads with the per-batch row in meta.cdc_batches
+    written (as always) and not written (the baseline), alternated so both see the same machine
+    load; at the default batch bound and at small batches (many rows in meta.cdc_batches)."""
+    import statistics
+
+    from bankde.warehouse.client import open_warehouse
+    from bankde.warehouse.sink import ClickHouseSink
+
+    class TimedSink(ClickHouseSink):
+        """Also times the recording itself: its share of the stream's wall time holds up on a
+        busy machine where two separate runs' rates swing by more than the effect."""
+
+        spent = 0.0
+
+        def _write_metrics(self, *args: Any, **kwargs: Any) -> None:
+            started = time.perf_counter()
+            super()._write_metrics(*args, **kwargs)
+            self.spent += time.perf_counter() - started
+
+    home, settings, cluster = start_cluster("bankde-bench-cdclog-")
+    try:
+        init_source(settings)
+        from bankde.generator import load_fill_config
+        from bankde.generator.runner import fill
+
+        fill(settings, load_fill_config({"n_new_txns": txns, "seed": 1}))
+        ensure_publication(settings)
+        capture.sync(settings, show_progress=False)
+        for batch_rows in (settings.cdc_batch_rows, 2_000):
+            s = settings.model_copy(update={"cdc_batch_rows": batch_rows})
+            rates: dict[bool, list[float]] = {True: [], False: []}
+            batches: dict[bool, int] = {True: 0, False: 0}
+            spent = streamed = 0.0
+            # One unmeasured round first (allocator, page cache and chDB caches warm).
+            mixed_load(s, changes)
+            capture.sync(s, show_progress=False)
+            for i in range(rounds * 2):
+                record = i % 2 == 0 if (i // 2) % 2 == 0 else i % 2 == 1
+                mixed_load(s, changes)
+                sink = TimedSink(open_warehouse(s), record_batches=record)
+                started = time.perf_counter()
+                res = capture.sync(s, sink=sink, show_progress=False)
+                secs = time.perf_counter() - started
+                rates[record].append(res.changes / secs)
+                batches[record] += res.batches
+                if record:
+                    spent += sink.spent
+                    streamed += secs
+            on, off = statistics.median(rates[True]), statistics.median(rates[False])
+            print(
+                f"batch log cost, batches of <= {batch_rows:,} rows: recording {on:,.0f} changes/s "
+                f"| baseline without recording {off:,.0f} changes/s | ratio {on / off:.3f} "
+                f"(cost {100 * (1 - on / off):+.1f} %, target <= 5 %) | {rounds} rounds each of "
+                f"{changes:,} changes, {batches[True] // rounds} batches per round; all rates: "
+                f"on {[round(r) for r in rates[True]]}, off {[round(r) for r in rates[False]]}"
+            )
+            print(
+                f"batch log cost, batches of <= {batch_rows:,} rows: writing the rows took "
+                f"{spent * 1000:,.0f} ms of {streamed:,.1f} s streaming = {100 * spent / streamed:.2f} % "
+                f"({1000 * spent / max(batches[True], 1):.1f} ms per batch)"
+            )
+    finally:
+        drop_slot(settings)
         stop_cluster(home, cluster)
 
 

@@ -69,7 +69,9 @@ def populate(client: Any, prefix: str, n_txns: int, seed: int) -> dict[str, int]
     )
     client.command(
         f"""insert into {raw}.card (* except (_ingested_at))
-        select number + 1, number + 1, number + 1, '4000' || leftPad(toString(number), 12, '0'),
+        select number + 1, number + 1, number + 1,
+               concat('\\\\x', lower(hex(SHA256(toString(number)))), lower(hex(MD5(toString(number))))),
+               lower(hex(SHA256(concat('pan', toString(number))))),
                right(leftPad(toString(number), 12, '0'), 4), 'visa', toDate32('2028-01-31'),
                toDecimal64(2000, 2), if({closed_card}, 'closed', 'active'), {created},
                {created}, if({closed_card}, toDateTime64('{AS_OF}', 6, 'UTC') - toIntervalDay(10), null), {meta}

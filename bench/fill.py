@@ -17,7 +17,7 @@ from bankde.generator.runner import Generator, fill, to_us
 from bankde.generator.world import load_world
 from bankde.generator.writer import TXN_COLUMNS, _copy_blocks, fk_triggers_skippable
 from bankde.settings import Settings
-from bankde.source.connection import connect, source_info
+from bankde.source.connection import admin_info, connect, owner_info, source_info
 from bankde.source.schema import init_source
 
 
@@ -41,15 +41,24 @@ def _server_cpu(data_dir: Path | None) -> float:
     return total
 
 
+def _maintain(settings: Settings, truncate: str) -> None:
+    """TRUNCATE as the tables' owner, then CHECKPOINT as the superuser (the application role
+    may do neither), so every round starts clean, as the fill did on its fresh cluster."""
+    with connect(owner_info(settings)) as conn:
+        conn.execute(truncate)  # type: ignore[arg-type]
+        conn.commit()
+    checkpointer = admin_info(settings) if source_info(settings).managed else owner_info(settings)
+    with connect(checkpointer, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+
+
 def _empty(settings: Settings) -> None:
     """Back to an empty schema for the next round (same seed then gives the same data)."""
-    with connect(source_info(settings)) as conn:
-        conn.execute(
-            "TRUNCATE bank.customer, bank.account, bank.card, bank.terminal, bank.transaction,"
-            " truth.fraud_episode, truth.fraud_label RESTART IDENTITY CASCADE"
-        )
-        conn.commit()
-        conn.execute("CHECKPOINT")
+    _maintain(
+        settings,
+        "TRUNCATE bank.customer, bank.account, bank.card, bank.terminal, bank.transaction,"
+        " truth.fraud_episode, truth.fraud_label RESTART IDENTITY CASCADE",
+    )
 
 
 def ceiling(settings: Settings, n: int, batch: int, like_filler: bool) -> float:
@@ -68,9 +77,7 @@ def ceiling(settings: Settings, n: int, batch: int, like_filler: bool) -> float:
         gen = Generator(world, config, np.random.default_rng(7))
         now = to_us(datetime.now(UTC))
         blocks = gen.window(Timeline(now - 86_400_000_000, now), 0.0, 1.0, batch, True).txn_blocks
-        conn.execute("TRUNCATE bank.transaction CASCADE")
-        conn.commit()
-        conn.execute("CHECKPOINT")  # start clean, as the fill did on its fresh cluster
+        _maintain(settings, "TRUNCATE bank.transaction CASCADE")
         first = min(int(b["v0"].min()) for b in blocks)
         for b in blocks:
             b["v0"] -= first - 1
@@ -88,9 +95,11 @@ def ceiling(settings: Settings, n: int, batch: int, like_filler: bool) -> float:
             for b in blocks:
                 b["v0"] += batch  # next chunk: fresh ids, same bytes otherwise
         rate = done / (time.perf_counter() - started)
-        conn.execute("TRUNCATE bank.transaction CASCADE")
         conn.commit()
-        return rate
+    with connect(owner_info(settings)) as owner:
+        owner.execute("TRUNCATE bank.transaction CASCADE")
+        owner.commit()
+    return rate
 
 
 def main() -> None:

@@ -114,7 +114,7 @@ def fresh_source_db(cluster_settings: Settings) -> Iterator[Settings]:
     """A new database on the session cluster with the schema applied, dropped on exit."""
     from psycopg import sql
 
-    from bankde.source.connection import connect, source_info
+    from bankde.source.connection import admin_info, connect
     from bankde.source.schema import init_source
 
     name = "t_" + uuid.uuid4().hex[:12]
@@ -123,8 +123,7 @@ def fresh_source_db(cluster_settings: Settings) -> Iterator[Settings]:
     try:
         yield settings
     finally:
-        admin = source_info(cluster_settings).with_db("postgres")
-        with connect(admin, autocommit=True) as conn:
+        with connect(admin_info(cluster_settings), autocommit=True) as conn:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )

@@ -33,25 +33,37 @@
     `{{ env_var('BANKDE_WH_PREFIX', '') }}marts`.dbt_cdc_watermarks
 {%- endmacro %}
 
+{% macro pin_cdc_watermark() -%}
+    {#- on-run-start: run pin_cdc_watermark_statements in order (nothing is left for the hook
+        itself to execute). dbt also renders hooks for commands that never execute them
+        (compile, docs generate, show, list): those must not pin, so only the commands that run
+        on-run-start do. -#}
+    {%- if execute and flags.WHICH in ['run', 'build', 'test', 'seed', 'snapshot', 'retry', 'freshness'] -%}
+        {%- for statement in pin_cdc_watermark_statements() -%}
+            {%- do run_query(statement) -%}
+        {%- endfor -%}
+    {%- endif -%}
+{%- endmacro %}
+
 {% macro pin_cdc_watermark_statements() -%}
-    {#- Run once per invocation (on-run-start). Besides the pinned version, it collects the days
-        touched by the changes above the lowest watermark any mart recorded, with the newest
-        version per day, into dbt_cdc_changed_days: each mart then picks the days whose newest
-        change is above its own watermark, without scanning the landing tables again. -#}
-    {%- set prefix = env_var('BANKDE_WH_PREFIX', '') -%}
-    {%- set marts = "`" ~ prefix ~ "marts`" -%}
-    {%- set raw = "`" ~ prefix ~ "raw`" -%}
+    {#- Besides the pinned version, it collects the days touched by the changes above the lowest
+        watermark any mart recorded, with the newest version per day, into dbt_cdc_changed_days:
+        each mart then picks the days whose newest change is above its own watermark, without
+        scanning the landing tables again. -#}
+    {%- set marts = "`" ~ env_var('BANKDE_WH_PREFIX', '') ~ "marts`" -%}
+    {%- set transactions = source('bank', 'transaction') -%}
+    {%- set cards = source('bank', 'card') -%}
     {%- set low = "(select coalesce(minIf(cdc_version, model != '__run__'), toUInt128(0)) from (select model, argMax(cdc_version, written_at) as cdc_version from " ~ cdc_watermarks() ~ " group by model))" -%}
     {#- The sink writes a batch's tables one after another and its offset last, so a version is
-        complete only at or below the newest recorded offset (commit LSN << 32 | position):
-        cap the pin there, or a run could pin one table's new version while another table's rows
-        of the same batch are not visible yet and then skip them for good. Without offsets (raw
-        loaded by other means) the newest landed version is the pin. -#}
-    {%- set meta = "`" ~ prefix ~ "meta`" -%}
+        complete only at or below the newest recorded offset (the largest version of its commit
+        LSN, macros/cdc_version.sql): cap the pin there, or a run could pin one table's new
+        version while another table's rows of the same batch are not visible yet and then skip
+        them for good. Without offsets (raw loaded by other means) the newest landed version is
+        the pin. -#}
     {%- set offset_cap = "(select if(count() = 0, toUInt128('340282366920938463463374607431768211455'), "
-        ~ "bitOr(bitShiftLeft(toUInt128(max(lsn)), 32), toUInt128(4294967295))) from " ~ meta ~ ".cdc_offsets)" -%}
-    {%- set pin = "least(greatest((select coalesce(max(_version), toUInt128(0)) from " ~ raw ~ ".`transaction`), "
-        ~ "(select coalesce(max(_version), toUInt128(0)) from " ~ raw ~ ".`card`)), " ~ offset_cap ~ ")" -%}
+        ~ cdc_max_version_at("max(lsn)") ~ ") from " ~ source('meta', 'cdc_offsets') ~ ")" -%}
+    {%- set pin = "least(greatest((select coalesce(max(_version), toUInt128(0)) from " ~ transactions ~ "), "
+        ~ "(select coalesce(max(_version), toUInt128(0)) from " ~ cards ~ ")), " ~ offset_cap ~ ")" -%}
     {%- if var('cdc_pin_version', none) is not none -%}
         {%- set pin = "toUInt128('" ~ (var('cdc_pin_version') | int) ~ "')" -%}
     {%- endif -%}
@@ -64,10 +76,10 @@
         "insert into " ~ cdc_watermarks() ~ " (model, cdc_version) select '__run__', " ~ pin,
         "create or replace table " ~ marts ~ ".dbt_cdc_changed_days engine = MergeTree order by tuple() as "
             ~ "select day, max(cdc_version) as cdc_version from ("
-            ~ "select toDate(occurred_at) as day, _version as cdc_version from " ~ raw ~ ".`transaction` "
+            ~ "select toDate(occurred_at) as day, _version as cdc_version from " ~ transactions ~ " "
             ~ "where _version > " ~ low ~ " and _version <= " ~ pinned
             ~ " union all select addDays(toDate(closed_at), arrayJoin([0, 1])) as day, _version as cdc_version from "
-            ~ raw ~ ".`card` where closed_at is not null and _version > " ~ low ~ " and _version <= " ~ pinned
+            ~ cards ~ " where closed_at is not null and _version > " ~ low ~ " and _version <= " ~ pinned
             ~ ") group by day",
     ]) }}
 {%- endmacro %}

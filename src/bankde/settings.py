@@ -46,6 +46,14 @@ class Settings(BaseSettings):
     db_sslmode: SslMode | None = Field(
         None, validation_alias=AliasChoices("DB_SSLMODE", "BANKDE_DB_SSLMODE")
     )
+    # Roles of the managed cluster (docs/security.md): a superuser only for creating the cluster
+    # and the roles, a non-superuser owner of bank/truth, the application role db_user.
+    admin_user: str = Field("bankde_admin", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    owner_user: str = Field("bankde_owner", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    # Managed cluster: generated under $BANKDE_HOME/secrets unless given (e.g. to another home).
+    owner_password: str | None = Field(None, repr=False)
+    # Card numbers: a file holding the 32-byte key (64 hex digits). Unset: $BANKDE_HOME/secrets/pan_key.
+    pan_key_file: Path | None = None
     # Capture role (REPLICATION + SELECT only). On the managed cluster its password is generated.
     cdc_user: str = "bankde_cdc"
     cdc_password: str | None = Field(None, repr=False)
@@ -82,7 +90,13 @@ class Settings(BaseSettings):
     airflow_port: int = Field(8080, ge=1, le=65535)
 
     @field_validator(
-        "pg_dsn", "db_host", "clickhouse_url", "db_password", "cdc_password", "pii_salt"
+        "pg_dsn",
+        "db_host",
+        "clickhouse_url",
+        "db_password",
+        "cdc_password",
+        "pii_salt",
+        "owner_password",
     )
     @classmethod
     def _empty_is_none(cls, v: str | None) -> str | None:

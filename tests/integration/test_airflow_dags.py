@@ -107,6 +107,7 @@ def pipeline_settings(source_settings: Settings) -> Iterator[Settings]:
             "home": home,
             "db_password": cluster.app_password(),
             "cdc_password": cluster.cdc_password(),
+            "owner_password": cluster.owner_password(),
             "cdc_slot": f"af_{tag}",
             "cdc_publication": f"af_{tag}",
             # The session's chDB directory belongs to this pytest process; the Airflow task

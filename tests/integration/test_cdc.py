@@ -23,7 +23,7 @@ import pytest
 from bankde.cdc import api as capture
 from bankde.cdc.slot import drop_publication, drop_slot, slot_state
 from bankde.settings import Settings
-from bankde.source.connection import connect, source_info
+from bankde.source.connection import admin_info, connect, owner_info
 from tests.conftest import cli_env, free_port, make_home
 
 # Every test again with the warehouse served by `bankde wh serve` in another process.
@@ -101,7 +101,7 @@ def bankde(
 # -- workload ------------------------------------------------------------------------------
 def sql(settings: Settings, *statements: str, params: Any = None) -> None:
     """Run statements in ONE source transaction."""
-    with connect(source_info(settings)) as conn:
+    with connect(owner_info(settings)) as conn:  # the owner: tests also run DDL
         for stmt in statements:
             conn.execute(stmt, params)  # type: ignore[arg-type]
         conn.commit()
@@ -119,9 +119,10 @@ def seed(settings: Settings, customers: int = 40, txns: int = 400) -> None:
             overdraft_limit)
         SELECT g, g, 'DE' || lpad(g::text, 20, '0'), 'checking', 'EUR', 100.10, 50
         FROM generate_series(1, {customers}) g""",
-        f"""INSERT INTO bank.card (card_id, account_id, customer_id, pan, pan_last4, network,
+        f"""INSERT INTO bank.card (card_id, account_id, customer_id, pan_enc, pan_hash, pan_last4, network,
             expires_on, daily_limit)
-        SELECT g, g, g, '4' || lpad(g::text, 15, '0'), right(lpad(g::text, 15, '0'), 4), 'visa',
+        SELECT g, g, g, gen_random_bytes(48), encode(sha256(g::text::bytea), 'hex'),
+            right(lpad(g::text, 15, '0'), 4), 'visa',
             date '2030-01-31', 500
         FROM generate_series(1, {customers}) g""",
         """INSERT INTO bank.terminal (terminal_id, kind, merchant_name, mcc, city, country, lat, lon)
@@ -186,7 +187,7 @@ class Workload:
         self.done += 1
 
     def run(self, stop: threading.Event, pause: float = 0.005) -> None:
-        with connect(source_info(self.settings)) as conn:
+        with connect(owner_info(self.settings)) as conn:
             while not stop.is_set():
                 self.run_one(conn)
                 time.sleep(pause)
@@ -204,6 +205,8 @@ def _norm(v: Any) -> Any:
         return str(v.normalize())
     if isinstance(v, date):
         return v.isoformat()
+    if isinstance(v, bytes):  # bytea (bank.card.pan_enc): the warehouse keeps its text form
+        return "\\x" + v.hex()
     if isinstance(v, str) and v[:1] in "{[":
         try:
             return json.dumps(json.loads(v), sort_keys=True)
@@ -214,7 +217,7 @@ def _norm(v: Any) -> Any:
 
 def source_state(settings: Settings) -> dict[str, dict[Any, tuple[Any, ...]]]:
     out: dict[str, dict[Any, tuple[Any, ...]]] = {}
-    with connect(source_info(settings)) as conn:
+    with connect(owner_info(settings)) as conn:
         for schema, table in TABLES:
             cur = conn.execute(f"SELECT * FROM {schema}.{table}")
             names = [d.name for d in cur.description or []]
@@ -451,13 +454,13 @@ def test_postgres_restart_mid_stream_reconnects(cdc_settings: Settings) -> None:
     work = Workload(s, seed_=3)
     cluster = ManagedCluster(s)
     try:
-        with connect(source_info(s)) as conn:
+        with connect(owner_info(s)) as conn:
             for _ in range(30):
                 work.run_one(conn)
         cluster.stop()
         time.sleep(1.5)
         cluster.start()
-        with connect(source_info(s)) as conn:
+        with connect(owner_info(s)) as conn:
             for _ in range(30):
                 work.run_one(conn)
         wait_equal(s, timeout=60)
@@ -532,7 +535,7 @@ def test_toast_added_column_and_truncate(cdc_settings: Settings) -> None:
 def test_lost_slot_is_reported_and_resync_recovers(cdc_settings: Settings) -> None:
     s = cdc_settings
     sync(s)
-    admin = source_info(s)
+    admin = admin_info(s)  # ALTER SYSTEM, pg_switch_wal: the superuser's
     with connect(admin, autocommit=True) as conn:
         conn.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
         conn.execute("SELECT pg_reload_conf()")
@@ -648,7 +651,7 @@ def test_column_type_change_stops_the_stream_with_one_line(
     assert first.returncode == 0, first.stderr
     # One sync reads both: the table described with its old type, then with the new one.
     sql(s, "UPDATE bank.transaction SET amount = 1.11 WHERE txn_id = 1")
-    with connect(source_info(s), autocommit=True) as conn:
+    with connect(owner_info(s), autocommit=True) as conn:
         row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
     before_change = parse_lsn(row[0]) if row else 0
     sql(s, "ALTER TABLE bank.transaction ALTER COLUMN amount TYPE numeric(18,4)")

@@ -68,9 +68,9 @@ def _build(settings: Settings, *args: str) -> bool:
 
 
 def _psql(settings: Settings, statement: str) -> None:
-    from bankde.source.connection import connect, source_info
+    from bankde.source.connection import connect, owner_info
 
-    with connect(source_info(settings), autocommit=True) as conn:
+    with connect(owner_info(settings), autocommit=True) as conn:  # the owner: it deletes rows
         conn.execute(statement)
 
 
@@ -82,7 +82,7 @@ def pipeline(
     Twice: embedded (dbt's chdb adapter in-process), and served by another process (dbt-clickhouse's
     own `clickhouse` target over HTTP, CDC through clickhouse-connect)."""
     from bankde.cdc.slot import drop_publication, drop_slot
-    from bankde.source.connection import connect, source_info
+    from bankde.source.connection import admin_info, connect
     from bankde.source.schema import init_source
     from bankde.transform.evaluation import evaluation_rows
     from bankde.warehouse.client import open_warehouse
@@ -112,8 +112,7 @@ def pipeline(
         drop_databases(wh)
         for layer in ("stg", "ods", "marts", "dbt"):
             wh.command(f"DROP DATABASE IF EXISTS `{settings.wh_prefix}{layer}`")
-        admin = source_info(cluster_settings).with_db("postgres")
-        with connect(admin, autocommit=True) as conn:
+        with connect(admin_info(cluster_settings), autocommit=True) as conn:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(tag))
             )

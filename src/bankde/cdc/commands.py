@@ -85,6 +85,13 @@ def run(
         help="Max seconds a change waits in a batch (default 0.5).",
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Snapshot progress bars."),
+    metrics_port: int | None = typer.Option(  # [report hook] issue 11: live metrics
+        None,
+        "--metrics-port",
+        min=1,
+        max=65535,
+        help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics while streaming (off by default).",
+    ),
     wait: WaitOption = None,
 ) -> None:
     """Stream until Ctrl-C or SIGTERM; the last complete batch is written before exit."""
@@ -92,6 +99,7 @@ def run(
     import threading
 
     from bankde.cdc.api import run as do_run
+    from bankde.monitoring.metrics import metrics_url, serving
 
     settings = settings_with_wait(wait)
     stop = threading.Event()
@@ -104,14 +112,19 @@ def run(
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     err.print(f"streaming slot {slot} with the {engine} engine (Ctrl-C to stop)")
-    res = do_run(
-        settings,
-        stop,
-        engine=engine,
-        batch_rows=batch_rows,
-        batch_seconds=batch_seconds,
-        show_progress=progress,
-    )
+    # [report hook] issue 11: metrics served for the stream's lifetime, fed per batch.
+    with serving(metrics_port, _engine_settings(settings, engine)) as metrics:
+        if metrics_port is not None:
+            err.print(f"metrics: {metrics_url(metrics_port)}")
+        res = do_run(
+            settings,
+            stop,
+            engine=engine,
+            batch_rows=batch_rows,
+            batch_seconds=batch_seconds,
+            on_batch=metrics.on_batch if metrics is not None else None,
+            show_progress=progress,
+        )
     _print_result(res, False)
 
 

@@ -62,10 +62,10 @@ class NativeEngine:
                 application_name="bankde_cdc",
             )
         except psycopg2.OperationalError as exc:
-            from bankde.errors import SourceUnavailable
-            from bankde.source.connection import describe_connect_error
+            from bankde.source.connection import connect_error
 
-            raise SourceUnavailable(describe_connect_error(exc, info)) from None
+            # bankde-security: a certificate problem is a setting to fix (exit 2).
+            raise connect_error(exc, info) from None
         return conn
 
     def open(self, sink: Sink, progress: ProgressFn | None = None) -> Offset:

@@ -11,7 +11,8 @@ from psycopg import sql
 from bankde.errors import CaptureError
 from bankde.settings import Settings
 from bankde.source.catalog import captured_tables
-from bankde.source.connection import cdc_info, connect, source_info
+from bankde.source.connection import cdc_info, connect, owner_info, source_info
+from bankde.source.roles import grant_capture
 
 PROTO_VERSION = "1"  # enough for PG >= 13; we never ask for streamed in-progress transactions
 
@@ -60,7 +61,10 @@ def ensure_publication(settings: Settings) -> list[tuple[str, str]]:
         raise CaptureError("no tables in schemas bank/truth to capture: run `bankde db init`")
     pub = settings.cdc_publication
     idents = sql.SQL(", ").join(sql.Identifier(s, t) for s, t in tables)
-    with connect(source_info(settings)) as conn:
+    # bankde-security: the owner makes the publication, and the capture role may read exactly
+    # the published tables (roles.grant_capture).
+    with connect(owner_info(settings)) as conn:
+        grant_capture(conn, settings.cdc_user, tables)
         for s, t in tables:
             ident = conn.execute(
                 "SELECT c.relreplident FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -88,7 +92,7 @@ def ensure_publication(settings: Settings) -> list[tuple[str, str]]:
 
 
 def drop_publication(settings: Settings) -> None:
-    with connect(source_info(settings), autocommit=True) as conn:
+    with connect(owner_info(settings), autocommit=True) as conn:  # bankde-security: owner
         conn.execute(
             sql.SQL("DROP PUBLICATION IF EXISTS {}").format(
                 sql.Identifier(settings.cdc_publication)
@@ -217,8 +221,9 @@ def walsender_lag(settings: Settings, pid: int) -> float | None:
     """Seconds the consumer of an active slot lags, from pg_stat_replication of its walsender:
     flush_lag (what the consumer confirmed written), else replay_lag; 0.0 once the server has
     reset them after the consumer confirmed all it was sent. None when that is not visible: the
-    figures need superuser or pg_read_all_stats (not the capture role), so ask as the owner."""
-    with connect(source_info(settings), autocommit=True) as conn:
+    figures need superuser or pg_read_all_stats (not the capture role), so ask as the owner
+    (bankde-security: the managed cluster's owner role is granted pg_read_all_stats)."""
+    with connect(owner_info(settings), autocommit=True) as conn:
         row = conn.execute(
             "SELECT EXTRACT(epoch FROM coalesce(flush_lag, replay_lag))::float8, "
             "flush_lsn >= sent_lsn, sent_lsn IS NOT NULL FROM pg_stat_replication WHERE pid = %s",

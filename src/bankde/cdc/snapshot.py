@@ -18,16 +18,15 @@ CHUNK_ROWS = 250_000
 
 
 def adbc_uri(info: SourceInfo) -> str:
-    """A libpq URI for the ADBC driver (it speaks binary COPY and builds Arrow in C++)."""
-    p = info.params
-    user = quote(p.get("user", ""), safe="")
-    pw = p.get("password")
-    auth = f"{user}:{quote(pw, safe='')}@" if pw else f"{user}@"
-    host = p.get("host", "127.0.0.1")
-    query = f"sslmode={p.get('sslmode', 'prefer')}&application_name=bankde_snapshot"
-    return (
-        f"postgresql://{auth}{host}:{p.get('port', '5432')}/{quote(info.dbname, safe='')}?{query}"
-    )
+    """A libpq URI for the ADBC driver (it speaks binary COPY and builds Arrow in C++).
+
+    bankde-security: every parameter of the DSN (sslrootcert, sslcert, sslkey, channel_binding,
+    hostaddr, ...) goes into the query string, which libpq reads like a keyword DSN, so the
+    snapshot connection checks the server exactly as every other connection does.
+    """
+    params = {"application_name": "bankde_snapshot", **info.params}
+    query = "&".join(f"{k}={quote(str(v), safe='')}" for k, v in params.items())
+    return f"postgresql:///?{query}"
 
 
 def copy_snapshot(
@@ -108,6 +107,8 @@ def plain_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
         typ = f.type
         if isinstance(typ, pa.ExtensionType):
             col = uuid_text(col.storage) if typ.extension_name == "arrow.uuid" else col.storage
+        elif (f.metadata or {}).get(b"POSTGRESQL:type") == b"bytea" and pa.types.is_binary(typ):
+            col = bytea_text(col)  # bankde-security: bank.card.pan_enc is the first bytea column
         arrays.append(col)
         fields.append(pa.field(f.name, col.type, nullable=True, metadata=f.metadata))
     return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
@@ -133,6 +134,38 @@ def uuid_text(arr: pa.Array) -> pa.Array:
     offsets = pa.array(np.arange(0, 36 * (n + 1), 36, dtype=np.int32))
     values = pa.py_buffer(out.tobytes())
     text = pa.StringArray.from_buffers(n, offsets.buffers()[1], values)
+    if arr.null_count:
+        text = pa.compute.if_else(arr.is_null(), pa.scalar(None, pa.string()), text)
+    return text
+
+
+def bytea_text(arr: pa.Array) -> pa.Array:
+    """Raw bytea values -> Postgres' text form '\\x<hex>', what pgoutput streams, vectorised."""
+    n = len(arr)
+    if n == 0:
+        return pa.array([], pa.string())
+    offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32, count=arr.offset + n + 1)
+    offsets = offsets[arr.offset :]
+    base, end = int(offsets[0]), int(offsets[-1])
+    data = (
+        np.frombuffer(arr.buffers()[2], dtype=np.uint8, count=end)[base:end]
+        if end > base
+        else np.empty(0, np.uint8)
+    )
+    lengths = np.diff(offsets).astype(np.int64)
+    new_offsets = 2 * (offsets.astype(np.int64) - base) + 2 * np.arange(n + 1)
+    out = np.empty(int(new_offsets[-1]), dtype=np.uint8)
+    out[new_offsets[:-1]] = ord("\\")
+    out[new_offsets[:-1] + 1] = ord("x")
+    row = np.repeat(np.arange(n), 2 * lengths)
+    hex_at = np.arange(2 * len(data)) + 2 * (row + 1)
+    hexed = np.empty(2 * len(data), dtype=np.uint8)
+    hexed[0::2] = _HEX[data >> 4]
+    hexed[1::2] = _HEX[data & 0x0F]
+    out[hex_at] = hexed
+    text = pa.StringArray.from_buffers(
+        n, pa.py_buffer(new_offsets.astype(np.int32).tobytes()), pa.py_buffer(out.tobytes())
+    )
     if arr.null_count:
         text = pa.compute.if_else(arr.is_null(), pa.scalar(None, pa.string()), text)
     return text

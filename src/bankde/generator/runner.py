@@ -44,6 +44,7 @@ from bankde.generator.world import World, load_world
 from bankde.generator.writer import Batch, fk_triggers_skippable, lock_and_check, write_batch
 from bankde.settings import Settings
 from bankde.source.connection import connect, source_info
+from bankde.source.pan import PanKey, load_key
 
 _TT = [s.encode() for s in TXN_TYPES]
 _STATUS = [b"approved", b"declined"]
@@ -69,7 +70,7 @@ class FillSummary:
     transactions: int = 0
     batches: int = 0
     seconds: float = 0.0
-    # Bulk batches ran without foreign-key triggers (superuser; see writer.write_batch).
+    # Bulk batches ran without foreign-key triggers (see writer.write_batch).
     fk_triggers_skipped: bool = False
     # Transactions asked for; more than `transactions` when the world ran out of open cards.
     requested: int = 0
@@ -327,6 +328,7 @@ def fill(settings: Settings, config: FillConfig, progress: Progress | None = Non
     config = resolve(validate(config))
     assert config.as_of is not None and config.seed is not None
     info = source_info(settings)
+    pan_key = load_key(settings)  # a bad key stops here, before anything is written
     started = time.perf_counter()
     summary = FillSummary(seed=config.seed, as_of=config.as_of)
     with connect(info) as conn:
@@ -345,7 +347,7 @@ def fill(settings: Settings, config: FillConfig, progress: Progress | None = Non
         gen.closes = plan_closes(rng, world, config, span_start, as_of)
         total = config.total_txns
         summary.requested = total
-        _pipeline(conn, gen, first, windows, summary, progress, total)
+        _pipeline(conn, gen, first, windows, summary, progress, total, pan_key)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -355,7 +357,7 @@ _DONE = object()
 
 def _pipeline(
     conn: Any, gen: Generator, first: Batch, windows: list[tuple[Timeline, float, float, int, bool]],
-    summary: FillSummary, progress: Progress | None, total: int,
+    summary: FillSummary, progress: Progress | None, total: int, pan_key: PanKey,
 ) -> None:  # fmt: skip
     """Generate batch k+1 while the database ingests batch k (a writer thread, queue of 2)."""
     q: queue.Queue[Any] = queue.Queue(maxsize=2)
@@ -368,7 +370,7 @@ def _pipeline(
                 if item is _DONE:
                     return
                 batch, durable = item
-                write_batch(conn, batch, summary.fk_triggers_skipped, durable)
+                write_batch(conn, batch, pan_key, summary.fk_triggers_skipped, durable)
                 _account(summary, batch)
                 if progress:
                     progress(summary.transactions, total)
@@ -409,6 +411,7 @@ def run_live(
     config = resolve(validate(config))
     assert config.seed is not None
     info = source_info(settings)
+    pan_key = load_key(settings)
     summary = FillSummary(seed=config.seed, as_of=datetime.now(UTC))
     started = time.perf_counter()
     with connect(info) as conn:
@@ -421,7 +424,7 @@ def run_live(
         # A stream needs someone to transact: an empty database first gets the configured entities.
         if len(world.customers) == 0:
             batch = gen.add_entities(config.customers, config.terminals, now, now)
-            write_batch(conn, batch)
+            write_batch(conn, batch, pan_key)
             _account(summary, batch)
         last = max(now, (world.last_txn_at or 0) + 1)
         owed = 0.0
@@ -438,7 +441,7 @@ def run_live(
             batch = gen.window(Timeline(last, now), 0.0, 1.0, n, final=False)
             last = now
             if batch.n_txns or batch.closes or len(batch.episodes):
-                write_batch(conn, batch)
+                write_batch(conn, batch, pan_key)
                 _account(summary, batch)
                 if on_batch:
                     on_batch(summary)

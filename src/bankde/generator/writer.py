@@ -15,12 +15,17 @@ from bankde.errors import BankdeError
 from bankde.generator import copybin
 from bankde.generator.entities import COLUMNS, EntityRows
 from bankde.generator.scenarios import Episodes
+from bankde.source.pan import PanKey
 
 TXN_COLUMNS = (
     "txn_id", "txn_ref", "account_id", "card_id", "terminal_id", "txn_type", "status",
     "decline_reason", "amount", "currency", "balance_after", "description", "occurred_at",
     "created_at", "updated_at",
 )  # fmt: skip
+# bank.card as stored: `pan` (generated) becomes `pan_enc` and `pan_hash` (source/pan.py).
+STORED_CARD_COLUMNS = tuple(
+    c for col in COLUMNS["card"] for c in (("pan_enc", "pan_hash") if col == "pan" else (col,))
+)
 SEQUENCES = {
     "customer": "customer_id",
     "account": "account_id",
@@ -76,8 +81,22 @@ def _copy_rows(
             cp.write_row(row)
 
 
+def _card_rows(rows: list[tuple[Any, ...]], pan_key: PanKey) -> list[tuple[Any, ...]]:
+    """The generated card rows as stored: the clear number becomes ciphertext and a keyed hash
+    here, at the last step, so it never reaches the database, the WAL or the warehouse."""
+    pan_at = COLUMNS["card"].index("pan")
+    return [
+        (*r[:pan_at], pan_key.encrypt(r[pan_at]), pan_key.lookup_hash(r[pan_at]), *r[pan_at + 1 :])
+        for r in rows
+    ]
+
+
 def write_batch(
-    conn: psycopg.Connection, batch: Batch, skip_fk_triggers: bool = False, durable: bool = True
+    conn: psycopg.Connection,
+    batch: Batch,
+    pan_key: PanKey,
+    skip_fk_triggers: bool = False,
+    durable: bool = True,
 ) -> None:
     """One transaction: either the whole batch is visible afterwards or none of it.
 
@@ -86,7 +105,7 @@ def write_batch(
     caller must end with a durable batch before it reports rows as written: flushing that
     commit's WAL flushes every earlier commit too.
 
-    `skip_fk_triggers` (superuser only, see `fk_triggers_skippable`) runs the transaction with
+    `skip_fk_triggers` (see `fk_triggers_skippable`) runs the transaction with
     session_replication_role = replica: Postgres then fires no foreign-key triggers for it, which
     takes ~80% of the server's work off a bulk COPY into bank.transaction. The rows are valid by
     construction (every id comes from the world the generator holds, which only grows) and the
@@ -100,7 +119,9 @@ def write_batch(
         if batch.entities is not None:
             for table in ("customer", "account", "card", "terminal"):
                 rows = getattr(batch.entities, table)
-                if rows:
+                if rows and table == "card":
+                    _copy_rows(cur, "bank.card", STORED_CARD_COLUMNS, _card_rows(rows, pan_key))
+                elif rows:
                     _copy_rows(cur, f"bank.{table}", COLUMNS[table], rows)
         for table, (ids, at) in batch.closes.items():
             key = SEQUENCES[table]

@@ -1,10 +1,13 @@
-"""`bankde reconcile`: source vs warehouse, table by table."""
+"""`bankde reconcile` (source vs warehouse, table by table) and `bankde report` (HTML charts)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
-from bankde.console import out, print_json
+from bankde.console import err, out, print_json
+from bankde.errors import ConfigError
 from bankde.warehouse.options import WaitOption, settings_with_wait
 
 
@@ -57,5 +60,28 @@ def reconcile_command(
         raise typer.Exit(1)
 
 
+def report_command(
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Where to write it (default $BANKDE_HOME/report.html)."
+    ),
+    no_source: bool = typer.Option(
+        False, "--no-source", help="Read only the warehouse: no freshness, no reconciliation."
+    ),
+    wait: WaitOption = None,
+) -> None:
+    """One self-contained HTML page (opens offline) of charts: traffic, fraud, rules, CDC, lifecycle."""
+    from bankde.monitoring.report import write_report
+
+    settings = settings_with_wait(wait)
+    if output is not None and output.is_dir():
+        raise ConfigError(f"--output {output}: is a directory; name the .html file to write")
+    res = write_report(settings, output, with_source=not no_source)
+    out.print(str(res.path), soft_wrap=True)
+    err.print(f"report: {res.charts} charts in {res.seconds:.1f}s")
+    for note in res.notes:
+        err.print(f"  note: {note}", soft_wrap=True)
+
+
 def register(root: typer.Typer) -> None:
     root.command("reconcile")(reconcile_command)
+    root.command("report")(report_command)

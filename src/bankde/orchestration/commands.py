@@ -62,6 +62,13 @@ def run(
         None, "--duration", min=1.0, help="Stop by itself after this many seconds."
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No live status line."),
+    metrics_port: int | None = typer.Option(  # [report hook] issue 11
+        None,
+        "--metrics-port",
+        min=1,
+        max=65535,
+        help="Serve Prometheus metrics on 127.0.0.1:PORT/metrics while running (off by default).",
+    ),
     serve: bool = typer.Option(
         True,
         "--serve/--no-serve",
@@ -69,7 +76,9 @@ def run(
     ),
     wait: WaitOption = None,
 ) -> None:
-    """Continuous mode: live filler, CDC streaming, dbt every --dbt-every seconds; Ctrl-C stops."""
+    """Continuous mode: live filler, CDC streaming, dbt every --dbt-every seconds; Ctrl-C stops.
+
+    After each dbt build, $BANKDE_HOME/report.html is rewritten (see `bankde report`)."""
     from bankde.orchestration.runloop import RunOptions, run_pipeline
 
     options = RunOptions(
@@ -78,8 +87,14 @@ def run(
         fill=not no_fill,
         status=not quiet,
         duration=duration,
+        metrics_port=metrics_port,  # [report hook] issue 11
         serve=serve,
     )
+    if metrics_port is not None:
+        from bankde.console import err
+        from bankde.monitoring.metrics import metrics_url
+
+        err.print(f"metrics: {metrics_url(metrics_port)}")
     state = run_pipeline(settings_with_wait(wait), options)
     out.print(
         f"stopped cleanly: {state.changes:,} changes applied in {state.batches:,} batches, "

@@ -171,6 +171,13 @@ def run_demo(settings: Settings, size: Size = "small", *, quiet: bool = False) -
         "nodes": len(dbt.nodes),
         "failed": dbt.failed,
     }
+    # [report hook] issue 11: the HTML report, its path among the locations printed.
+    from bankde.monitoring.report import write_report
+
+    report = steps.run(
+        "report", "report: charts of the pipeline (HTML)", lambda: write_report(settings)
+    )
+    summary.locations["report"] = str(report.path)
     path = settings.home_dir / SUMMARY_FILE
     path.write_text(json.dumps(summary.as_dict(), indent=2, default=str), encoding="utf-8")
     summary.locations["summary_json"] = str(path)

@@ -11,11 +11,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bankde.console import err
 from bankde.errors import BankdeError
 from bankde.settings import Settings
+
+if TYPE_CHECKING:
+    from bankde.monitoring.metrics import PipelineMetrics
 
 
 @dataclass
@@ -36,8 +39,12 @@ class RunState:
     phase: str = "starting"
     errors: list[str] = field(default_factory=list)
     mutex: threading.Lock = field(default_factory=threading.Lock)
+    # [report hook] issue 11: live Prometheus metrics (--metrics-port), fed as the state is.
+    metrics: PipelineMetrics | None = None
 
     def on_batch(self, stats: Any) -> None:
+        if self.metrics is not None:  # [report hook] issue 11
+            self.metrics.on_batch(stats)
         now = time.monotonic()
         with self.mutex:
             self.changes += int(stats.events)
@@ -75,6 +82,10 @@ class RunOptions:
     status: bool = True
     # Stop by itself after this many seconds (tests, scripted demos); None: until Ctrl-C.
     duration: float | None = None
+    # [report hook] issue 11: Prometheus metrics on 127.0.0.1:PORT (None: off); the HTML
+    # report ($BANKDE_HOME/report.html) rewritten after each dbt build.
+    metrics_port: int | None = None
+    report: bool = True
     # Serve the warehouse over ClickHouse's HTTP interface while the run owns it; the port is
     # BANKDE_WH_HTTP_PORT, or any free one when that is taken (the lock file names it).
     serve: bool = True
@@ -112,6 +123,7 @@ def run_pipeline(
     last sync applies its final commits: raw equals the source when this returns."""
     from bankde.cdc.api import run as cdc_run
     from bankde.cdc.api import sync as cdc_sync
+    from bankde.monitoring.metrics import serving  # [report hook] issue 11
     from bankde.orchestration.demo import start_source
     from bankde.warehouse.session import open_session
 
@@ -132,7 +144,11 @@ def run_pipeline(
 
     segment = threading.Event()
     cdc: threading.Thread | None = None
-    with _stop_on_signals(stop), _status_line(state, options.status, stop):
+    with (
+        _stop_on_signals(stop),
+        _status_line(state, options.status, stop),
+        serving(options.metrics_port, settings) as state.metrics,  # [report hook] issue 11
+    ):
         try:
             while not stop.is_set():
                 segment = threading.Event()
@@ -149,6 +165,9 @@ def run_pipeline(
                 if not stop.is_set() and (state.changes > before or state.dbt_runs == 0):
                     state.phase = "dbt"
                     _build(settings, state)
+                    if options.report:  # [report hook] issue 11
+                        state.phase = "report"
+                        _report(settings, state)
                 if state.errors:
                     stop.set()
         finally:
@@ -253,6 +272,20 @@ def _build(settings: Settings, state: RunState) -> None:
         state.dbt_failures += 1
         err.print(f"[red]dbt build failed: {', '.join(failed) or 'see dbt logs'}[/red]")
     state.alerts = alerts_by_rule(settings)
+    if state.metrics is not None:  # [report hook] issue 11
+        state.metrics.on_dbt(state.last_dbt_at - started, ok, state.alerts)
+
+
+def _report(settings: Settings, state: RunState) -> None:
+    """[report hook] issue 11: rewrite the HTML report from what the build left. Without the
+    reconciliation: the filler keeps writing, so source and warehouse differ by design now."""
+    from bankde.monitoring.report import write_report
+
+    try:
+        write_report(settings, with_reconcile=False)
+    except Exception as exc:
+        # A report is a view: it never stops the pipeline; the next build tries again.
+        err.print(f"[yellow]report not written: {exc}[/yellow]")
 
 
 @contextmanager

@@ -20,6 +20,8 @@ from bankde.settings import Settings
 MIN_PG_MAJOR = 13
 APP_PASSWORD_FILE = "pg_password"
 CDC_PASSWORD_FILE = "pg_cdc_password"
+ADMIN_PASSWORD_FILE = "pg_admin_password"
+OWNER_PASSWORD_FILE = "pg_owner_password"
 
 # Appended to postgresql.conf on creation. Why each line is there:
 SERVER_CONF = """
@@ -41,9 +43,21 @@ log_min_messages = warning
 timezone = 'UTC'
 """
 
-HBA_CONF = """# bankde: password (scram) over loopback TCP only.
-host    all             all             127.0.0.1/32            scram-sha-256
-host    replication     all             127.0.0.1/32            scram-sha-256
+TLS_CONF = """
+# --- bankde: TLS (db up --tls); certificate and key made by bankde's local CA ---
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
+ssl_min_protocol_version = 'TLSv1.2'
+"""
+
+# No `replication` line: nobody may open a physical replication connection (pg_basebackup would
+# copy the whole cluster, pg_authid included). A logical replication connection names its
+# database, so the per-database lines `db init` appends are the only way in for the capture role.
+HBA_HEAD = """# bankde: scram over loopback TCP only; the superuser only to the maintenance database.
+host    postgres        {admin}        127.0.0.1/32            scram-sha-256
+"""
+HBA_DB = """host    {db:<15} {users:<14} 127.0.0.1/32            scram-sha-256
 """
 
 
@@ -111,6 +125,7 @@ class ManagedCluster:
         self.data_dir = self.root / "data"
         self.log_file = self.root / "postgres.log"
         self.secrets_dir = self.home / "secrets"
+        self.tls_dir = self.home / "tls"
         self.port = settings.pg_port
 
     # -- identity -------------------------------------------------------------------------
@@ -168,6 +183,12 @@ class ManagedCluster:
     def app_password(self) -> str:
         return self._secret(APP_PASSWORD_FILE)
 
+    def admin_password(self) -> str:
+        return self._secret(ADMIN_PASSWORD_FILE)
+
+    def owner_password(self) -> str:
+        return self._secret(OWNER_PASSWORD_FILE)
+
     def cdc_password(self) -> str:
         return self._secret(CDC_PASSWORD_FILE)
 
@@ -206,29 +227,30 @@ class ManagedCluster:
             return False
         bindir = find_pg_bin()
         user = self._run_as()
-        self.home.mkdir(parents=True, exist_ok=True)
+        private_home(self.home, user)
         if self.root.exists():  # a half-made cluster from an interrupted init
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True)
         pwfile = self.root / ".initpw"
         if user is not None:
             self._check_reachable(user)
-            os.chmod(self.home, os.stat(self.home).st_mode | stat.S_IXOTH)
             os.chown(self.root, user.pw_uid, user.pw_gid)
         os.chmod(self.root, 0o700)
         try:
             fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
-                f.write(self.app_password() + "\n")
+                f.write(self.admin_password() + "\n")
             if user is not None:
                 os.chown(pwfile, user.pw_uid, user.pw_gid)
+            # The bootstrap superuser exists only to create roles and databases (`db init`);
+            # everything else runs as the non-superuser owner, application and capture roles.
             self._run(
                 [
                     str(bindir / "initdb"),
                     "-D",
                     str(self.data_dir),
                     "-U",
-                    self.settings.db_user,
+                    self.settings.admin_user,
                     f"--pwfile={pwfile}",
                     "--auth=scram-sha-256",
                     "--encoding=UTF8",
@@ -239,7 +261,51 @@ class ManagedCluster:
             pwfile.unlink(missing_ok=True)
         with open(self.data_dir / "postgresql.conf", "a") as f:
             f.write(SERVER_CONF.format(port=self.port, wal_keep="8GB"))
-        (self.data_dir / "pg_hba.conf").write_text(HBA_CONF)
+        (self.data_dir / "pg_hba.conf").write_text(HBA_HEAD.format(admin=self.settings.admin_user))
+        self.allow_database(self.settings.db_name, reload=False)
+        return True
+
+    # -- access -----------------------------------------------------------------------------
+    def allow_database(self, dbname: str, reload: bool = True, users: tuple[str, ...] = ()) -> bool:
+        """pg_hba lines letting the owner, application and capture roles (or `users`) into
+        `dbname` only (the capture role's logical replication connections included)."""
+        s = self.settings
+        hba = self.data_dir / "pg_hba.conf"
+        lines = [HBA_DB.format(db=dbname, users=",".join(users))] if users else [
+            HBA_DB.format(db=dbname, users=f"{s.owner_user},{s.db_user}"),
+            HBA_DB.format(db=dbname, users=s.cdc_user),
+        ]  # fmt: skip
+        text = hba.read_text()
+        missing = [ln for ln in lines if ln not in text]
+        if not missing:
+            return False
+        with open(hba, "a") as f:  # appending keeps the file's owner (the server's OS user)
+            f.write("".join(missing))
+        if reload and self.status().state == "running":
+            self._run([str(find_pg_bin() / "pg_ctl"), "-D", str(self.data_dir), "reload"])
+            time.sleep(0.2)  # the postmaster rereads pg_hba.conf on SIGHUP, asynchronously
+        return True
+
+    def enable_tls(self) -> bool:
+        """Local CA under $BANKDE_HOME/tls, a server certificate in the data directory, ssl=on.
+        True when TLS was switched on now (a running server is reloaded)."""
+        from bankde.source.tls import ensure_ca, issue_server_cert
+
+        conf = self.data_dir / "postgresql.conf"
+        if "ssl = on" in conf.read_text():
+            return False
+        ca = ensure_ca(self.tls_dir)
+        crt, key = self.data_dir / "server.crt", self.data_dir / "server.key"
+        issue_server_cert(ca, crt, key)
+        user = self._run_as()
+        if user is not None:  # the server refuses a key it does not own
+            for path in (crt, key):
+                os.chown(path, user.pw_uid, user.pw_gid)
+        with open(conf, "a") as f:
+            f.write(TLS_CONF)
+        if self.status().state == "running":
+            self._run([str(find_pg_bin() / "pg_ctl"), "-D", str(self.data_dir), "reload"])
+            time.sleep(0.5)
         return True
 
     def start(self, timeout: float = 60.0) -> bool:
@@ -252,6 +318,12 @@ class ManagedCluster:
                 "to a free port"
             )
         bindir = find_pg_bin()
+        if not self.log_file.exists():  # private from the first line on (pg_ctl obeys umask)
+            fd = os.open(self.log_file, os.O_WRONLY | os.O_CREAT, 0o600)
+            os.close(fd)
+            user = self._run_as()
+            if user is not None:
+                os.chown(self.log_file, user.pw_uid, user.pw_gid)
         self._run(
             [
                 str(bindir / "pg_ctl"),
@@ -290,6 +362,17 @@ class ManagedCluster:
         raise BankdeError(
             f"Postgres did not start listening on port {self.port} (log: {self.log_file})"
         )
+
+
+def private_home(home: Path, server_user: pwd.struct_passwd | None = None) -> None:
+    """$BANKDE_HOME readable by its owner only (0700). When root runs the server as another OS
+    user, that user's group may traverse it (0710) to reach its data directory, nothing more."""
+    home.mkdir(parents=True, exist_ok=True)
+    if server_user is None:
+        os.chmod(home, 0o700)
+    else:
+        os.chown(home, -1, server_user.pw_gid)
+        os.chmod(home, 0o710)
 
 
 def _pid_alive(pid: int) -> bool:

@@ -13,18 +13,40 @@ from bankde.console import out, print_json
 from bankde.errors import ConfigError
 from bankde.settings import get_settings
 
+# libpq's connection parameters and the environment variables psql reads them from.
+LIBPQ_ENV = {
+    "host": "PGHOST", "hostaddr": "PGHOSTADDR", "port": "PGPORT", "dbname": "PGDATABASE",
+    "user": "PGUSER", "password": "PGPASSWORD", "passfile": "PGPASSFILE",
+    "channel_binding": "PGCHANNELBINDING", "options": "PGOPTIONS",
+    "application_name": "PGAPPNAME", "sslmode": "PGSSLMODE", "sslcompression": "PGSSLCOMPRESSION",
+    "sslcert": "PGSSLCERT", "sslkey": "PGSSLKEY", "sslrootcert": "PGSSLROOTCERT",
+    "sslcrl": "PGSSLCRL", "sslcrldir": "PGSSLCRLDIR", "sslsni": "PGSSLSNI",
+    "requirepeer": "PGREQUIREPEER", "ssl_min_protocol_version": "PGSSLMINPROTOCOLVERSION",
+    "ssl_max_protocol_version": "PGSSLMAXPROTOCOLVERSION", "gssencmode": "PGGSSENCMODE",
+    "krbsrvname": "PGKRBSRVNAME", "gsslib": "PGGSSLIB", "connect_timeout": "PGCONNECT_TIMEOUT",
+    "client_encoding": "PGCLIENTENCODING", "target_session_attrs": "PGTARGETSESSIONATTRS",
+    "load_balance_hosts": "PGLOADBALANCEHOSTS", "service": "PGSERVICE",
+    "require_auth": "PGREQUIREAUTH", "sslpassword": "PGSSLPASSWORD",
+}  # fmt: skip
+
 app = typer.Typer(
     help="The source Postgres: managed local cluster and the bank schema.", no_args_is_help=True
 )
 
 
 @app.command()
-def up() -> None:
+def up(
+    tls: bool = typer.Option(
+        False, "--tls", help="Make a local CA and server certificate and turn on ssl (verify-full)."
+    ),
+) -> None:
     """Create (first time) and start the managed Postgres cluster."""
     from bankde.source.cluster import ManagedCluster
 
     cluster = ManagedCluster(get_settings())
     created = cluster.init()
+    if tls and cluster.enable_tls():
+        out.print(f"TLS on: CA {cluster.tls_dir / 'ca.crt'}; connections use sslmode=verify-full")
     started = cluster.start()
     if started:
         verb = "created and started" if created else "started"
@@ -95,11 +117,34 @@ def _probe(info: object) -> str:
 
 
 @app.command()
-def init() -> None:
-    """Create the database, apply schema.sql and the capture role (idempotent)."""
+def init(
+    external: bool = typer.Option(
+        False,
+        "--external",
+        help="Change nothing: check the application and capture roles of an external source "
+        "and list what is missing or too much (docs/security.md has the SQL).",
+    ),
+) -> None:
+    """Create the roles and database, apply schema.sql and the grants (idempotent)."""
+    settings = get_settings()
+    if external:
+        from bankde.source.roles import check_external
+
+        if not settings.external_source:
+            raise ConfigError("--external checks a server named by BANKDE_PG_DSN or DB_HOST")
+        report = check_external(settings)
+        for line in report.fine:
+            out.print(f"  ok  {line}")
+        for line in report.problems:
+            out.print(f"  MISSING  {line}")
+        if report.problems:
+            out.print(f"{len(report.problems)} problem(s): see docs/security.md for the SQL")
+            raise typer.Exit(1)
+        out.print("external source: roles have what they need and no more")
+        return
     from bankde.source.schema import init_source
 
-    info = init_source(get_settings())
+    info = init_source(settings)
     out.print(f"schema applied to {info.public_dsn}")
 
 
@@ -117,19 +162,14 @@ def psql(ctx: typer.Context) -> None:
         exe = str(candidate) if candidate.exists() else None
     if exe is None:
         raise ConfigError("psql not found: install the Debian package postgresql-client")
-    env = dict(os.environ)
-    # The password travels in the environment, never on the command line.
-    mapping = {
-        "host": "PGHOST",
-        "port": "PGPORT",
-        "dbname": "PGDATABASE",
-        "user": "PGUSER",
-        "password": "PGPASSWORD",
-        "sslmode": "PGSSLMODE",
-    }
-    for key, var in mapping.items():
-        if key in info.params:
-            env[var] = info.params[key]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    # Every parameter of the DSN (TLS files included) and the password travel in the
+    # environment, never on the command line.
+    for key, value in info.params.items():
+        var = LIBPQ_ENV.get(key)
+        if var is None:
+            raise ConfigError(f"BANKDE_PG_DSN: parameter {key!r} cannot be passed to psql")
+        env[var] = value
     sys.stdout.flush()
     raise typer.Exit(subprocess.call([exe, *ctx.args], env=env))
 
@@ -137,14 +177,14 @@ def psql(ctx: typer.Context) -> None:
 @app.command()
 def reset(yes: bool = typer.Option(False, "--yes", help="Do not ask for confirmation.")) -> None:
     """Drop the bank and truth schemas and apply the schema again (all source data is lost)."""
-    from bankde.source.connection import connect, source_info
+    from bankde.source.connection import connect, owner_info, source_info
     from bankde.source.schema import init_source
 
     settings = get_settings()
     info = source_info(settings)
     if not yes and not typer.confirm(f"Drop all data in {info.public_dsn}?"):
         raise typer.Exit(1)
-    with connect(info) as conn:
+    with connect(owner_info(settings)) as conn:
         conn.execute("DROP SCHEMA IF EXISTS truth CASCADE")
         conn.execute("DROP SCHEMA IF EXISTS bank CASCADE")
         conn.commit()

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from bankde.errors import SourceUnavailable
+from bankde.errors import ConfigError, SourceUnavailable
 from bankde.settings import Settings
+
+# libpq parameters naming a file the client reads: it must exist before anything connects.
+FILE_PARAMS = ("sslrootcert", "sslcert", "sslkey", "sslcrl", "passfile")
 
 
 @dataclass(frozen=True)
@@ -42,10 +46,29 @@ class SourceInfo:
         return SourceInfo(params, self.managed)
 
 
+def parse_dsn(dsn: str, setting: str = "BANKDE_PG_DSN") -> dict[str, str]:
+    """Every libpq parameter of `dsn`; an unknown parameter or a missing file is a ConfigError."""
+    try:
+        raw = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        # libpq's own words name the bad parameter ('invalid connection option "sslrootcrt"').
+        raise ConfigError(f"{setting}: {str(exc).strip().splitlines()[0]}") from None
+    params = {k: str(v) for k, v in raw.items() if v is not None}
+    check_files(params, setting)
+    return params
+
+
+def check_files(params: dict[str, str], setting: str) -> None:
+    for key in FILE_PARAMS:
+        path = params.get(key)
+        if path and key != "sslcrl" and not Path(path).expanduser().is_file():
+            raise ConfigError(f"{setting}: {key}={path} does not exist or is not a file")
+
+
 def source_info(settings: Settings) -> SourceInfo:
     """The application role's connection to the source database."""
     if settings.pg_dsn:
-        params = {k: str(v) for k, v in conninfo_to_dict(settings.pg_dsn).items() if v is not None}
+        params = parse_dsn(settings.pg_dsn)
         params.setdefault("sslmode", settings.sslmode)
         if settings.db_password and "password" not in params:
             params["password"] = settings.db_password
@@ -73,7 +96,36 @@ def source_info(settings: Settings) -> SourceInfo:
         "password": settings.db_password or cluster.app_password(),
         "sslmode": settings.sslmode,
     }
+    ca = cluster.tls_dir / "ca.crt"
+    if ca.is_file():
+        # `db up --tls` made a CA: every connection checks the server against it, like the
+        # original filler did against its remote server, unless DB_SSLMODE says otherwise.
+        params["sslmode"] = settings.db_sslmode or "verify-full"
+        params["sslrootcert"] = str(ca)
     return SourceInfo(params, managed=True)
+
+
+def owner_info(settings: Settings) -> SourceInfo:
+    """The owner of bank/truth (DDL, publications, reset). On an external source the configured
+    role does this work: give `db init`/`cdc` there the owner's DSN (docs/security.md)."""
+    base = source_info(settings)
+    if not base.managed:
+        return base
+    from bankde.source.cluster import ManagedCluster
+
+    password = settings.owner_password or ManagedCluster(settings).owner_password()
+    return base.as_user(settings.owner_user, password)
+
+
+def admin_info(settings: Settings) -> SourceInfo:
+    """The managed cluster's superuser, used only to create roles and databases."""
+    from bankde.source.cluster import ManagedCluster
+
+    base = source_info(settings)
+    if not base.managed:
+        raise ConfigError("the superuser connection exists only for the managed cluster")
+    cluster = ManagedCluster(settings)
+    return base.as_user(settings.admin_user, cluster.admin_password()).with_db("postgres")
 
 
 def cdc_info(settings: Settings) -> SourceInfo:
@@ -92,7 +144,17 @@ def connect(info: SourceInfo, autocommit: bool = False, **kwargs: object) -> psy
     try:
         return psycopg.connect(info.dsn, autocommit=autocommit, connect_timeout=10, **kwargs)  # type: ignore[arg-type]
     except psycopg.OperationalError as exc:
-        raise SourceUnavailable(describe_connect_error(exc, info)) from None
+        raise connect_error(exc, info) from None
+
+
+def connect_error(exc: Exception, info: SourceInfo) -> Exception:
+    """The one-line error for a failed connection: a certificate problem is the user's to fix
+    (exit 2, naming sslrootcert/host), anything else means the source is unavailable."""
+    line = describe_connect_error(exc, info)
+    low = str(exc).lower()
+    if "certificate" in low or "ssl error" in low or "signature failure" in low:
+        return ConfigError(line)
+    return SourceUnavailable(line)
 
 
 def describe_connect_error(exc: Exception, info: SourceInfo) -> str:
@@ -104,6 +166,25 @@ def describe_connect_error(exc: Exception, info: SourceInfo) -> str:
     if "connection refused" in low or "could not connect" in low:
         hint = "run `bankde db up`" if info.managed else "check DB_HOST/DB_PORT or BANKDE_PG_DSN"
         return f"cannot connect to source {where}: server not reachable ({hint})"
+    if "does not match host name" in low or ("certificate" in low and "match" in low):
+        return (
+            f"cannot connect to source {where}: the server certificate does not match "
+            f"host={info.params.get('host')} (sslmode={info.params.get('sslmode')}): connect by a "
+            "name the certificate holds"
+        )
+    if any(
+        t in low for t in ("certificate verify failed", "root certificate", "signature failure")
+    ):
+        return (
+            f"cannot connect to source {where}: the server certificate is not signed by "
+            f"sslrootcert={info.params.get('sslrootcert', '~/.postgresql/root.crt')}"
+        )
+    if "ssl error" in low or "ssl syscall" in low:
+        return (
+            f"cannot connect to source {where}: TLS failed ({msg.split('failed:')[-1].strip()}); "
+            f"check sslmode={info.params.get('sslmode')} and sslrootcert="
+            f"{info.params.get('sslrootcert', '~/.postgresql/root.crt')}"
+        )
     if "does not exist" in low and "database" in low:
         hint = "run `bankde db init`" if info.managed else "check DB_NAME"
         return f"cannot connect to source {where}: database does not exist ({hint})"

@@ -1,15 +1,23 @@
-"""Apply the bank schema and the capture role, idempotently."""
+"""Apply the bank schema, its roles and their grants, idempotently."""
 
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
-from psycopg import sql
+import psycopg
 
 from bankde.settings import Settings
-from bankde.source.connection import SourceInfo, cdc_info, connect, source_info
+from bankde.source.connection import SourceInfo, cdc_info, connect, owner_info, source_info
+from bankde.source.roles import (
+    LIMITED,
+    SCHEMAS,
+    grant_app,
+    grant_capture,
+    provision_managed,
+    set_role,
+)
 
-SCHEMAS = ("bank", "truth")
 # Serialises concurrent `db init` runs against the same database.
 _INIT_LOCK = 0x62616E6B
 
@@ -18,21 +26,8 @@ def schema_sql() -> str:
     return resources.files("bankde.source").joinpath("schema.sql").read_text(encoding="utf-8")
 
 
-def ensure_database(info: SourceInfo) -> bool:
-    """Create the source database on the managed cluster if missing. True when created."""
-    admin = info.with_db("postgres")
-    with connect(admin, autocommit=True) as conn:
-        exists = conn.execute(
-            "SELECT 1 FROM pg_database WHERE datname = %s", (info.dbname,)
-        ).fetchone()
-        if exists:
-            return False
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(info.dbname)))
-        return True
-
-
 def apply_schema(info: SourceInfo) -> None:
-    """Run schema.sql in one transaction (safe to run any number of times)."""
+    """Run schema.sql in one transaction (safe to run any number of times), as the owner."""
     with connect(info) as conn:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_INIT_LOCK,))
         conn.execute(schema_sql().encode())
@@ -40,44 +35,41 @@ def apply_schema(info: SourceInfo) -> None:
 
 
 def ensure_cdc_role(settings: Settings, info: SourceInfo) -> None:
-    """The capture role: LOGIN REPLICATION, SELECT on the captured tables, nothing else."""
+    """External source: the capture role (LOGIN REPLICATION, SELECT on the captured tables, nothing
+    else), made by the configured role when it may create roles; its password as a SCRAM verifier."""
     cdc = cdc_info(settings)
-    role = cdc.params["user"]
-    password = cdc.params.get("password")
     with connect(info) as conn:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_INIT_LOCK,))
-        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone()
-        verb = "ALTER" if exists else "CREATE"
-        stmt = sql.SQL(
-            verb + " ROLE {} WITH LOGIN REPLICATION NOSUPERUSER NOCREATEDB NOCREATEROLE"
-        ).format(sql.Identifier(role))
-        if password:
-            stmt = stmt + sql.SQL(" PASSWORD {}").format(sql.Literal(password))
-        conn.execute(stmt)
-        for schema in SCHEMAS:
-            ident = sql.Identifier(schema)
-            conn.execute(
-                sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(ident, sql.Identifier(role))
-            )
-            conn.execute(
-                sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {}").format(
-                    ident, sql.Identifier(role)
-                )
-            )
-            # Tables created later (e.g. by a newer schema) are readable too.
-            conn.execute(
-                sql.SQL(
-                    "ALTER DEFAULT PRIVILEGES IN SCHEMA {} GRANT SELECT ON TABLES TO {}"
-                ).format(ident, sql.Identifier(role))
-            )
+        set_role(
+            conn, cdc.params["user"], f"LOGIN REPLICATION {LIMITED}", cdc.params.get("password")
+        )
+        grant_capture(conn, cdc.params["user"], captured_tables_in(conn))
         conn.commit()
 
 
+def captured_tables_in(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
+    rows = conn.execute(
+        "SELECT table_schema, table_name FROM information_schema.tables "
+        "WHERE table_schema = ANY(%s) AND table_type = 'BASE TABLE' ORDER BY 1, 2",
+        (list(SCHEMAS),),
+    ).fetchall()
+    return [(str(a), str(b)) for a, b in rows]
+
+
 def init_source(settings: Settings) -> SourceInfo:
-    """Everything `bankde db init` does: database (managed only), schema, capture role."""
+    """Everything `bankde db init` does. Managed: roles and database as the superuser, then the
+    schema and grants as the owner. External: schema and capture role as the configured role."""
     info = source_info(settings)
-    if info.managed:
-        ensure_database(info)
-    apply_schema(info)
-    ensure_cdc_role(settings, info)
+    if not info.managed:
+        apply_schema(info)
+        ensure_cdc_role(settings, info)
+        return info
+    provision_managed(settings, info.dbname)
+    owner = owner_info(settings)
+    apply_schema(owner)
+    with connect(owner) as conn:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_INIT_LOCK,))
+        grant_app(conn, settings.db_user)
+        grant_capture(conn, settings.cdc_user, captured_tables_in(conn))
+        conn.commit()
     return info

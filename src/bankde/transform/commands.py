@@ -31,7 +31,6 @@ _PASSTHROUGH_COMMANDS = {
     "run": "dbt run: build the models only. Extra args go to dbt (e.g. --full-refresh).",
     "test": "dbt test: data tests and unit tests. Extra args go to dbt.",
     "snapshot": "dbt snapshot: record status changes of customers, accounts, cards and terminals.",
-    "docs": "dbt docs (generate | serve): the catalog of models, columns and tests.",
 }
 
 
@@ -44,6 +43,50 @@ def _passthrough(command: str, help_text: str) -> None:
 
 for _command, _help in _PASSTHROUGH_COMMANDS.items():
     _passthrough(_command, _help)
+
+
+@app.command(name="macros")
+def macros(
+    check: bool = typer.Option(
+        False, "--check", help="Change nothing; exit 1 if the committed file is out of date."
+    ),
+) -> None:
+    """Regenerate dbt/macros/cdc_version.sql from bankde.cdc.version (the version encoding)."""
+    from bankde.transform.macros import CDC_VERSION_MACROS, render_dbt_macros, write_dbt_macros
+    from bankde.transform.runner import project_dir
+
+    path = project_dir() / CDC_VERSION_MACROS
+    if check:
+        current = path.read_text(encoding="utf-8") if path.is_file() else ""
+        if current != render_dbt_macros():
+            out.print(f"{path} is out of date: run `bankde dbt macros`")
+            raise typer.Exit(1)
+        out.print(f"{path} is up to date")
+        return
+    changed = write_dbt_macros(project_dir())
+    out.print(f"{path} {'written' if changed else 'already up to date'}")
+
+
+@app.command(name="docs", context_settings=_PASSTHROUGH)
+def docs(ctx: typer.Context) -> None:
+    """dbt's documentation site (models, columns, tests, lineage), generated offline.
+
+    `bankde dbt docs` (or `docs generate \\[dbt args]`) writes it and prints where; `docs serve
+    \\[dbt args]` serves it (dbt's own server)."""
+    from bankde.console import err
+    from bankde.transform.docs import generate_docs
+
+    args = list(ctx.args)
+    if args and args[0] != "generate":
+        _run("docs", ctx)
+        return
+    site = generate_docs(get_settings(), args[1:])
+    out.print(str(site.static_index), soft_wrap=True)
+    err.print(
+        f"dbt docs: {site.static_index} opens as a file (everything inlined); {site.index} "
+        "needs an HTTP server beside manifest.json and catalog.json (`bankde dbt docs serve`)",
+        soft_wrap=True,
+    )
 
 
 @app.command(name="eval")

@@ -59,8 +59,14 @@ def read_holder(path: Path) -> LockHolder | None:
 
 
 def _command_line() -> str:
-    argv = [Path(sys.argv[0]).name if sys.argv else "python", *sys.argv[1:]]
-    return " ".join(argv)[:300]
+    """The program and its subcommand words only (`bankde cdc run`): options and their values
+    may carry a DSN or a password, and never belong in a file."""
+    words = [Path(sys.argv[0]).name if sys.argv else "python"]
+    for arg in sys.argv[1:]:
+        if not arg.replace("-", "").replace("_", "").isalnum() or arg.startswith("-"):
+            break
+        words.append(arg)
+    return " ".join(words)[:120]
 
 
 class WarehouseLock:
@@ -85,7 +91,7 @@ class WarehouseLock:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # O_CLOEXEC (Python's default) keeps child processes such as postgres from inheriting it.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)  # bankde-security: 0600
         deadline = time.monotonic() + max(wait, 0.0)
         while True:
             try:

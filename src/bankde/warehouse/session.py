@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -122,13 +121,6 @@ class WarehouseSession:
         if self._server is None:
             raise WarehouseError("the warehouse session is closed")
         return fn(self._server)
-
-    def statement_lock(self) -> AbstractContextManager[object]:
-        """Held around every statement on the embedded engine (any handle on it, dbt's too):
-        chDB runs one at a time. A server takes concurrent statements: no lock."""
-        if self._embedded is not None:
-            return self._embedded.mutex
-        return nullcontext()
 
     def run(self, sql: str) -> None:
         """A statement without parameters on the embedded engine's raw connection."""

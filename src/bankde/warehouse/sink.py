@@ -49,8 +49,11 @@ class ClickHouseSink:
     only after all data rows of the call, so a crash in between re-delivers, never skips.
     """
 
-    def __init__(self, warehouse: Warehouse) -> None:
+    def __init__(self, warehouse: Warehouse, record_batches: bool = True) -> None:
         self.wh = warehouse
+        # One row per applied batch in meta.cdc_batches (the report's CDC charts); off only to
+        # measure what recording costs (bench/cdc.py --batch-log-cost).
+        self.record_batches = record_batches
         self.names = DbNames(warehouse.settings.wh_prefix)
         self._tables: dict[tuple[str, str], TableInfo] = {}
         self._staged: dict[str, list[tuple[str, str]]] = {}
@@ -88,7 +91,7 @@ class ClickHouseSink:
             if offset.snapshot_done and self._staged.get(offset.slot):
                 self._publish_snapshot(offset.slot)
             self._write_offset(offset)
-            if groups or rest:
+            if self.record_batches and (groups or rest):
                 self._write_metrics(offset, groups, rest, started_us)
 
     def ensure_columns(self, schema: str, table: str, columns: Sequence[SourceColumn]) -> None:

@@ -3,20 +3,33 @@ with
 
 labels as (
 
-    select txn_id, scenario from {{ ref('stg_fraud_labels') }}
+    select
+        txn_id,
+        scenario
+
+    from {{ ref('stg_fraud_labels') }}
 
 ),
 
 alerts as (
 
-    select distinct rule, txn_id from {{ ref('fct_fraud_alerts') }}
+    select distinct
+        rule,
+        txn_id
+
+    from {{ ref('fct_fraud_alerts') }}
 
 ),
 
 -- A rule is named after the scenario it targets: fraud_<scenario>.
 alerts_by_scenario as (
 
-    select replaceRegexpOne(rule, '^fraud_', '') as scenario, rule, txn_id from alerts
+    select
+        rule,
+        txn_id,
+        replaceRegexpOne(rule, '^fraud_', '') as scenario
+
+    from alerts
 
 ),
 
@@ -30,13 +43,22 @@ scenarios as (
 
 label_counts as (
 
-    select scenario, count() as labelled from labels group by scenario
+    select
+        scenario,
+        count() as labelled
+
+    from labels
+    group by scenario
 
 ),
 
 alert_counts as (
 
-    select scenario, any(rule) as rule, count() as alerted
+    select
+        scenario,
+        any(rule) as rule,
+        count() as alerted
+
     from alerts_by_scenario
     group by scenario
 
@@ -44,11 +66,15 @@ alert_counts as (
 
 hits as (
 
-    select alerts_by_scenario.scenario as scenario, count() as true_positives
+    select
+        alerts_by_scenario.scenario,
+        count() as true_positives
+
     from alerts_by_scenario
     inner join labels
-        on alerts_by_scenario.txn_id = labels.txn_id
-        and alerts_by_scenario.scenario = labels.scenario
+        on
+            alerts_by_scenario.txn_id = labels.txn_id
+            and alerts_by_scenario.scenario = labels.scenario
     group by alerts_by_scenario.scenario
 
 ),
@@ -56,7 +82,8 @@ hits as (
 per_scenario as (
 
     select
-        scenarios.scenario as scenario,
+        -- Four tables have `scenario`: ClickHouse would name this column `scenarios.scenario`.
+        scenarios.scenario as scenario,  -- noqa: AL09
         coalesce(alert_counts.rule, concat('fraud_', scenarios.scenario)) as rule,
         coalesce(label_counts.labelled, 0) as labelled,
         coalesce(alert_counts.alerted, 0) as alerted,
@@ -74,10 +101,10 @@ overall as (
     select
         'overall' as scenario,
         'any' as rule,
-        (select count() from labels) as labelled,
-        (select uniqExact(txn_id) from alerts) as alerted,
+        (select count() as n from labels) as labelled,
+        (select uniqExact(txn_id) as n from alerts) as alerted,
         (
-            select count()
+            select count() as n
             from (select distinct txn_id from alerts) as a
             inner join labels as l on a.txn_id = l.txn_id
         ) as true_positives

@@ -11,20 +11,38 @@
 with
 
 {% for rule in rules %}
-{{ rule }} as (
+    {{ rule }} as (
 
-    select rule, txn_id, card_id, customer_id, occurred_at, score, evidence
-    from {{ ref(rule) }}
+        select
+            rule,
+            txn_id,
+            card_id,
+            customer_id,
+            occurred_at,
+            score,
+            evidence
 
-),
+        from {{ ref(rule) }}
+
+    ),
 
 {% endfor %}
 unioned as (
 
     {% for rule in rules %}
-    select * from {{ rule }}
-    {% if not loop.last %}union all{% endif %}
+        select * from {{ rule }}
+        {% if not loop.last %}union all{% endif %}
     {% endfor %}
+
+),
+
+dated as (
+
+    select
+        *,
+        toDate(occurred_at) as alerted_on
+
+    from unioned
 
 ),
 
@@ -36,11 +54,11 @@ final as (
         card_id,
         customer_id,
         occurred_at,
-        toDate(occurred_at) as alerted_on,
+        alerted_on,
         score,
         evidence
 
-    from unioned
+    from dated
 
 )
 

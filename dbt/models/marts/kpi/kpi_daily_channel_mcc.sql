@@ -2,7 +2,12 @@ with
 
 transactions as (
 
-    select * from {{ ref('fct_transactions') }}
+    -- Rows without a terminal have no MCC: one 'none' bucket for them.
+    select
+        * except (mcc),
+        coalesce(mcc, 'none') as mcc
+
+    from {{ ref('fct_transactions') }}
     where {{ in_changed_days('occurred_on') }}
 
 ),
@@ -12,7 +17,7 @@ final as (
     select
         occurred_on,
         channel,
-        coalesce(mcc, 'none') as mcc,
+        mcc,
         currency,
         count() as txn_count,
         countIf(is_approved) as approved_count,

@@ -8,7 +8,24 @@ accounts as (
 
 final as (
 
-    select * except (cdc_version) from accounts
+    -- Every stg_ column but the CDC version: current state, not its bookkeeping.
+    select
+        account_id,
+        customer_id,
+        iban_hash,
+        iban_country,
+        account_kind,
+        currency,
+        balance,
+        overdraft_limit,
+        status,
+        is_closed,
+        created_at,
+        updated_at,
+        closed_at,
+        status_changed_at
+
+    from accounts
 
 )
 

@@ -8,7 +8,24 @@ terminals as (
 
 final as (
 
-    select * except (cdc_version) from terminals
+    -- Every stg_ column but the CDC version: current state, not its bookkeeping.
+    select
+        terminal_id,
+        terminal_kind,
+        merchant_name,
+        mcc,
+        city,
+        country,
+        lat,
+        lon,
+        status,
+        is_closed,
+        created_at,
+        updated_at,
+        closed_at,
+        status_changed_at
+
+    from terminals
 
 )
 

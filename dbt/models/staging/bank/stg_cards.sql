@@ -12,7 +12,7 @@ final as (
         card_id,
         account_id,
         customer_id,
-        {{ pseudonymise('pan') }} as pan_hash,
+        cast(pan_hash as String) as pan_hash,
         cast(pan_last4 as String) as pan_last4,
         cast(network as String) as network,
         expires_on,

@@ -15,9 +15,9 @@ final as (
         card_id,
         occurred_at,
         _version as cdc_version,
-        _is_deleted = 1 as is_deleted,
+        _source_ts as committed_at,
         cast(_op as String) as cdc_op,
-        _source_ts as committed_at
+        _is_deleted = 1 as is_deleted
 
     from source
 

@@ -24,10 +24,10 @@ final as (
         occurred_at,
         created_at,
         updated_at,
+        _version as cdc_version,
         cast(status as String) = 'approved' as is_approved,
         cast(status as String) = 'declined' as is_declined,
-        cast(txn_type as String) in ('purchase', 'withdrawal', 'transfer', 'fee') as is_debit,
-        _version as cdc_version
+        cast(txn_type as String) in ('purchase', 'withdrawal', 'transfer', 'fee') as is_debit
 
     from source
 

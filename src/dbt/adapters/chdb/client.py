@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,20 +78,3 @@ class ChdbClient(ChHttpClient):
             )
         except Exception as ex:
             raise ChRetryableException(str(ex)) from ex
-
-    # dbt's own handle (its database and settings) on the session's engine: every statement
-    # holds the session's statement lock, as bankde's warehouse client and sink do.
-    def query(self, sql: str, **kwargs: Any) -> Any:
-        with self._statement_lock():
-            return super().query(sql, **kwargs)
-
-    def command(self, sql: str, **kwargs: Any) -> Any:
-        with self._statement_lock():
-            return super().command(sql, **kwargs)
-
-    def columns_in_query(self, sql: str, **kwargs: Any) -> Any:
-        with self._statement_lock():
-            return super().columns_in_query(sql, **kwargs)
-
-    def _statement_lock(self) -> AbstractContextManager[object]:
-        return self._session.statement_lock() if self._session is not None else nullcontext()

@@ -15,14 +15,20 @@ card_present as (
 
     from {{ ref('fct_transactions') }}
     -- Context: the changed days and the day either side of them (windows are < 1 day).
-    where {{ in_changed_days('occurred_on', 2) }}
+    where
+        {{ in_changed_days('occurred_on', 2) }}
         and channel in ('atm', 'pos') and card_id is not null
 
 ),
 
 customers as (
 
-    select customer_id, home_lat, home_lon from {{ ref('ods_customers') }}
+    select
+        customer_id,
+        home_lat,
+        home_lon
+
+    from {{ ref('ods_customers') }}
 
 ),
 
@@ -59,9 +65,10 @@ travel as (
         ) as nearest_home_km_around
 
     from located
-    where card_id in (select card_id from far_cards)
+    where card_id in (select far_cards.card_id from far_cards)
 
 ),
+
 final as (
 
     -- Impossible travel: the card is used far away and at home within a few hours.
@@ -75,7 +82,8 @@ final as (
         )) as evidence
 
     from travel
-    where {{ in_changed_days('toDate(occurred_at)', 1) }}
+    where
+        {{ in_changed_days('toDate(occurred_at)', 1) }}
         and km_from_home > {{ var('account_takeover_far_km') }}
         and nearest_home_km_around < {{ var('account_takeover_home_km') }}
 

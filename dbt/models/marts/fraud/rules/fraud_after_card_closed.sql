@@ -5,17 +5,29 @@ with
 
 transactions as (
 
-    select txn_id, card_id, customer_id, occurred_at, status, decline_reason
+    select
+        txn_id,
+        card_id,
+        customer_id,
+        occurred_at,
+        status,
+        decline_reason
+
     from {{ ref('fct_transactions') }}
     -- Context: the changed days and the day either side of them (windows are < 1 day).
-    where {{ in_changed_days('occurred_on', 2) }}
+    where
+        {{ in_changed_days('occurred_on', 2) }}
         and card_id is not null
 
 ),
 
 closed_cards as (
 
-    select card_id, closed_at from {{ ref('ods_cards') }}
+    select
+        card_id,
+        closed_at
+
+    from {{ ref('ods_cards') }}
     where closed_at is not null
 
 ),
@@ -54,7 +66,8 @@ final as (
         )) as evidence
 
     from bursts
-    where {{ in_changed_days('toDate(occurred_at)', 1) }}
+    where
+        {{ in_changed_days('toDate(occurred_at)', 1) }}
         and burst_size >= {{ min_attempts }}
 
 )

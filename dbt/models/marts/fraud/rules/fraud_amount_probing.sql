@@ -19,7 +19,8 @@ purchases as (
 
     from {{ ref('fct_transactions') }}
     -- Context: the changed days and the day either side of them (windows are < 1 day).
-    where {{ in_changed_days('occurred_on', 2) }}
+    where
+        {{ in_changed_days('occurred_on', 2) }}
         and card_id is not null and terminal_id is not null and txn_type = 'purchase'
 
 ),
@@ -28,7 +29,10 @@ probed_pairs as (
 
     -- Only a card that was declined at one merchant often enough can be probing there; this
     -- keeps the windows below to a handful of rows.
-    select card_id, terminal_id
+    select
+        card_id,
+        terminal_id
+
     from purchases
     where is_probe_decline
     group by card_id, terminal_id
@@ -39,9 +43,17 @@ probed_pairs as (
 attempts as (
 
     -- Everything those cards tried at those merchants: the probes and what follows them.
-    select *, toUnixTimestamp64Milli(occurred_at) as occurred_ms
+    select
+        *,
+        toUnixTimestamp64Milli(occurred_at) as occurred_ms
+
     from purchases
-    where (card_id, terminal_id) in (select card_id, terminal_id from probed_pairs)
+    where (card_id, terminal_id) in (
+        select
+            probed_pairs.card_id,
+            probed_pairs.terminal_id
+        from probed_pairs
+    )
 
 ),
 
@@ -78,7 +90,8 @@ final as (
         )) as evidence
 
     from windowed
-    where {{ in_changed_days('toDate(occurred_at)', 1) }}
+    where
+        {{ in_changed_days('toDate(occurred_at)', 1) }}
         and declines_around >= {{ min_declines }}
         and amount <= top_declined_amount
         and top_declined_amount > bottom_declined_amount

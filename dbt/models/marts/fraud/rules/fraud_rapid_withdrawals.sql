@@ -16,7 +16,8 @@ withdrawals as (
 
     from {{ ref('fct_transactions') }}
     -- Context: the changed days and the day either side of them (windows are < 1 day).
-    where {{ in_changed_days('occurred_on', 2) }}
+    where
+        {{ in_changed_days('occurred_on', 2) }}
         and txn_type = 'withdrawal' and card_id is not null
 
 ),
@@ -39,7 +40,8 @@ final as (
         )) as evidence
 
     from bursts
-    where {{ in_changed_days('toDate(occurred_at)', 1) }}
+    where
+        {{ in_changed_days('toDate(occurred_at)', 1) }}
         and burst_size >= {{ min_count }}
 
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bankde.cdc.engines.debezium.convert import UNCHANGED_TOAST
+from bankde.errors import ConfigError
 from bankde.settings import Settings
 from bankde.source.connection import SourceInfo
 
@@ -12,6 +13,46 @@ TOPIC_PREFIX = "bankde"
 # Logical decoding messages with this prefix mark "the stream got this far" (snapshot end, sync).
 MARKER_PREFIX = "bankde_dbz_marker"
 HEARTBEAT_MS = 500
+
+
+# bankde-security: every libpq parameter of the DSN reaches the connector. The ones Debezium
+# names itself go as `database.*`; the rest go to the JDBC driver as `driver.<pgjdbc name>`.
+_DATABASE_PARAMS = {
+    "sslmode": "database.sslmode",
+    "sslrootcert": "database.sslrootcert",
+    "sslcert": "database.sslcert",
+    "sslkey": "database.sslkey",
+    "sslpassword": "database.sslpassword",
+}
+_DRIVER_PARAMS = {
+    "application_name": "driver.ApplicationName",
+    "connect_timeout": "driver.connectTimeout",
+    "options": "driver.options",
+    "channel_binding": "driver.channelBinding",
+    "gssencmode": "driver.gssEncMode",
+    "target_session_attrs": "driver.targetServerType",
+    "sslnegotiation": "driver.sslNegotiation",
+}
+# Carried by the fixed properties below.
+_BASE_PARAMS = ("host", "port", "user", "password", "dbname")
+
+
+def jdbc_properties(info: SourceInfo) -> dict[str, str]:
+    """The DSN's parameters beyond host/port/user/password/dbname as connector properties; a
+    parameter pgjdbc has no equivalent for (hostaddr, passfile, sslcrl...) is a ConfigError:
+    dropping it would quietly weaken the connection (a lost CA check, a lost channel binding)."""
+    out: dict[str, str] = {}
+    for key, value in info.params.items():
+        if key in _BASE_PARAMS:
+            continue
+        name = _DATABASE_PARAMS.get(key) or _DRIVER_PARAMS.get(key)
+        if name is None:
+            raise ConfigError(
+                f"BANKDE_PG_DSN: parameter {key}={value} has no Debezium/JDBC equivalent; "
+                "remove it or use the native engine (BANKDE_CDC_ENGINE=native)"
+            )
+        out[name] = value
+    return out
 
 
 def _suffixed(name: str) -> str:
@@ -50,6 +91,7 @@ def connector_properties(
         "database.password": p.get("password", ""),
         "database.dbname": info.dbname,
         "database.sslmode": p.get("sslmode", "prefer"),
+        **jdbc_properties(info),
         "topic.prefix": TOPIC_PREFIX,
         "plugin.name": "pgoutput",
         "slot.name": s.cdc_slot,
