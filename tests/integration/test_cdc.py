@@ -378,7 +378,8 @@ def test_kill_dash_nine_at_random_points(
     kills = 0
     confirmed: list[int | None] = []
     try:
-        for _ in range(10):
+        for round_ in range(10):
+            spawned = time.time()
             proc = subprocess.Popen(
                 [BANKDE, "cdc", "run", "--no-progress"],
                 env=env,
@@ -386,7 +387,15 @@ def test_kill_dash_nine_at_random_points(
                 stderr=subprocess.PIPE,
                 text=True,
             )
-            time.sleep(rng.uniform(2.0, 4.0))
+            if round_ % 2 == 0:
+                # Anywhere in start-up: connect, slot creation, snapshot, first batches.
+                time.sleep(rng.uniform(0.5, 4.0))
+            else:
+                # While streaming: this process's walsender is up, then a random point later.
+                # Timed from there, not from the spawn, so a loaded machine's slow start-up
+                # (seen: 5-6 s at load 9) cannot turn every kill into a start-up kill.
+                _wait_streaming(s, proc, spawned, timeout=120)
+                time.sleep(rng.uniform(0.3, 2.5))
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
@@ -427,6 +436,23 @@ def test_kill_dash_nine_at_random_points(
         got[name] = value if name.endswith(":dups") else {r[0]: tuple(r) for r in value}
     problems = diff(s, got)
     assert problems == [], problems
+
+
+def _wait_streaming(s: Settings, proc: subprocess.Popen[str], since: float, timeout: float) -> None:
+    """Until `proc`'s own walsender (started after `since`, epoch seconds) holds the slot."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        with connect(admin_info(s), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT a.backend_start >= to_timestamp(%s) FROM pg_replication_slots r "
+                "JOIN pg_stat_activity a ON a.pid = r.active_pid WHERE r.slot_name = %s",
+                (since, s.cdc_slot),
+            ).fetchone()
+        if row and row[0]:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"cdc run did not start streaming within {timeout:.0f} s")
 
 
 def _dump_main() -> None:
