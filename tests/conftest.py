@@ -6,7 +6,9 @@ import os
 import shutil
 import socket
 import stat
+import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -197,3 +199,27 @@ def source_wh_settings(source_settings: Settings, warehouse_dir: Path) -> Iterat
         yield settings
     finally:
         _drop_warehouse_dbs(settings)
+
+
+def wait_slot_taken(
+    settings: Settings, slot: str, proc: subprocess.Popen[str], since: float, timeout: float
+) -> None:
+    """Until a walsender started after `since` (epoch seconds), i.e. `proc`'s own, holds `slot`.
+
+    Kill tests time their random kill points from here, not from the spawn: on a loaded machine
+    start-up alone can outlast a fixed delay, and every kill would then land before streaming."""
+    from bankde.source.connection import admin_info, connect
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        with connect(admin_info(settings), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT a.backend_start >= to_timestamp(%s) FROM pg_replication_slots r "
+                "JOIN pg_stat_activity a ON a.pid = r.active_pid WHERE r.slot_name = %s",
+                (since, slot),
+            ).fetchone()
+        if row and row[0]:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no process took slot {slot} within {timeout:.0f} s")

