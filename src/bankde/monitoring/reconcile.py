@@ -105,9 +105,18 @@ def _canonical(name: str, pg_type: str, ch_type: str) -> _Column:
         # numeric(p, s) prints exactly s decimals already; only another scale needs round().
         pg_text = f"{q}::text" if pg.scale == scale else f"round({q}, {scale})::text"
         return _Column(name, pg_text, f"toDecimalString({c}, {scale})")
+    if base.startswith("DateTime") and pg.name in ("timestamptz", "timestamp"):
+        # The stored value itself: Postgres's binary form is the big-endian int64 of
+        # microseconds since 2000-01-01 UTC (a timestamp without zone lands as if UTC), in hex;
+        # no zone or formatting to agree on, and about 2x cheaper than numeric extract(epoch).
+        return _Column(
+            name,
+            f"encode({pg.name}_send({q}), 'hex')",
+            f"lower(hex(reverse(reinterpretAsFixedString("
+            f"toUnixTimestamp64Micro({c}) - {_PG_EPOCH_US}))))",
+        )
     if base.startswith("DateTime"):
-        # Microseconds since the epoch: no zone or formatting to agree on. A timestamp without
-        # zone lands as if UTC, which is what extract(epoch) assumes for it too.
+        # Microseconds since the epoch: no zone or formatting to agree on.
         return _Column(
             name,
             f"(extract(epoch from {q}) * 1000000)::bigint::text",
@@ -120,6 +129,7 @@ def _canonical(name: str, pg_type: str, ch_type: str) -> _Column:
 
 
 _INTEGERS = frozenset({"int2", "int4", "int8"})
+_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 00:00:00 UTC in Unix microseconds
 
 
 def _pg_ident(name: str) -> str:
@@ -289,6 +299,11 @@ def _begin(conn: Any, snapshot: str | None = None) -> None:
     # at most BUCKETS) and picks a sort spilling the whole table to disk; a hash aggregate holds
     # 1024 groups in memory (measured 7.0 s -> 5.8 s on 900,000 rows).
     conn.execute("SET LOCAL enable_sort = off")
+    # The same misestimate makes partial aggregates look as large as the table, so a cheap
+    # row expression loses the parallel plan (measured 6.0 s serial vs 4.2 s with 2 workers):
+    # the gathered partials are 1,024 rows per worker, nearly free to pass.
+    conn.execute("SET LOCAL parallel_setup_cost = 0")
+    conn.execute("SET LOCAL parallel_tuple_cost = 0")
 
 
 def _sizes(conn: Any, relations: list[str]) -> dict[str, int]:
