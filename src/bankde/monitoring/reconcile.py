@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -216,17 +217,19 @@ def reconcile(
     settings: Settings | None = None,
     warehouse: Warehouse | None = None,
     sample_size: int = 10,
+    reading: threading.Event | None = None,
 ) -> ReconcileResult:
     """Compare every captured table (bank.*, truth.*) with its landing table (FINAL, not deleted).
 
     Both databases compute, per row, a canonical text of the key and every column (decimals at
-    fixed scale, timestamps as epoch microseconds, NULL marked), hash it with MD5, and sum the
+    fixed scale, timestamps as their stored microseconds, NULL marked), hash it with MD5, and sum the
     64-bit hashes per key bucket; only the bucket sums leave each database. Differing buckets are
     then read key by key to name a sample of differing keys.
 
     The two sides run at the same time: the warehouse's queries on one thread, the source's on
     up to SOURCE_CONNECTIONS connections that share one snapshot (pg_export_snapshot), so every
-    table is read as of the same instant, as on a single connection.
+    table is read as of the same instant, as on a single connection. `reading` is set once every
+    query is under way (a caller sharing the warehouse can hold its own queries until then).
     """
     settings = settings or get_settings()
     wh = warehouse or open_warehouse(settings)
@@ -271,6 +274,8 @@ def reconcile(
         )
         wh_future = pool.submit(warehouse_side)
         src_futures = {p.check.table: pool.submit(source_side, p) for p in queued}
+        if reading is not None:
+            reading.set()
         src_results = {t: f.result() for t, f in src_futures.items()}
         wh_results = wh_future.result()
         for plan in plans:
