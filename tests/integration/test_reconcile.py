@@ -177,3 +177,68 @@ def test_reconcile_command_exit_codes_and_json(cli_settings_env: Settings) -> No
     res = runner.invoke(app, ["reconcile"])
     assert res.exit_code == 1
     assert "bank.account: account_id=11: values differ" in res.output
+
+
+def test_both_sides_bucket_and_hash_alike(source_wh_settings: Settings) -> None:
+    """The bucket and row-hash expressions are one function computed twice: integer keys by
+    their low bits (negative and extreme ones too), other keys by MD5 of their text."""
+    from bankde.monitoring.reconcile import _buckets, _canonical, _ch_hash, _pg_hash
+
+    keys = [0, 1, -1, -5, 1023, 1024, -1024, 2**62 + 7, -(2**63), 2**63 - 1]
+    k = _canonical("k", "bigint", "Int64")
+    t, n = _canonical("t", "text", "String"), _canonical("n", "integer", "Int32")
+    (pg_int, ch_int), (pg_text, ch_text) = _buckets([k]), _buckets([t, n])
+    assert "md5" not in pg_int and "md5" in pg_text
+    pg_values = ", ".join(f"('{v}'::bigint, 'k{v}', {v % 1000})" for v in keys)
+    with connect(owner_info(source_wh_settings)) as conn:
+        pg = conn.execute(
+            f"SELECT {pg_int}, {pg_text}, {_pg_hash(k.pg_expr)} "
+            f"FROM (VALUES {pg_values}) AS v(k, t, n) ORDER BY k"
+        ).fetchall()
+    ch_values = ", ".join(f"(toInt64({v}), 'k{v}', toInt32({v % 1000}))" for v in keys)
+    ch = open_warehouse(source_wh_settings).query(
+        f"SELECT {ch_int}, {ch_text}, {_ch_hash(k.ch_expr)} FROM (SELECT x.1 AS k, x.2 AS t, "
+        f"x.3 AS n FROM (SELECT arrayJoin([{ch_values}]) AS x)) ORDER BY k"
+    )
+    assert [tuple(map(int, r)) for r in pg] == [tuple(map(int, r)) for r in ch]
+    # Sorted keys: -2^63, -1024, -5, -1, 0, 1, 1023, 1024, 2^62 + 7, 2^63 - 1.
+    assert [r[0] for r in pg] == [0, 0, 1019, 1023, 0, 1, 1023, 0, 7, 1023]
+    assert len({r[1] for r in pg}) > 5 and all(0 <= r[1] < 1024 for r in pg)
+
+
+def test_timestamps_compare_by_their_stored_microseconds(source_wh_settings: Settings) -> None:
+    """timestamptz and timestamp are compared as the stored int64 (Postgres's binary form, in
+    hex) on both sides: before 2000 and 1970, with and without microseconds."""
+    from bankde.monitoring.reconcile import _canonical
+
+    values = [
+        "1900-03-01 12:00:00.5",
+        "1969-12-31 23:59:59.999999",
+        "1970-01-01 00:00:00",
+        "1999-12-31 23:59:59.999999",
+        "2000-01-01 00:00:00",
+        "2024-05-01 00:01:00.000123",
+        "2262-04-11 23:47:16.854775",
+    ]
+    tz = _canonical("ts", "timestamp with time zone", "DateTime64(6, 'UTC')")
+    naive = _canonical("ts", "timestamp without time zone", "DateTime64(6, 'UTC')")
+    with connect(owner_info(source_wh_settings)) as conn:
+        conn.execute("SET TimeZone = 'Europe/Paris'")  # the binary form does not depend on it
+        pg = [
+            conn.execute(
+                f"SELECT {tz.pg_expr}, (SELECT {naive.pg_expr} FROM (SELECT %s::timestamp AS ts) n) "
+                "FROM (SELECT (%s || '+00')::timestamptz AS ts) t",
+                (v, v),
+            ).fetchone()
+            for v in values
+        ]
+    wh = open_warehouse(source_wh_settings)
+    ch = [
+        wh.query(
+            f"SELECT {tz.ch_expr} FROM (SELECT toDateTime64({{v:String}}, 6, 'UTC') AS ts)",
+            {"v": v},
+        )[0][0]
+        for v in values
+    ]
+    assert [p[0] for p in pg] == [p[1] for p in pg] == ch
+    assert ch[4] == "0000000000000000" and ch[3] == "ffffffffffffffff"

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -1029,7 +1030,12 @@ def build_report(
     if with_source and with_reconcile:
         from bankde.monitoring.reconcile import reconcile
 
-        data.reconciled = pool.submit(reconcile, settings, wh, 3)
+        reading = threading.Event()
+        data.reconciled = pool.submit(reconcile, settings, wh, 3, reading)
+        # The reconciliation is the longest part: let it plan (a few warehouse lookups) and
+        # start its scans before the charts' queries queue on the warehouse ahead of it.
+        while not reading.wait(0.05) and not data.reconciled.done():
+            pass
     parts: list[Callable[[], None]] = [
         lambda: _traffic(page, data),
         lambda: _fraud(page, data),
