@@ -356,6 +356,7 @@ def test_kill_dash_nine_of_the_debezium_engine(workspace: tuple[Settings, Path])
     confirmed: list[int | None] = []
     try:
         for i in range(3):
+            before = slot_state(dbz_settings).confirmed_flush_lsn
             spawned = time.time()
             proc = subprocess.Popen(
                 [BANKDE, "cdc", "run", "--engine", "debezium", "--no-progress"],
@@ -366,7 +367,14 @@ def test_kill_dash_nine_of_the_debezium_engine(workspace: tuple[Settings, Path])
             )
             # Past the JVM's and the connector's start (seconds), into streaming.
             wait_slot_taken(settings, dbz_settings.cdc_slot, proc, since=spawned, timeout=180)
-            time.sleep(rng.uniform(1.5, 4.0))
+            # Debezium confirms to the slot when it commits offsets: wait for this run's first
+            # confirmation (a loaded machine can take seconds to get there), then a random point.
+            deadline = time.monotonic() + 180
+            while slot_state(dbz_settings).confirmed_flush_lsn == before:
+                assert time.monotonic() < deadline, f"kill {i}: run confirmed nothing in 180 s"
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                time.sleep(0.2)
+            time.sleep(rng.uniform(0.5, 3.0))
             if proc.poll() is not None:
                 pytest.fail(f"cdc run exited early: {proc.stderr.read() if proc.stderr else ''}")
             proc.send_signal(signal.SIGKILL)
