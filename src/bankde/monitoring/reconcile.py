@@ -6,10 +6,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bankde.settings import Settings, get_settings
+from bankde.settings import Settings
 from bankde.source.catalog import CatalogTable, captured_tables_in, catalog_tables_in
 from bankde.source.connection import connect, source_info
-from bankde.warehouse.client import Warehouse, open_warehouse
+from bankde.warehouse.client import Warehouse
 from bankde.warehouse.ddl import DbNames, table_info
 from bankde.warehouse.types import ident, parse_pg_type, strip_wrappers
 
@@ -145,8 +145,8 @@ def _ch_bucket(text: str) -> str:
 
 
 def reconcile(
-    settings: Settings | None = None,
-    warehouse: Warehouse | None = None,
+    settings: Settings,
+    warehouse: Warehouse,
     sample_size: int = 10,
 ) -> ReconcileResult:
     """Compare every captured table (bank.*, truth.*) with its landing table (FINAL, not deleted).
@@ -156,8 +156,7 @@ def reconcile(
     64-bit hashes per key bucket; only the bucket sums leave each database. Differing buckets are
     then read key by key to name a sample of differing keys.
     """
-    settings = settings or get_settings()
-    wh = warehouse or open_warehouse(settings)
+    wh = warehouse
     names = DbNames(settings.wh_prefix)
     started = time.monotonic()
     checks: list[TableCheck] = []
