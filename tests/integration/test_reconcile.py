@@ -13,8 +13,8 @@ from bankde.contracts import Offset
 from bankde.monitoring.reconcile import reconcile
 from bankde.settings import Settings, get_settings
 from bankde.source.connection import connect, owner_info
-from bankde.warehouse.client import open_warehouse
 from bankde.warehouse.ddl import db_names
+from bankde.warehouse.session import WarehouseSession, open_session
 from bankde.warehouse.sink import ClickHouseSink
 
 SEED_SQL = """
@@ -52,9 +52,9 @@ INSERT INTO truth.fraud_label (txn_id, scenario, episode_id) VALUES (101, 'card_
 pytestmark = pytest.mark.served_too
 
 
-def land_source(settings: Settings) -> None:
+def land_source(settings: Settings, session: WarehouseSession) -> None:
     """Copy every bank.* and truth.* row into the warehouse through the sink, as text form."""
-    sink = ClickHouseSink(open_warehouse(settings))
+    sink = ClickHouseSink(session.warehouse(settings))
     events: list[ChangeEvent] = []
     with connect(owner_info(settings)) as conn:
         conn.execute("SET TimeZone = 'UTC'")
@@ -88,11 +88,14 @@ def run_sql(settings: Settings, statement: str) -> None:
         conn.commit()
 
 
-def test_equal_after_landing_then_differences_name_keys(source_wh_settings: Settings) -> None:
+def test_equal_after_landing_then_differences_name_keys(
+    source_wh_settings: Settings, source_wh_session: WarehouseSession
+) -> None:
     settings = source_wh_settings
+    wh = source_wh_session.warehouse(settings)
     run_sql(settings, SEED_SQL)
-    land_source(settings)
-    result = reconcile(settings)
+    land_source(settings, source_wh_session)
+    result = reconcile(settings, wh)
     assert result.equal, [
         (t.table, t.problems, t.sample, t.source_rows, t.warehouse_rows) for t in result.differing
     ]
@@ -113,7 +116,7 @@ def test_equal_after_landing_then_differences_name_keys(source_wh_settings: Sett
         settings,
         "UPDATE bank.customer SET created_at = created_at + interval '1 microsecond' WHERE customer_id = 2",
     )
-    result = reconcile(settings)
+    result = reconcile(settings, wh)
     assert not result.equal
     bad = {t.table: t for t in result.differing}
     assert set(bad) == {"bank.transaction", "bank.customer", "truth.fraud_label"}
@@ -128,15 +131,17 @@ def test_equal_after_landing_then_differences_name_keys(source_wh_settings: Sett
     assert [d.key for d in bad["bank.customer"].sample] == ["customer_id=2"]
 
 
-def test_missing_rows_and_columns_are_reported(source_wh_settings: Settings) -> None:
+def test_missing_rows_and_columns_are_reported(
+    source_wh_settings: Settings, source_wh_session: WarehouseSession
+) -> None:
     settings = source_wh_settings
     run_sql(settings, SEED_SQL)
-    land_source(settings)
-    wh = open_warehouse(settings)
+    land_source(settings, source_wh_session)
+    wh = source_wh_session.warehouse(settings)
     raw = db_names(settings).landing_table("bank", "transaction")
     wh.command(f"ALTER TABLE {raw} DELETE WHERE txn_id IN (103, 140) SETTINGS mutations_sync = 2")
     run_sql(settings, "ALTER TABLE bank.terminal ADD COLUMN note text")
-    result = reconcile(settings)
+    result = reconcile(settings, wh)
     bad = {t.table: t for t in result.differing}
     assert set(bad) == {"bank.transaction", "bank.terminal"}
     assert [(d.key, d.problem) for d in bad["bank.transaction"].sample] == [
@@ -167,7 +172,9 @@ def test_reconcile_command_exit_codes_and_json(cli_settings_env: Settings) -> No
 
     settings = cli_settings_env
     run_sql(settings, SEED_SQL)
-    land_source(settings)
+    # Landed on a session of the test's, closed before the command opens its own.
+    with open_session(settings) as session:
+        land_source(settings, session)
     runner = CliRunner()
     res = runner.invoke(app, ["reconcile", "--json"])
     assert res.exit_code == 0, res.output
