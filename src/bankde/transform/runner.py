@@ -200,6 +200,11 @@ def run_dbt(
     from dbt.adapters.chdb.client import lend_session
 
     path = warehouse_path(settings)
+    if session.embedded and session.location != path:
+        raise ConfigError(
+            f"the session holds the warehouse {session.location}, the settings name {path}: "
+            "run dbt on the warehouse the session holds"
+        )
     full = with_vars(
         [*args, "--project-dir", str(project), "--profiles-dir", str(project)], {PATH_VAR: path}
     )
