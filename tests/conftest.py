@@ -13,11 +13,14 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from bankde.settings import Settings
+
+if TYPE_CHECKING:
+    from bankde.warehouse.session import WarehouseSession
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -160,9 +163,6 @@ def warehouse_dir() -> Iterator[Path]:
     try:
         yield home / "warehouse"
     finally:
-        from bankde.warehouse.client import close_warehouse
-
-        close_warehouse()
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -172,10 +172,11 @@ def _with_warehouse(settings: Settings, warehouse_dir: Path) -> Settings:
 
 
 def _drop_warehouse_dbs(settings: Settings) -> None:
-    from bankde.warehouse.client import open_warehouse
     from bankde.warehouse.ddl import drop_databases
+    from bankde.warehouse.session import open_session
 
-    drop_databases(open_warehouse(settings))
+    with open_session(settings) as session:
+        drop_databases(session.warehouse())
 
 
 @pytest.fixture()
@@ -223,3 +224,22 @@ def wait_slot_taken(
             return
         time.sleep(0.1)
     raise AssertionError(f"no process took slot {slot} within {timeout:.0f} s")
+
+
+@pytest.fixture()
+def wh_session(wh_settings: Settings) -> Iterator[WarehouseSession]:
+    """This test's session on the warehouse of wh_settings (the one this process may hold),
+    closed after the test; code under test is handed it, as a command hands down its own."""
+    from bankde.warehouse.session import open_session
+
+    with open_session(wh_settings) as session:
+        yield session
+
+
+@pytest.fixture()
+def source_wh_session(source_wh_settings: Settings) -> Iterator[WarehouseSession]:
+    """As wh_session, on source_wh_settings."""
+    from bankde.warehouse.session import open_session
+
+    with open_session(source_wh_settings) as session:
+        yield session

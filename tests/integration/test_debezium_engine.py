@@ -25,8 +25,8 @@ ENGINES = ("native", "debezium")
 COMPARE = """
 import json, sys
 from bankde.settings import Settings
-from bankde.warehouse.client import open_warehouse
-wh = open_warehouse(Settings())
+from bankde.warehouse.session import open_session
+wh = open_session(Settings()).warehouse()  # the script's one session, released at exit
 a, b = sys.argv[1], sys.argv[2]
 out = {}
 for db in ("raw", "truth"):

@@ -87,8 +87,9 @@ def clickhouse_plain(data: bytes) -> bytes | None:
 
 # Every text value of every warehouse table (numbers are ids, versions, LSNs: not card numbers).
 DUMP_TABLES = """
-from bankde.warehouse.client import open_warehouse
-wh = open_warehouse()
+from bankde.settings import get_settings
+from bankde.warehouse.session import open_session
+wh = open_session(get_settings()).warehouse()  # the script's one session, released at exit
 cols = wh.query(
     "SELECT database, table, groupArray(name) FROM system.columns WHERE type LIKE '%String%' "
     "AND database NOT IN ('system', 'INFORMATION_SCHEMA', 'information_schema') GROUP BY 1, 2"

@@ -15,8 +15,9 @@ from bankde.cdc.envelope import ChangeEvent, Source, make_version
 from bankde.contracts import Offset, SourceColumn
 from bankde.errors import CaptureError
 from bankde.settings import Settings
-from bankde.warehouse.client import Warehouse, open_warehouse
+from bankde.warehouse.client import Warehouse
 from bankde.warehouse.ddl import apply_schema, db_names, ensure_columns, landing_tables
+from bankde.warehouse.session import WarehouseSession
 from bankde.warehouse.sink import BATCH_LOG_SECONDS, ClickHouseSink
 
 TS = 1_700_000_000_000
@@ -60,8 +61,8 @@ def final(wh: Warehouse, table: str, cols: str) -> list[tuple[Any, ...]]:
 
 
 @pytest.fixture()
-def wh(wh_settings: Settings) -> Warehouse:
-    return open_warehouse(wh_settings)
+def wh(wh_settings: Settings, wh_session: WarehouseSession) -> Warehouse:
+    return wh_session.warehouse(wh_settings)
 
 
 def test_schema_applies_twice_under_a_prefix(wh: Warehouse, wh_settings: Settings) -> None:

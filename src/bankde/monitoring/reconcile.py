@@ -12,10 +12,10 @@ from typing import Any
 
 from psycopg import sql
 
-from bankde.settings import Settings, get_settings
+from bankde.settings import Settings
 from bankde.source.catalog import CatalogTable, captured_tables_in, catalog_tables_in
 from bankde.source.connection import connect, source_info
-from bankde.warehouse.client import Warehouse, open_warehouse
+from bankde.warehouse.client import Warehouse
 from bankde.warehouse.ddl import DbNames, table_info
 from bankde.warehouse.types import ident, parse_pg_type, strip_wrappers
 
@@ -214,8 +214,8 @@ class _Plan:
 
 
 def reconcile(
-    settings: Settings | None = None,
-    warehouse: Warehouse | None = None,
+    settings: Settings,
+    warehouse: Warehouse,
     sample_size: int = 10,
     reading: threading.Event | None = None,
 ) -> ReconcileResult:
@@ -231,8 +231,7 @@ def reconcile(
     table is read as of the same instant, as on a single connection. `reading` is set once every
     query is under way (a caller sharing the warehouse can hold its own queries until then).
     """
-    settings = settings or get_settings()
-    wh = warehouse or open_warehouse(settings)
+    wh = warehouse
     names = DbNames(settings.wh_prefix)
     started = time.monotonic()
     info = source_info(settings)

@@ -529,7 +529,7 @@ def _rules(page: _Page, data: _Data) -> None:
         "label; recall: share of its label it alerted.",
     )
     try:
-        scores = evaluation_rows(data.settings)
+        scores = evaluation_rows(data.settings, data.wh)
     except EvaluationMissing as exc:
         page.note(sec, str(exc))
         return
@@ -788,7 +788,7 @@ def _freshness(page: _Page, sec: Section, data: _Data) -> None:
     from bankde.monitoring.freshness import freshness
 
     try:
-        rows = freshness(data.settings)
+        rows = freshness(data.settings, data.wh)
     except BankdeError as exc:
         page.note(sec, f"freshness: {exc}")
         return
@@ -1058,6 +1058,7 @@ def report_path(settings: Settings) -> Path:
 
 def write_report(
     settings: Settings,
+    warehouse: Warehouse,
     path: Path | None = None,
     *,
     with_source: bool = True,
@@ -1065,12 +1066,10 @@ def write_report(
 ) -> ReportResult:
     """Write the report (default $BANKDE_HOME/report.html) atomically: a reader never sees half
     a file, and a failure leaves the previous report in place."""
-    from bankde.warehouse.client import open_warehouse
-
     started = time.monotonic()
     target = path or report_path(settings)
     text, page = build_report(
-        settings, open_warehouse(settings), with_source=with_source, with_reconcile=with_reconcile
+        settings, warehouse, with_source=with_source, with_reconcile=with_reconcile
     )
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=target.parent)

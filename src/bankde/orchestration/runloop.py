@@ -18,7 +18,9 @@ from bankde.errors import BankdeError
 from bankde.settings import Settings
 
 if TYPE_CHECKING:
+    from bankde.contracts import Sink
     from bankde.monitoring.metrics import PipelineMetrics
+    from bankde.warehouse.session import WarehouseSession
 
 
 @dataclass
@@ -114,26 +116,28 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 
 def run_pipeline(
-    settings: Settings, options: RunOptions, stop: threading.Event | None = None
+    settings: Settings,
+    session: WarehouseSession,
+    options: RunOptions,
+    stop: threading.Event | None = None,
 ) -> RunState:
     """Run until `stop` (or a signal, or `options.duration`). The filler writes only to Postgres;
-    CDC and dbt share this process's warehouse and never run at the same time: CDC streams in
+    CDC, dbt and the status share the caller's warehouse `session` (held for the whole run,
+    other processes reach it through the server) and never run at the same time: CDC streams in
     segments of `dbt_every` seconds, each ended cleanly (complete transactions written and
     acknowledged) before dbt builds. On stop the filler returns between two transactions, then a
     last sync applies its final commits: raw equals the source when this returns."""
+    from bankde.cdc.api import open_sink
     from bankde.cdc.api import run as cdc_run
     from bankde.cdc.api import sync as cdc_sync
     from bankde.monitoring.metrics import serving  # [report hook] issue 11
     from bankde.orchestration.demo import start_source
-    from bankde.warehouse.session import open_session
 
     stop = stop or threading.Event()
     state = RunState()
     if not settings.external_source or options.fill:
         start_source(settings)
-    # Held for the whole run (fails fast if another process has it); capture, dbt and the
-    # status line share it, other processes reach it through the server.
-    session = open_session(settings)
+    sink = open_sink(settings, session)
     server = _serve(settings, session) if options.serve and session.embedded else None
 
     threads: list[threading.Thread] = []
@@ -154,7 +158,7 @@ def run_pipeline(
                 segment = threading.Event()
                 state.phase = "cdc"
                 before = state.changes
-                cdc = _start(_cdc_segment, "cdc", cdc_run, settings, segment, state)
+                cdc = _start(_cdc_segment, "cdc", cdc_run, settings, sink, segment, state)
                 _wait(stop, options.dbt_every, deadline, cdc)
                 segment.set()
                 cdc.join()
@@ -164,10 +168,10 @@ def run_pipeline(
                 # run (or `bankde dbt build`) picks it up incrementally.
                 if not stop.is_set() and (state.changes > before or state.dbt_runs == 0):
                     state.phase = "dbt"
-                    _build(settings, state)
+                    _build(settings, session, state)
                     if options.report:  # [report hook] issue 11
                         state.phase = "report"
-                        _report(settings, state)
+                        _report(settings, session, state)
                 if state.errors:
                     stop.set()
         finally:
@@ -183,18 +187,17 @@ def run_pipeline(
             if not state.errors:
                 # The filler has stopped: apply its last commits so raw equals the source.
                 state.phase = "catch-up"
-                res = cdc_sync(settings, show_progress=False)
+                res = cdc_sync(settings, sink, show_progress=False)
                 state.changes += res.changes
         finally:
             if server is not None:
                 server.stop()
-            session.close()
     if state.errors:
         raise BankdeError(state.errors[0])
     return state
 
 
-def _serve(settings: Settings, session: Any) -> Any:
+def _serve(settings: Settings, session: WarehouseSession) -> Any:
     """Other processes (bankde commands, dbt, BI tools) reach the warehouse through this."""
     from bankde.warehouse.server.serve import WarehouseServer
 
@@ -234,10 +237,10 @@ def _filler(settings: Settings, rate: float, stop: threading.Event, state: RunSt
 
 
 def _cdc_segment(
-    cdc_run: Any, settings: Settings, segment: threading.Event, state: RunState
+    cdc_run: Any, settings: Settings, sink: Sink, segment: threading.Event, state: RunState
 ) -> None:
     try:
-        cdc_run(settings, segment, on_batch=state.on_batch, show_progress=False)
+        cdc_run(settings, segment, sink, on_batch=state.on_batch, show_progress=False)
     except Exception as exc:
         state.errors.append(f"CDC stopped: {exc}")
 
@@ -253,7 +256,7 @@ def _watch_lag(settings: Settings, stop: threading.Event, state: RunState) -> No
             state.lag_bytes = None
 
 
-def _build(settings: Settings, state: RunState) -> None:
+def _build(settings: Settings, session: WarehouseSession, state: RunState) -> None:
     from bankde.orchestration.summary import alerts_by_rule
     from bankde.transform.runner import run_dbt
 
@@ -261,7 +264,7 @@ def _build(settings: Settings, state: RunState) -> None:
     # A failed build is reported and retried at the next interval; capture keeps streaming.
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            res = run_dbt(["build"], settings, quiet=True)
+            res = run_dbt(["build"], settings, session, quiet=True)
         ok, failed = res.success, res.failed
     except BankdeError as exc:
         ok, failed = False, [str(exc)]
@@ -271,18 +274,18 @@ def _build(settings: Settings, state: RunState) -> None:
     if not ok:
         state.dbt_failures += 1
         err.print(f"[red]dbt build failed: {', '.join(failed) or 'see dbt logs'}[/red]")
-    state.alerts = alerts_by_rule(settings)
+    state.alerts = alerts_by_rule(settings, session.warehouse(settings))
     if state.metrics is not None:  # [report hook] issue 11
         state.metrics.on_dbt(state.last_dbt_at - started, ok, state.alerts)
 
 
-def _report(settings: Settings, state: RunState) -> None:
+def _report(settings: Settings, session: WarehouseSession, state: RunState) -> None:
     """[report hook] issue 11: rewrite the HTML report from what the build left. Without the
     reconciliation: the filler keeps writing, so source and warehouse differ by design now."""
     from bankde.monitoring.report import write_report
 
     try:
-        write_report(settings, with_reconcile=False)
+        write_report(settings, session.warehouse(settings), with_reconcile=False)
     except Exception as exc:
         # A report is a view: it never stops the pipeline; the next build tries again.
         err.print(f"[yellow]report not written: {exc}[/yellow]")

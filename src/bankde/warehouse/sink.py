@@ -19,9 +19,8 @@ import pyarrow.compute as pc
 from bankde.cdc.version import make_version, sql_make_version, version_lsn
 from bankde.contracts import Changes, ColumnarChanges, Offset, SourceColumn, Truncate
 from bankde.errors import CaptureError
-from bankde.settings import Settings
 from bankde.warehouse import ddl
-from bankde.warehouse.client import Warehouse, open_warehouse
+from bankde.warehouse.client import Warehouse
 from bankde.warehouse.ddl import DbNames, TableInfo
 from bankde.warehouse.types import (
     arrow_to_ch_type,
@@ -66,10 +65,6 @@ class ClickHouseSink:
         self._log_rows: list[str] = []
         self._log_since = 0.0
         ddl.ensure_schema(warehouse)
-
-    @classmethod
-    def open(cls, settings: Settings | None = None, wait: float | None = None) -> ClickHouseSink:
-        return cls(open_warehouse(settings, wait))
 
     # --- contract ------------------------------------------------------------------------
     def apply(self, events: Changes, offset: Offset, truncates: Sequence[Truncate] = ()) -> None:
