@@ -197,10 +197,12 @@ class Flow:
     ours: list[str]  # those whose environment names this flow's home
 
 
-def _cmdlines(home: Path) -> tuple[list[str], list[str]]:
-    """Every process's command line, and those of the processes working for `home` (their
-    environment names it: the CLI, Postgres' clients, Airflow's components and task processes)."""
-    every, ours = [], []
+def _cmdlines(home: Path, ours: set[int]) -> tuple[list[str], list[str]]:
+    """Every process's command line, and those of the processes working for `home`: their
+    environment names it (the CLI, Postgres' clients), or their parent is such a process
+    (Airflow's components retitle themselves with setproctitle, which overwrites the environment
+    /proc shows; a task runner is a child of the executor's supervisor). `ours` (pids) grows."""
+    every, procs = [], []
     mark = f"BANKDE_HOME={home}\0".encode()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -208,20 +210,33 @@ def _cmdlines(home: Path) -> tuple[list[str], list[str]]:
                 line = (
                     (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
                 )
-            except OSError:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
                 continue
             every.append(line)
             try:
-                if mark in (entry / "environ").read_bytes():
-                    ours.append(line)
+                marked = mark in (entry / "environ").read_bytes()
             except OSError:
-                continue
-    return every, ours
+                marked = False
+            procs.append((int(entry.name), ppid, line, marked))
+    ours.intersection_update(pid for pid, _, _, _ in procs)  # ended: the pid may be reused
+    mine: list[str] = []
+    grew = True
+    while grew:  # children listed before their parent join on the next pass
+        grew = False
+        for pid, ppid, line, marked in procs:
+            if pid not in ours and (marked or ppid in ours):
+                ours.add(pid)
+                mine.append(line)
+                grew = True
+    mine += [line for pid, _, line, _ in procs if pid in ours and line not in mine]
+    return every, mine
 
 
 def _watch_ps(home: Path, stop: threading.Event, seen: list[str], ours: list[str]) -> None:
+    pids: set[int] = set()
     while not stop.is_set():
-        every, mine = _cmdlines(home)
+        every, mine = _cmdlines(home, pids)
         seen.extend(every)
         ours.extend(mine)
         time.sleep(0.2)
