@@ -1076,7 +1076,8 @@ def write_report(
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
-        os.chmod(tmp, 0o644)
+        # mkstemp's 0600 is kept: the report shows the bank's figures (issue 10: everything
+        # under $BANKDE_HOME is its owner's only).
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
