@@ -117,10 +117,13 @@ def run_pipeline(
     settings: Settings, options: RunOptions, stop: threading.Event | None = None
 ) -> RunState:
     """Run until `stop` (or a signal, or `options.duration`). The filler writes only to Postgres;
-    CDC and dbt share this process's warehouse and never run at the same time: CDC streams in
-    segments of `dbt_every` seconds, each ended cleanly (complete transactions written and
-    acknowledged) before dbt builds. On stop the filler returns between two transactions, then a
-    last sync applies its final commits: raw equals the source when this returns."""
+    CDC streams for the whole run on its own thread and dbt builds every `dbt_every` seconds
+    meanwhile, on its own chDB handle of this process's engine: a build reads the landing tables
+    only up to the CDC version it pins at its start (macros/incremental_changes.sql), so batches
+    landing during it wait for the next build. On stop the current build finishes, CDC writes
+    and acknowledges the complete transactions it holds, the filler returns between two
+    transactions, then a last sync applies its final commits: raw equals the source when this
+    returns."""
     from bankde.cdc.api import run as cdc_run
     from bankde.cdc.api import sync as cdc_sync
     from bankde.monitoring.metrics import serving  # [report hook] issue 11
@@ -142,7 +145,6 @@ def run_pipeline(
     watcher = _start(_watch_lag, "lag", settings, stop, state)
     deadline = None if options.duration is None else time.monotonic() + options.duration
 
-    segment = threading.Event()
     cdc: threading.Thread | None = None
     with (
         _stop_on_signals(stop),
@@ -150,34 +152,40 @@ def run_pipeline(
         serving(options.metrics_port, settings) as state.metrics,  # [report hook] issue 11
     ):
         try:
+            # Snapshot (first run) and catch up first: a build never sees a half-landed
+            # snapshot, whose rows carry no offset to cap the build's pin.
+            state.phase = "sync"
+            state.changes += cdc_sync(settings, show_progress=False).changes
+            state.phase = "cdc"
+            # One stream for the whole run: a build never pauses capture, so readers and the
+            # lag see CDC keep up while dbt works (it ends with the run, cleanly, on `stop`).
+            cdc = _start(_cdc_stream, "cdc", cdc_run, settings, stop, state)
+            built_at = 0
             while not stop.is_set():
-                segment = threading.Event()
-                state.phase = "cdc"
-                before = state.changes
-                cdc = _start(_cdc_segment, "cdc", cdc_run, settings, segment, state)
                 _wait(stop, options.dbt_every, deadline, cdc)
-                segment.set()
-                cdc.join()
+                if not cdc.is_alive():
+                    stop.set()  # its error, if any, is in state.errors
                 if deadline is not None and time.monotonic() >= deadline:
                     stop.set()
                 # Stopping never starts a build: what landed is complete in raw, and the next
                 # run (or `bankde dbt build`) picks it up incrementally.
-                if not stop.is_set() and (state.changes > before or state.dbt_runs == 0):
-                    state.phase = "dbt"
+                if not stop.is_set() and (state.changes > built_at or state.dbt_runs == 0):
+                    built_at = state.changes
+                    state.phase = "cdc+dbt"
                     _build(settings, state)
                     if options.report:  # [report hook] issue 11
-                        state.phase = "report"
+                        state.phase = "cdc+rep"
                         _report(settings, state)
+                    state.phase = "cdc"
                 if state.errors:
                     stop.set()
         finally:
             stop.set()
-            segment.set()
             state.phase = "stopping"
             for t in threads:
                 t.join()  # the filler returns between two transactions
             if cdc is not None:
-                cdc.join()
+                cdc.join()  # complete transactions written and acknowledged
             watcher.join()
         try:
             if not state.errors:
@@ -233,11 +241,9 @@ def _filler(settings: Settings, rate: float, stop: threading.Event, state: RunSt
         stop.set()
 
 
-def _cdc_segment(
-    cdc_run: Any, settings: Settings, segment: threading.Event, state: RunState
-) -> None:
+def _cdc_stream(cdc_run: Any, settings: Settings, stop: threading.Event, state: RunState) -> None:
     try:
-        cdc_run(settings, segment, on_batch=state.on_batch, show_progress=False)
+        cdc_run(settings, stop, on_batch=state.on_batch, show_progress=False)
     except Exception as exc:
         state.errors.append(f"CDC stopped: {exc}")
 
