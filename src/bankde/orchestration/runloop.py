@@ -160,9 +160,11 @@ def run_pipeline(
             # One stream for the whole run: a build never pauses capture, so readers and the
             # lag see CDC keep up while dbt works (it ends with the run, cleanly, on `stop`).
             cdc = _start(_cdc_stream, "cdc", cdc_run, settings, stop, state)
-            built_at = 0
+            built_at, build_started = 0, time.monotonic()
             while not stop.is_set():
-                _wait(stop, options.dbt_every, deadline, cdc)
+                # Every `dbt_every` seconds from one build's start to the next's (back to back
+                # when a build takes longer).
+                _wait(stop, build_started + options.dbt_every - time.monotonic(), deadline, cdc)
                 if not cdc.is_alive():
                     stop.set()  # its error, if any, is in state.errors
                 if deadline is not None and time.monotonic() >= deadline:
@@ -170,7 +172,7 @@ def run_pipeline(
                 # Stopping never starts a build: what landed is complete in raw, and the next
                 # run (or `bankde dbt build`) picks it up incrementally.
                 if not stop.is_set() and (state.changes > built_at or state.dbt_runs == 0):
-                    built_at = state.changes
+                    built_at, build_started = state.changes, time.monotonic()
                     state.phase = "cdc+dbt"
                     _build(settings, state)
                     if options.report:  # [report hook] issue 11
