@@ -141,8 +141,9 @@ def test_run_stops_cleanly_on_ctrl_c(demo_home: tuple[Path, int]) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    # Long enough for the first snapshot, some streamed batches and a dbt build.
-    deadline = time.monotonic() + 60
+    # Long enough for the first snapshot, some streamed batches and a dbt build (CDC streams
+    # during the build, so on a busy 2-core machine the first one can take a minute).
+    deadline = time.monotonic() + 150
     built = False
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(2)
