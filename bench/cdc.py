@@ -16,6 +16,7 @@ from bankde.cdc.slot import drop_slot, ensure_publication
 from bankde.settings import Settings
 from bankde.source.connection import cdc_info, connect, owner_info, source_info
 from bankde.source.schema import init_source
+from bankde.warehouse.session import WarehouseSession, open_session
 
 BASELINE_SLOTS = ("bench_decode", "bench_walsender")
 
@@ -85,7 +86,9 @@ def mixed_load(settings: Settings, changes: int, per_txn: int = 1000) -> int:
     return done
 
 
-def latency(settings: Settings, rate: int, seconds: float) -> tuple[float, float, int]:
+def latency(
+    settings: Settings, session: WarehouseSession, rate: int, seconds: float
+) -> tuple[float, float, int]:
     """p50/p99 seconds from source commit to warehouse write at a steady `rate` changes/s."""
     lat: list[float] = []
 
@@ -96,7 +99,7 @@ def latency(settings: Settings, rate: int, seconds: float) -> tuple[float, float
     stop = threading.Event()
     runner = threading.Thread(
         target=capture.run,
-        args=(settings, stop),
+        args=(settings, stop, capture.open_sink(settings, session)),
         kwargs={"on_batch": on_batch, "show_progress": False},
     )
     runner.start()
@@ -147,6 +150,8 @@ def main() -> None:
         return
 
     home, settings, cluster = start_cluster("bankde-bench-cdc-")
+    # The benchmark's one warehouse session, handed to every capture it runs.
+    session = open_session(settings)
     try:
         init_source(settings)
         from bankde.generator import load_fill_config
@@ -158,7 +163,7 @@ def main() -> None:
         ensure_publication(settings)
 
         base_copy = copy_out_baseline(settings)
-        res = capture.sync(settings, show_progress=False)
+        res = capture.sync(settings, capture.open_sink(settings, session), show_progress=False)
         snap_total = sum(res.snapshot_rows.values())
         snap_rate = res.snapshot_rows_per_s
         print(
@@ -172,13 +177,13 @@ def main() -> None:
             for slot in BASELINE_SLOTS:
                 conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
             conn.commit()
-        dbz = debezium_prepare(settings)
+        dbz = debezium_prepare(settings, session)
         made = mixed_load(settings, args.changes)
         # Every change is committed before the clock starts: it runs from the moment they are
         # all available until sync returns (connect and catch-up included) and counts only the
         # changes the sink wrote.
         start = time.perf_counter()
-        res2 = capture.sync(settings, show_progress=False)
+        res2 = capture.sync(settings, capture.open_sink(settings, session), show_progress=False)
         apply_secs = time.perf_counter() - start
         apply_rate = res2.changes / apply_secs
         base_wal = walsender_baseline(settings, res2.changes, res2.lsn)
@@ -193,9 +198,9 @@ def main() -> None:
         )
 
         if dbz is not None:
-            debezium_stream(dbz, apply_rate)
+            debezium_stream(dbz, session, apply_rate)
 
-        p50, p99, n = latency(settings, args.rate, args.seconds)
+        p50, p99, n = latency(settings, session, args.rate, args.seconds)
         print(
             f"latency at {args.rate:,} changes/s: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms "
             f"over {n:,} transactions (target p99 < 1000 ms; batch bound "
@@ -209,6 +214,7 @@ def main() -> None:
                 drop_slot(settings.model_copy(update={"cdc_slot": slot}))
             except Exception as exc:
                 print(f"could not drop slot {slot}: {exc}")
+        session.close()
         stop_cluster(home, cluster)
 
 
@@ -218,7 +224,6 @@ def batch_log_cost(txns: int, changes: int, rounds: int) -> None:
     load; at the default batch bound and at small batches (many rows in meta.cdc_batches)."""
     import statistics
 
-    from bankde.warehouse.client import open_warehouse
     from bankde.warehouse.sink import ClickHouseSink
 
     class TimedSink(ClickHouseSink):
@@ -232,7 +237,13 @@ def batch_log_cost(txns: int, changes: int, rounds: int) -> None:
             super()._write_metrics(*args, **kwargs)
             self.spent += time.perf_counter() - started
 
+        def _write_log(self) -> None:
+            started = time.perf_counter()
+            super()._write_log()
+            self.spent += time.perf_counter() - started
+
     home, settings, cluster = start_cluster("bankde-bench-cdclog-")
+    session = open_session(settings)
     try:
         init_source(settings)
         from bankde.generator import load_fill_config
@@ -240,7 +251,7 @@ def batch_log_cost(txns: int, changes: int, rounds: int) -> None:
 
         fill(settings, load_fill_config({"n_new_txns": txns, "seed": 1}))
         ensure_publication(settings)
-        capture.sync(settings, show_progress=False)
+        capture.sync(settings, capture.open_sink(settings, session), show_progress=False)
         for batch_rows in (settings.cdc_batch_rows, 2_000):
             s = settings.model_copy(update={"cdc_batch_rows": batch_rows})
             rates: dict[bool, list[float]] = {True: [], False: []}
@@ -248,11 +259,11 @@ def batch_log_cost(txns: int, changes: int, rounds: int) -> None:
             spent = streamed = 0.0
             # One unmeasured round first (allocator, page cache and chDB caches warm).
             mixed_load(s, changes)
-            capture.sync(s, show_progress=False)
+            capture.sync(s, capture.open_sink(s, session), show_progress=False)
             for i in range(rounds * 2):
                 record = i % 2 == 0 if (i // 2) % 2 == 0 else i % 2 == 1
                 mixed_load(s, changes)
-                sink = TimedSink(open_warehouse(s), record_batches=record)
+                sink = TimedSink(session.warehouse(s), record_batches=record)
                 started = time.perf_counter()
                 res = capture.sync(s, sink=sink, show_progress=False)
                 secs = time.perf_counter() - started
@@ -276,11 +287,14 @@ def batch_log_cost(txns: int, changes: int, rounds: int) -> None:
             )
     finally:
         drop_slot(settings)
+        session.close()
         stop_cluster(home, cluster)
 
 
 # -- Debezium engine (extra [debezium]): same mixed load, same sink, printed beside native ----
-def debezium_prepare(settings: Settings) -> tuple[Settings, Settings] | None:
+def debezium_prepare(
+    settings: Settings, session: WarehouseSession
+) -> tuple[Settings, Settings] | None:
     """Two Debezium slots where the native one stands (before the mixed load), each with its own
     warehouse databases marked as snapshotted, so each streams exactly the load: the first pass
     also pays the JVM's start and JIT warm-up, the second shows the engine's steady rate."""
@@ -307,12 +321,14 @@ def debezium_prepare(settings: Settings) -> tuple[Settings, Settings] | None:
             )
             conn.commit()
         lsn = slot_state(dbz).confirmed_flush_lsn or 0
-        capture.open_sink(dbz).apply([], Offset(dbz.cdc_slot, lsn, True))
+        capture.open_sink(dbz, session).apply([], Offset(dbz.cdc_slot, lsn, True))
         passes.append(dbz)
     return passes[0], passes[1]
 
 
-def debezium_stream(dbz: tuple[Settings, Settings], native_rate: float) -> None:
+def debezium_stream(
+    dbz: tuple[Settings, Settings], session: WarehouseSession, native_rate: float
+) -> None:
     """Debezium engine changes/s into the warehouse for the mixed load; ratio native/Debezium.
 
     Rates count from the moment the connector streams (its start is not counted); the ratio
@@ -321,7 +337,8 @@ def debezium_stream(dbz: tuple[Settings, Settings], native_rate: float) -> None:
     for label, settings in zip(("cold JVM", "warm JVM"), dbz, strict=True):
         started = time.perf_counter()
         cpu0 = time.process_time()
-        res = capture.sync(settings, engine="debezium", show_progress=False)
+        sink = capture.open_sink(settings, session)
+        res = capture.sync(settings, sink, engine="debezium", show_progress=False)
         wall = time.perf_counter() - started
         cpu = time.process_time() - cpu0
         rate = res.changes_per_s

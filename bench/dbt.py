@@ -191,10 +191,11 @@ def main() -> int:
     os.environ["BANKDE_HOME"] = str(home)
     from bankde.settings import Settings
     from bankde.transform.runner import run_dbt
-    from bankde.warehouse.client import close_warehouse, open_warehouse
+    from bankde.warehouse.session import open_session
 
     settings = Settings(home=home)
-    client = open_warehouse(settings)
+    session = open_session(settings)
+    client = session.warehouse()
     try:
         t0 = time.perf_counter()
         apply_warehouse_ddl(client, "")
@@ -217,6 +218,7 @@ def main() -> int:
             res = run_dbt(
                 [*args, "--exclude-resource-type", "unit_test"],
                 settings,
+                session,
                 threads=opts.threads,
                 quiet=True,
             )
@@ -251,7 +253,7 @@ def main() -> int:
         )
         return 0 if fct2 == expected else 1
     finally:
-        close_warehouse()
+        session.close()
         if not opts.keep:
             shutil.rmtree(home, ignore_errors=True)
 

@@ -15,7 +15,7 @@ import pyarrow as pa
 from _cluster import free_port, start_cluster, stop_cluster
 
 from bankde.settings import Settings
-from bankde.warehouse.client import close_warehouse, open_warehouse
+from bankde.warehouse.session import WarehouseSession, open_session
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.served import start_served
@@ -67,8 +67,12 @@ def main() -> None:
     served_home = Path(tempfile.mkdtemp(prefix="bankde-bench-served-", dir="/tmp"))
     served_home.chmod(0o755)
     served = start_served(served_home, free_port())
+    # This process's two sessions: its own embedded engine (the in-process baseline) and a
+    # client of the served one; only the first is bound by chDB's one engine per process.
+    local_session = open_session(Settings(home=local_home))
+    remote_session = open_session(Settings(home=local_home, clickhouse_url=served.client_url()))
     try:
-        local = open_warehouse(Settings(home=local_home))
+        local = local_session.warehouse()
         http = clickhouse_connect.get_client(
             host="127.0.0.1",
             port=served.port,
@@ -76,7 +80,7 @@ def main() -> None:
             password=served.password(),
             autogenerate_session_id=False,
         )
-        remote = open_warehouse(Settings(home=local_home, clickhouse_url=served.client_url()))
+        remote = remote_session.warehouse()
         sql = SELECT.format(rows=args.rows)
 
         t_local = best(lambda: local.query_arrow(sql), args.repeat)
@@ -108,15 +112,18 @@ def main() -> None:
             f"({t_ins_http:.2f}s) | baseline in-process {args.rows / t_ins_local:,.0f} rows/s "
             f"({t_ins_local:.2f}s) | ratio {t_ins_local / t_ins_http:.2f} (target >= {TARGET})"
         )
-        cdc(args, served.client_url(), local_home / "warehouse")
+        cdc(args, local_session, remote_session)
     finally:
-        close_warehouse()
+        remote_session.close()
+        local_session.close()
         served.stop()
         shutil.rmtree(local_home, ignore_errors=True)
         shutil.rmtree(served_home, ignore_errors=True)
 
 
-def cdc(args: argparse.Namespace, url: str, wh_dir: Path) -> None:
+def cdc(
+    args: argparse.Namespace, local_session: WarehouseSession, remote_session: WarehouseSession
+) -> None:
     """The same changes streamed by two slots: sink in-process vs sink on the served URL."""
     from cdc import mixed_load  # bench/cdc.py: the same mixed load as the CDC benchmark
 
@@ -127,24 +134,22 @@ def cdc(args: argparse.Namespace, url: str, wh_dir: Path) -> None:
     from bankde.source.schema import init_source
 
     home, settings, cluster = start_cluster("bankde-bench-served-cdc-")
-    # The one chDB directory this process has open (chDB allows one per process).
-    local = settings.model_copy(
-        update={"cdc_slot": "bench_local", "wh_prefix": "l_", "wh_dir": wh_dir}
-    )
-    remote = settings.model_copy(
-        update={"cdc_slot": "bench_http", "wh_prefix": "h_", "clickhouse_url": url}
-    )
+    # Each on its session: the process's own chDB directory, and the served URL.
+    local = settings.model_copy(update={"cdc_slot": "bench_local", "wh_prefix": "l_"})
+    remote = settings.model_copy(update={"cdc_slot": "bench_http", "wh_prefix": "h_"})
+    sessions = {local.cdc_slot: local_session, remote.cdc_slot: remote_session}
     try:
         init_source(settings)
         fill(settings, load_fill_config({"n_new_txns": args.txns, "seed": 1}))
         ensure_publication(settings)
         for s in (local, remote):
-            capture.sync(s, show_progress=False)  # snapshot; both slots then see the same WAL
+            sink = capture.open_sink(s, sessions[s.cdc_slot])
+            capture.sync(s, sink, show_progress=False)  # snapshot; both slots then see the same WAL
         mixed_load(settings, args.changes)
         rates = {}
         for name, s in (("in-process", local), ("HTTP", remote)):
             t0 = time.perf_counter()
-            res = capture.sync(s, show_progress=False)
+            res = capture.sync(s, capture.open_sink(s, sessions[s.cdc_slot]), show_progress=False)
             rates[name] = res.changes / (time.perf_counter() - t0)
         print(
             f"CDC stream {args.changes:,} changes: sink on the served URL {rates['HTTP']:,.0f} "

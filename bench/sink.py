@@ -15,7 +15,7 @@ import pyarrow as pa
 from bankde.cdc.envelope import ChangeEvent, Source
 from bankde.contracts import Offset
 from bankde.settings import Settings
-from bankde.warehouse.client import close_warehouse, open_warehouse
+from bankde.warehouse.session import open_session
 from bankde.warehouse.sink import ClickHouseSink
 
 TARGET_EVENTS_PER_S = 100_000
@@ -110,8 +110,9 @@ def main() -> None:
     args = ap.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="bankde-bench-sink-", dir="/tmp"))
+    session = open_session(Settings(home=home))
     try:
-        wh = open_warehouse(Settings(home=home))
+        wh = session.warehouse()
         sink = ClickHouseSink(wh)
 
         events = mixed_events(args.events)
@@ -189,7 +190,7 @@ def main() -> None:
             f"{snap_rate / TARGET_SNAPSHOT_ROWS_PER_S:.1f}x; visible after swap: {visible:,}"
         )
     finally:
-        close_warehouse()
+        session.close()
         shutil.rmtree(home, ignore_errors=True)
 
 

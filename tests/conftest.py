@@ -6,16 +6,21 @@ import os
 import shutil
 import socket
 import stat
+import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from bankde.settings import Settings
+
+if TYPE_CHECKING:
+    from bankde.warehouse.session import WarehouseSession
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -158,9 +163,6 @@ def warehouse_dir() -> Iterator[Path]:
     try:
         yield home / "warehouse"
     finally:
-        from bankde.warehouse.client import close_warehouse
-
-        close_warehouse()
         shutil.rmtree(home, ignore_errors=True)
 
 
@@ -170,10 +172,11 @@ def _with_warehouse(settings: Settings, warehouse_dir: Path) -> Settings:
 
 
 def _drop_warehouse_dbs(settings: Settings) -> None:
-    from bankde.warehouse.client import open_warehouse
     from bankde.warehouse.ddl import drop_databases
+    from bankde.warehouse.session import open_session
 
-    drop_databases(open_warehouse(settings))
+    with open_session(settings) as session:
+        drop_databases(session.warehouse())
 
 
 @pytest.fixture()
@@ -197,3 +200,46 @@ def source_wh_settings(source_settings: Settings, warehouse_dir: Path) -> Iterat
         yield settings
     finally:
         _drop_warehouse_dbs(settings)
+
+
+def wait_slot_taken(
+    settings: Settings, slot: str, proc: subprocess.Popen[str], since: float, timeout: float
+) -> None:
+    """Until a walsender started after `since` (epoch seconds), i.e. `proc`'s own, holds `slot`.
+
+    Kill tests time their random kill points from here, not from the spawn: on a loaded machine
+    start-up alone can outlast a fixed delay, and every kill would then land before streaming."""
+    from bankde.source.connection import admin_info, connect
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        with connect(admin_info(settings), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT a.backend_start >= to_timestamp(%s) FROM pg_replication_slots r "
+                "JOIN pg_stat_activity a ON a.pid = r.active_pid WHERE r.slot_name = %s",
+                (since, slot),
+            ).fetchone()
+        if row and row[0]:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"no process took slot {slot} within {timeout:.0f} s")
+
+
+@pytest.fixture()
+def wh_session(wh_settings: Settings) -> Iterator[WarehouseSession]:
+    """This test's session on the warehouse of wh_settings (the one this process may hold),
+    closed after the test; code under test is handed it, as a command hands down its own."""
+    from bankde.warehouse.session import open_session
+
+    with open_session(wh_settings) as session:
+        yield session
+
+
+@pytest.fixture()
+def source_wh_session(source_wh_settings: Settings) -> Iterator[WarehouseSession]:
+    """As wh_session, on source_wh_settings."""
+    from bankde.warehouse.session import open_session
+
+    with open_session(source_wh_settings) as session:
+        yield session

@@ -195,3 +195,9 @@ class Sink(Protocol):
     def load_offset(self, slot: str) -> Offset | None:
         """The last offset recorded for `slot`, or None when nothing was ever applied."""
         ...
+
+    def flush_log(self) -> None:
+        """Write what the sink holds back of its informational batch log (not data, not
+        offsets: those are durable when apply() returns). The stream calls it when idle and
+        when it stops."""
+        ...

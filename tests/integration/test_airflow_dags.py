@@ -267,8 +267,9 @@ def test_every_dag_runs_for_real(pipeline_settings: Settings, api_server: dict[s
         [
             sys.executable,
             "-c",
-            "import sys, time; from bankde.warehouse.client import open_warehouse; "
-            f"open_warehouse(); print('held', flush=True); time.sleep({hold})",
+            "import sys, time; from bankde.settings import get_settings; "
+            "from bankde.warehouse.session import open_session; "
+            f"open_session(get_settings()); print('held', flush=True); time.sleep({hold})",
         ],
         env=env,
         stdout=subprocess.PIPE,

@@ -71,6 +71,11 @@ FIGURES = {
         rf"incremental build {_N}s \(target < 10s, ratio {_N}\)",
         rf"full/incremental = {_N}x",
     ],
+    "served": [
+        rf"as Arrow: HTTP {_N} rows/s \([0-9.]+s\) \| baseline in-process {_N} rows/s \([0-9.]+s\) \| ratio {_N}",
+        rf"insert_arrow {_N} rows: HTTP {_N} rows/s \([0-9.]+s\) \| baseline in-process {_N} rows/s",
+        rf"sink on the served URL {_N} changes/s \| baseline sink in-process {_N} changes/s \| ratio {_N}",
+    ],
 }
 
 

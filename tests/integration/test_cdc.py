@@ -22,9 +22,11 @@ import pytest
 
 from bankde.cdc import api as capture
 from bankde.cdc.slot import drop_publication, drop_slot, slot_state
+from bankde.contracts import Sink
 from bankde.settings import Settings
 from bankde.source.connection import admin_info, connect, owner_info
-from tests.conftest import cli_env, free_port, make_home
+from bankde.warehouse.session import WarehouseSession
+from tests.conftest import cli_env, free_port, make_home, wait_slot_taken
 
 # Every test again with the warehouse served by `bankde wh serve` in another process.
 pytestmark = pytest.mark.served_too
@@ -65,14 +67,24 @@ def cdc_empty(source_settings: Settings) -> Iterator[Settings]:
     try:
         yield settings
     finally:
-        from bankde.warehouse.client import open_warehouse
         from bankde.warehouse.ddl import drop_databases
+        from bankde.warehouse.session import open_session
 
         # An undropped slot retains WAL and blocks DROP DATABASE.
         drop_slot(settings, wait=30)
         drop_publication(settings)
         # The session warehouse (wh_dir) is shared by every test: drop this test's databases.
-        drop_databases(open_warehouse(settings))
+        with open_session(settings) as session:
+            drop_databases(session.warehouse())
+
+
+@pytest.fixture()
+def cdc_session(cdc_empty: Settings) -> Iterator[WarehouseSession]:
+    """The test's warehouse session, as a command's: capture, diffs and status are handed it."""
+    from bankde.warehouse.session import open_session
+
+    with open_session(cdc_empty) as session:
+        yield session
 
 
 @pytest.fixture()
@@ -227,12 +239,13 @@ def source_state(settings: Settings) -> dict[str, dict[Any, tuple[Any, ...]]]:
     return out
 
 
-def warehouse_state(settings: Settings, columns: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+def warehouse_state(
+    settings: Settings, session: WarehouseSession, columns: dict[str, tuple[str, ...]]
+) -> dict[str, Any]:
     """Rows visible through FINAL (not deleted), plus a duplicate count per table."""
-    from bankde.warehouse.client import open_warehouse
     from bankde.warehouse.ddl import db_names
 
-    wh = open_warehouse(settings)
+    wh = session.warehouse(settings)
     names = db_names(settings)
     out: dict[str, Any] = {}
     for schema, table in TABLES:
@@ -249,10 +262,14 @@ def warehouse_state(settings: Settings, columns: dict[str, tuple[str, ...]]) -> 
     return out
 
 
-def diff(settings: Settings, wh_state: dict[str, Any] | None = None) -> list[str]:
+def diff(
+    settings: Settings, session: WarehouseSession | None, wh_state: dict[str, Any] | None = None
+) -> list[str]:
     src = source_state(settings)
     cols = {k: v.pop("__cols__") for k, v in src.items()}
-    got = wh_state if wh_state is not None else warehouse_state(settings, cols)
+    if wh_state is None:
+        assert session is not None
+    got = wh_state if wh_state is not None else warehouse_state(settings, session, cols)
     problems = []
     for name, rows in src.items():
         have = got[name]
@@ -267,30 +284,34 @@ def diff(settings: Settings, wh_state: dict[str, Any] | None = None) -> list[str
     return problems
 
 
-def wait_equal(settings: Settings, timeout: float = 60.0) -> None:
+def wait_equal(settings: Settings, session: WarehouseSession, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     problems: list[str] = []
     while time.monotonic() < deadline:
-        problems = diff(settings)
+        problems = diff(settings, session)
         if not problems:
             return
         time.sleep(0.5)
     raise AssertionError("warehouse differs from source:\n" + "\n".join(problems))
 
 
-def sync(settings: Settings) -> capture.SyncResult:
-    return capture.sync(settings, show_progress=False)
+def sink(settings: Settings, session: WarehouseSession) -> Sink:
+    return capture.open_sink(settings, session)
+
+
+def sync(settings: Settings, session: WarehouseSession) -> capture.SyncResult:
+    return capture.sync(settings, sink(settings, session), show_progress=False)
 
 
 # -- tests ---------------------------------------------------------------------------------
 def test_snapshot_then_inserts_updates_deletes_pk_changes_and_closes(
-    cdc_settings: Settings,
+    cdc_settings: Settings, cdc_session: WarehouseSession
 ) -> None:
     s = cdc_settings
-    res = sync(s)
+    res = sync(s, cdc_session)
     assert res.snapshot_rows["bank.transaction"] == 400
     assert res.snapshot_rows["bank.customer"] == 40
-    assert diff(s) == []
+    assert diff(s, cdc_session) == []
     st = slot_state(s)
     assert st.exists and not st.active and st.confirmed_flush_lsn == res.lsn
 
@@ -321,29 +342,32 @@ def test_snapshot_then_inserts_updates_deletes_pk_changes_and_closes(
         "INSERT INTO bank.transaction (txn_id, account_id, txn_type, status, amount, currency, "
         "occurred_at) VALUES (42, 3, 'fee', 'approved', 0.50, 'EUR', now())",
     )
-    res2 = sync(s)
+    res2 = sync(s, cdc_session)
     assert not res2.snapshot_rows  # resumed, no second snapshot
     assert res2.changes >= 20
-    assert diff(s) == []
+    assert diff(s, cdc_session) == []
     # Nothing new: a sync is a no-op that still exits.
-    assert sync(s).changes == 0
+    assert sync(s, cdc_session).changes == 0
 
 
-def test_with_the_filler_running_live(cdc_empty: Settings) -> None:
+def test_with_the_filler_running_live(cdc_empty: Settings, cdc_session: WarehouseSession) -> None:
     from bankde.generator import load_fill_config, run_live
     from bankde.generator.runner import fill
 
     s = cdc_empty
     config = load_fill_config({"n_new_txns": 2000, "customers": 100, "terminals": 20, "seed": 5})
     fill(s, config)
-    res = sync(s)
+    res = sync(s, cdc_session)
     assert sum(res.snapshot_rows.values()) > 2000
-    assert diff(s) == []
+    assert diff(s, cdc_session) == []
     stop_fill, stop_cdc = threading.Event(), threading.Event()
     filler = threading.Thread(target=run_live, args=(s, config, 400.0, stop_fill), daemon=True)
     results: list[capture.SyncResult] = []
     runner = threading.Thread(
-        target=lambda: results.append(capture.run(s, stop_cdc, show_progress=False)), daemon=True
+        target=lambda: results.append(
+            capture.run(s, stop_cdc, sink(s, cdc_session), show_progress=False)
+        ),
+        daemon=True,
     )
     runner.start()
     filler.start()
@@ -351,7 +375,7 @@ def test_with_the_filler_running_live(cdc_empty: Settings) -> None:
         time.sleep(4)
         stop_fill.set()
         filler.join(timeout=30)
-        wait_equal(s, timeout=60)
+        wait_equal(s, cdc_session, timeout=60)
     finally:
         stop_fill.set()
         stop_cdc.set()
@@ -378,7 +402,8 @@ def test_kill_dash_nine_at_random_points(
     kills = 0
     confirmed: list[int | None] = []
     try:
-        for _ in range(10):
+        for round_ in range(10):
+            spawned = time.time()
             proc = subprocess.Popen(
                 [BANKDE, "cdc", "run", "--no-progress"],
                 env=env,
@@ -386,7 +411,15 @@ def test_kill_dash_nine_at_random_points(
                 stderr=subprocess.PIPE,
                 text=True,
             )
-            time.sleep(rng.uniform(2.0, 4.0))
+            if round_ % 2 == 0:
+                # Anywhere in start-up: connect, slot creation, snapshot, first batches.
+                time.sleep(rng.uniform(0.5, 4.0))
+            else:
+                # While streaming: this process's walsender is up, then a random point later.
+                # Timed from there, not from the spawn, so a loaded machine's slow start-up
+                # (seen: 5-6 s at load 9) cannot turn every kill into a start-up kill.
+                wait_slot_taken(s, s.cdc_slot, proc, since=spawned, timeout=120)
+                time.sleep(rng.uniform(0.3, 2.5))
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             proc.send_signal(signal.SIGKILL)
             proc.wait(timeout=30)
@@ -425,30 +458,37 @@ def test_kill_dash_nine_at_random_points(
     got: dict[str, Any] = {}
     for name, value in raw.items():
         got[name] = value if name.endswith(":dups") else {r[0]: tuple(r) for r in value}
-    problems = diff(s, got)
+    problems = diff(s, None, got)
     assert problems == [], problems
 
 
 def _dump_main() -> None:
     """Subprocess side of the kill test: print the warehouse rows (normalised) as JSON."""
     from bankde.settings import load_settings
+    from bankde.warehouse.session import open_session
 
     settings = load_settings()
     cols = {k: tuple(v) for k, v in json.loads(sys.stdin.read()).items()}
-    state = warehouse_state(settings, cols)
+    with open_session(settings) as session:
+        state = warehouse_state(settings, session, cols)
     out = {k: (v if k.endswith(":dups") else list(v.values())) for k, v in state.items()}
     print(json.dumps(out, default=str))
 
 
-def test_postgres_restart_mid_stream_reconnects(cdc_settings: Settings) -> None:
+def test_postgres_restart_mid_stream_reconnects(
+    cdc_settings: Settings, cdc_session: WarehouseSession
+) -> None:
     from bankde.source.cluster import ManagedCluster
 
     s = cdc_settings
-    sync(s)
+    sync(s, cdc_session)
     stop = threading.Event()
     results: list[capture.SyncResult] = []
     runner = threading.Thread(
-        target=lambda: results.append(capture.run(s, stop, show_progress=False)), daemon=True
+        target=lambda: results.append(
+            capture.run(s, stop, sink(s, cdc_session), show_progress=False)
+        ),
+        daemon=True,
     )
     runner.start()
     work = Workload(s, seed_=3)
@@ -463,7 +503,7 @@ def test_postgres_restart_mid_stream_reconnects(cdc_settings: Settings) -> None:
         with connect(owner_info(s)) as conn:
             for _ in range(30):
                 work.run_one(conn)
-        wait_equal(s, timeout=60)
+        wait_equal(s, cdc_session, timeout=60)
     finally:
         stop.set()
         runner.join(timeout=60)
@@ -471,7 +511,7 @@ def test_postgres_restart_mid_stream_reconnects(cdc_settings: Settings) -> None:
 
 
 def test_sync_fails_at_once_when_the_source_cannot_be_opened(
-    cdc_settings: Settings, monkeypatch: pytest.MonkeyPatch
+    cdc_settings: Settings, monkeypatch: pytest.MonkeyPatch, cdc_session: WarehouseSession
 ) -> None:
     """`cdc sync` (a scheduler's micro-batch) gives up in one line; `cdc run` keeps retrying."""
     from bankde.cdc.native import NativeEngine
@@ -483,18 +523,20 @@ def test_sync_fails_at_once_when_the_source_cannot_be_opened(
     monkeypatch.setattr(capture, "make_engine", lambda _s, _e="native": NativeEngine(unreachable))
     started = time.monotonic()
     with pytest.raises(SourceUnavailable, match="cannot connect to source") as info:
-        sync(s)
+        sync(s, cdc_session)
     assert time.monotonic() - started < 15
     assert len(str(info.value).splitlines()) == 1
     stop = threading.Event()
     threading.Timer(2.0, stop.set).start()
-    res = capture.run(s, stop, show_progress=False)
+    res = capture.run(s, stop, sink(s, cdc_session), show_progress=False)
     assert res.reconnects >= 2 and res.changes == 0
 
 
-def test_toast_added_column_and_truncate(cdc_settings: Settings) -> None:
+def test_toast_added_column_and_truncate(
+    cdc_settings: Settings, cdc_session: WarehouseSession
+) -> None:
     s = cdc_settings
-    sync(s)
+    sync(s, cdc_session)
     # ~40 kB of incompressible text: stored out of line (TOAST).
     big = "string_agg(md5(i::text || 'x'), '') FROM generate_series(1, 1300) i"
     sql(s, f"UPDATE bank.transaction SET description = (SELECT {big}) WHERE txn_id IN (50, 51)")
@@ -515,14 +557,13 @@ def test_toast_added_column_and_truncate(cdc_settings: Settings) -> None:
         "TRUNCATE truth.fraud_label",
         "INSERT INTO truth.fraud_label (txn_id, scenario, episode_id) VALUES (7, 'card_testing', 1)",
     )
-    res = sync(s)
+    res = sync(s, cdc_session)
     assert res.changes > 0
-    problems = diff(s)
+    problems = diff(s, cdc_session)
     assert problems == [], problems
-    from bankde.warehouse.client import open_warehouse
     from bankde.warehouse.ddl import db_names
 
-    wh = open_warehouse(s)
+    wh = cdc_session.warehouse(s)
     tbl = db_names(s).landing_table("bank", "transaction")
     length = wh.scalar(f"SELECT length(description) FROM {tbl} FINAL WHERE txn_id = 50")
     assert length == 1300 * 32
@@ -532,9 +573,11 @@ def test_toast_added_column_and_truncate(cdc_settings: Settings) -> None:
     assert nick == "Kiki"
 
 
-def test_lost_slot_is_reported_and_resync_recovers(cdc_settings: Settings) -> None:
+def test_lost_slot_is_reported_and_resync_recovers(
+    cdc_settings: Settings, cdc_session: WarehouseSession
+) -> None:
     s = cdc_settings
-    sync(s)
+    sync(s, cdc_session)
     admin = admin_info(s)  # ALTER SYSTEM, pg_switch_wal: the superuser's
     with connect(admin, autocommit=True) as conn:
         conn.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1MB'")
@@ -560,11 +603,11 @@ def test_lost_slot_is_reported_and_resync_recovers(cdc_settings: Settings) -> No
     from bankde.errors import CaptureError
 
     with pytest.raises(CaptureError, match="cdc resync"):
-        sync(s)
+        sync(s, cdc_session)
     sql(s, "DELETE FROM bank.transaction WHERE txn_id = 60")
-    res = capture.resync(s, show_progress=False)
+    res = capture.resync(s, sink(s, cdc_session), show_progress=False)
     assert res.snapshot_rows["bank.transaction"] == 399
-    assert diff(s) == []
+    assert diff(s, cdc_session) == []
 
 
 def test_cli_sync_and_status_json(
@@ -590,7 +633,9 @@ def test_cli_sync_and_status_json(
     assert bad.returncode == 2 and "unknown capture engine" in bad.stderr
 
 
-def test_status_lag_seconds_counts_only_captured_changes(cdc_settings: Settings) -> None:
+def test_status_lag_seconds_counts_only_captured_changes(
+    cdc_settings: Settings, cdc_session: WarehouseSession
+) -> None:
     """WAL of tables outside the publication is lag in bytes, not in time; a captured change
     waiting in the idle slot is lag of its age; peeking at it consumes nothing."""
     from bankde.cdc.slot import walsender_lag
@@ -598,36 +643,45 @@ def test_status_lag_seconds_counts_only_captured_changes(cdc_settings: Settings)
     from bankde.orchestration.tasks import pending_changes
 
     s = cdc_settings
-    sync(s)
+    sync(s, cdc_session)
     sql(
         s,
         "CREATE TABLE public.not_captured (x int)",
         "INSERT INTO public.not_captured SELECT generate_series(1, 500)",
     )
     time.sleep(1.5)
-    idle = status(s, counts=False)
+    idle = status(s, warehouse=cdc_session.warehouse(s), counts=False)
     assert idle["lag_bytes"] > 0 and not idle["active"]
     assert idle["lag_seconds"] == 0.0
     assert pending_changes(s) is False
 
     sql(s, "UPDATE bank.account SET balance = balance + 1 WHERE account_id = 1")
     time.sleep(1.5)
-    waiting = status(s, counts=False)
+    waiting = status(s, warehouse=cdc_session.warehouse(s), counts=False)
     assert 1.0 <= waiting["lag_seconds"] < 60
     assert pending_changes(s) is True
-    assert status(s, counts=False)["lag_seconds"] >= waiting["lag_seconds"]  # not consumed
+    assert (
+        status(s, warehouse=cdc_session.warehouse(s), counts=False)["lag_seconds"]
+        >= waiting["lag_seconds"]
+    )  # not consumed
 
     # While streaming: the walsender's own figure, small once the change is applied.
     stop = threading.Event()
     results: list[capture.SyncResult] = []
     runner = threading.Thread(
-        target=lambda: results.append(capture.run(s, stop, show_progress=False)), daemon=True
+        target=lambda: results.append(
+            capture.run(s, stop, sink(s, cdc_session), show_progress=False)
+        ),
+        daemon=True,
     )
     runner.start()
     try:
-        wait_equal(s, timeout=60)
+        wait_equal(s, cdc_session, timeout=60)
         deadline = time.monotonic() + 30
-        while not (live := status(s, counts=False))["active"] and time.monotonic() < deadline:
+        while (
+            not (live := status(s, warehouse=cdc_session.warehouse(s), counts=False))["active"]
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.2)
         assert live["active"]
         # The owner role sees the walsender's figures, so the lag is the server's own.

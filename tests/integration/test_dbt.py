@@ -15,6 +15,7 @@ import pytest
 from psycopg import sql
 
 from bankde.settings import Settings
+from bankde.warehouse.session import WarehouseSession
 from tests.conftest import WAREHOUSE_MODES, cli_env, in_mode, make_home
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,6 +43,7 @@ COMPARED = [
 @dataclass
 class Pipeline:
     settings: Settings
+    session: WarehouseSession
     first_build_ok: bool
     evaluation: list
 
@@ -55,16 +57,16 @@ def _fill(settings: Settings, seed: int, as_of: str, txns: int, backfill_days: i
     )  # fmt: skip
 
 
-def _sync(settings: Settings) -> None:
+def _sync(settings: Settings, session: WarehouseSession) -> None:
     from bankde.cdc import api as capture
 
-    capture.sync(settings, show_progress=False)
+    capture.sync(settings, capture.open_sink(settings, session), show_progress=False)
 
 
-def _build(settings: Settings, *args: str) -> bool:
+def _build(settings: Settings, session: WarehouseSession, *args: str) -> bool:
     from bankde.transform.runner import run_dbt
 
-    return run_dbt(["build", *args], settings, quiet=True).success
+    return run_dbt(["build", *args], settings, session, quiet=True).success
 
 
 def _psql(settings: Settings, statement: str) -> None:
@@ -85,8 +87,8 @@ def pipeline(
     from bankde.source.connection import admin_info, connect
     from bankde.source.schema import init_source
     from bankde.transform.evaluation import evaluation_rows
-    from bankde.warehouse.client import open_warehouse
     from bankde.warehouse.ddl import drop_databases
+    from bankde.warehouse.session import open_session
 
     tag = "tdbt_" + uuid.uuid4().hex[:8]
     settings = cluster_settings.model_copy(
@@ -100,15 +102,18 @@ def pipeline(
     )
     settings = in_mode(settings, request.param, request)
     init_source(settings)
+    # The module's session, as a command's: opened once, handed to capture, dbt and the reads.
+    session = open_session(settings)
     try:
+        wh = session.warehouse(settings)
         _fill(settings, seed=20250601, as_of="2025-06-01T00:00:00Z", txns=12_000, backfill_days=5)
-        _sync(settings)
-        ok = _build(settings)
-        yield Pipeline(settings, ok, evaluation_rows(settings) if ok else [])
+        _sync(settings, session)
+        ok = _build(settings, session)
+        yield Pipeline(settings, session, ok, evaluation_rows(settings, wh) if ok else [])
     finally:
         drop_slot(settings, wait=30)
         drop_publication(settings)
-        wh = open_warehouse(settings)
+        wh = session.warehouse(settings)
         drop_databases(wh)
         for layer in ("stg", "ods", "marts", "dbt"):
             wh.command(f"DROP DATABASE IF EXISTS `{settings.wh_prefix}{layer}`")
@@ -116,6 +121,7 @@ def pipeline(
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(tag))
             )
+        session.close()
 
 
 def test_build_passes_every_model_and_test(pipeline: Pipeline) -> None:
@@ -135,10 +141,8 @@ def test_each_rule_meets_recall_and_precision_on_its_scenario(pipeline: Pipeline
 
 
 def test_no_clear_pii_leaves_staging(pipeline: Pipeline) -> None:
-    from bankde.warehouse.client import open_warehouse
-
     s = pipeline.settings
-    wh = open_warehouse(s)
+    wh = pipeline.session.warehouse(s)
     layers = [f"{s.wh_prefix}{layer}" for layer in ("stg", "ods", "marts")]
     pii_columns = wh.query(
         "select database, table, name from system.columns where database in {dbs:Array(String)} "
@@ -158,10 +162,8 @@ def test_no_clear_pii_leaves_staging(pipeline: Pipeline) -> None:
     assert hashed == 1
 
 
-def _fingerprints(settings: Settings) -> dict[str, tuple[int, int]]:
-    from bankde.warehouse.client import open_warehouse
-
-    wh = open_warehouse(settings)
+def _fingerprints(settings: Settings, session: WarehouseSession) -> dict[str, tuple[int, int]]:
+    wh = session.warehouse(settings)
     out = {}
     for layer, table in COMPARED:
         n, h = wh.query(
@@ -173,11 +175,10 @@ def _fingerprints(settings: Settings) -> dict[str, tuple[int, int]]:
 
 def test_incremental_build_equals_full_refresh(pipeline: Pipeline) -> None:
     from bankde.transform.runner import run_dbt
-    from bankde.warehouse.client import open_warehouse
 
-    s = pipeline.settings
+    s, session = pipeline.settings, pipeline.session
     assert pipeline.first_build_ok
-    wh = open_warehouse(s)
+    wh = session.warehouse(s)
     fct = f"`{s.wh_prefix}ods`.fct_transactions"
     before = wh.scalar(f"select count() from {fct}")
 
@@ -196,7 +197,7 @@ def test_incremental_build_equals_full_refresh(pipeline: Pipeline) -> None:
         "where not exists (select 1 from truth.fraud_label l where l.txn_id = t.txn_id) "
         "order by txn_id desc limit 150)",
     )
-    _sync(s)
+    _sync(s, session)
     # Changes that land while dbt runs, after it pinned the version it builds up to: an update
     # of a key that is otherwise unchanged and a new key, both above the pin. The build must
     # neither take them (half-applied: deleted by the pre-hook, or appended twice) nor lose them.
@@ -224,7 +225,9 @@ def test_incremental_build_equals_full_refresh(pipeline: Pipeline) -> None:
         # A subquery: in the same select, `txn_id` in WHERE would be the replaced value.
         f"from (select * from {raw} final where txn_id = {late_key})"
     )
-    assert _build(s, "--vars", f"{{cdc_pin_version: {pin}}}"), "incremental dbt build failed"
+    assert _build(s, session, "--vars", f"{{cdc_pin_version: {pin}}}"), (
+        "incremental dbt build failed"
+    )
     reversed_src = _count_source(
         s, "select count(*) from bank.transaction where status = 'reversed'"
     )
@@ -238,13 +241,13 @@ def test_incremental_build_equals_full_refresh(pipeline: Pipeline) -> None:
     assert above_pin == [(late_key, 0)], "rows landed after the pin were taken by the build"
 
     # The next run takes them, exactly once.
-    assert run_dbt(["run"], s, quiet=True).success, "catch-up dbt run failed"
+    assert run_dbt(["run"], s, session, quiet=True).success, "catch-up dbt run failed"
     assert wh.query(
         f"select txn_id, count() from {fct} where txn_id in ({late_key}, {new_key}) "
         f"and cdc_version > {pin} group by txn_id order by txn_id"
     ) == [(late_key, 1), (new_key, 1)]
     assert wh.scalar(f"select count() - uniqExact(txn_id) from {fct}") == 0
-    incremental = _fingerprints(s)
+    incremental = _fingerprints(s, session)
     assert incremental["ods.fct_transactions"][0] == live + 1
 
     # SCD2: cards closed by the second fill went active -> closed at their closed_at.
@@ -256,8 +259,8 @@ def test_incremental_build_equals_full_refresh(pipeline: Pipeline) -> None:
     assert reclosed, "no card seen active, then closed"
     assert all(valid_from == closed_at for _, closed_at, valid_from in reclosed)
 
-    assert _build(s, "--full-refresh"), "full-refresh dbt build failed"
-    assert _fingerprints(s) == incremental
+    assert _build(s, session, "--full-refresh"), "full-refresh dbt build failed"
+    assert _fingerprints(s, session) == incremental
 
 
 def _count_source(settings: Settings, query: str) -> int:
@@ -271,8 +274,9 @@ def _count_source(settings: Settings, query: str) -> int:
 
 # Holds the warehouse the way any bankde command does, until its stdin closes.
 _HOLDER = (
-    "import sys; from bankde.warehouse.client import open_warehouse; open_warehouse(); "
-    "print('held', flush=True); sys.stdin.read()"
+    "import sys; from bankde.settings import get_settings; "
+    "from bankde.warehouse.session import open_session; "
+    "s = open_session(get_settings()); print('held', flush=True); sys.stdin.read(); s.close()"
 )
 
 

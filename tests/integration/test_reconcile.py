@@ -13,8 +13,8 @@ from bankde.contracts import Offset
 from bankde.monitoring.reconcile import reconcile
 from bankde.settings import Settings, get_settings
 from bankde.source.connection import connect, owner_info
-from bankde.warehouse.client import open_warehouse
 from bankde.warehouse.ddl import db_names
+from bankde.warehouse.session import WarehouseSession, open_session
 from bankde.warehouse.sink import ClickHouseSink
 
 SEED_SQL = """
@@ -52,9 +52,9 @@ INSERT INTO truth.fraud_label (txn_id, scenario, episode_id) VALUES (101, 'card_
 pytestmark = pytest.mark.served_too
 
 
-def land_source(settings: Settings) -> None:
+def land_source(settings: Settings, session: WarehouseSession) -> None:
     """Copy every bank.* and truth.* row into the warehouse through the sink, as text form."""
-    sink = ClickHouseSink(open_warehouse(settings))
+    sink = ClickHouseSink(session.warehouse(settings))
     events: list[ChangeEvent] = []
     with connect(owner_info(settings)) as conn:
         conn.execute("SET TimeZone = 'UTC'")
@@ -88,11 +88,14 @@ def run_sql(settings: Settings, statement: str) -> None:
         conn.commit()
 
 
-def test_equal_after_landing_then_differences_name_keys(source_wh_settings: Settings) -> None:
+def test_equal_after_landing_then_differences_name_keys(
+    source_wh_settings: Settings, source_wh_session: WarehouseSession
+) -> None:
     settings = source_wh_settings
+    wh = source_wh_session.warehouse(settings)
     run_sql(settings, SEED_SQL)
-    land_source(settings)
-    result = reconcile(settings)
+    land_source(settings, source_wh_session)
+    result = reconcile(settings, wh)
     assert result.equal, [
         (t.table, t.problems, t.sample, t.source_rows, t.warehouse_rows) for t in result.differing
     ]
@@ -113,7 +116,7 @@ def test_equal_after_landing_then_differences_name_keys(source_wh_settings: Sett
         settings,
         "UPDATE bank.customer SET created_at = created_at + interval '1 microsecond' WHERE customer_id = 2",
     )
-    result = reconcile(settings)
+    result = reconcile(settings, wh)
     assert not result.equal
     bad = {t.table: t for t in result.differing}
     assert set(bad) == {"bank.transaction", "bank.customer", "truth.fraud_label"}
@@ -128,15 +131,17 @@ def test_equal_after_landing_then_differences_name_keys(source_wh_settings: Sett
     assert [d.key for d in bad["bank.customer"].sample] == ["customer_id=2"]
 
 
-def test_missing_rows_and_columns_are_reported(source_wh_settings: Settings) -> None:
+def test_missing_rows_and_columns_are_reported(
+    source_wh_settings: Settings, source_wh_session: WarehouseSession
+) -> None:
     settings = source_wh_settings
     run_sql(settings, SEED_SQL)
-    land_source(settings)
-    wh = open_warehouse(settings)
+    land_source(settings, source_wh_session)
+    wh = source_wh_session.warehouse(settings)
     raw = db_names(settings).landing_table("bank", "transaction")
     wh.command(f"ALTER TABLE {raw} DELETE WHERE txn_id IN (103, 140) SETTINGS mutations_sync = 2")
     run_sql(settings, "ALTER TABLE bank.terminal ADD COLUMN note text")
-    result = reconcile(settings)
+    result = reconcile(settings, wh)
     bad = {t.table: t for t in result.differing}
     assert set(bad) == {"bank.transaction", "bank.terminal"}
     assert [(d.key, d.problem) for d in bad["bank.transaction"].sample] == [
@@ -167,7 +172,9 @@ def test_reconcile_command_exit_codes_and_json(cli_settings_env: Settings) -> No
 
     settings = cli_settings_env
     run_sql(settings, SEED_SQL)
-    land_source(settings)
+    # Landed on a session of the test's, closed before the command opens its own.
+    with open_session(settings) as session:
+        land_source(settings, session)
     runner = CliRunner()
     res = runner.invoke(app, ["reconcile", "--json"])
     assert res.exit_code == 0, res.output
@@ -177,3 +184,72 @@ def test_reconcile_command_exit_codes_and_json(cli_settings_env: Settings) -> No
     res = runner.invoke(app, ["reconcile"])
     assert res.exit_code == 1
     assert "bank.account: account_id=11: values differ" in res.output
+
+
+def test_both_sides_bucket_and_hash_alike(
+    source_wh_settings: Settings, source_wh_session: WarehouseSession
+) -> None:
+    """The bucket and row-hash expressions are one function computed twice: integer keys by
+    their low bits (negative and extreme ones too), other keys by MD5 of their text."""
+    from bankde.monitoring.reconcile import _buckets, _canonical, _ch_hash, _pg_hash
+
+    keys = [0, 1, -1, -5, 1023, 1024, -1024, 2**62 + 7, -(2**63), 2**63 - 1]
+    k = _canonical("k", "bigint", "Int64")
+    t, n = _canonical("t", "text", "String"), _canonical("n", "integer", "Int32")
+    (pg_int, ch_int), (pg_text, ch_text) = _buckets([k]), _buckets([t, n])
+    assert "md5" not in pg_int and "md5" in pg_text
+    pg_values = ", ".join(f"('{v}'::bigint, 'k{v}', {v % 1000})" for v in keys)
+    with connect(owner_info(source_wh_settings)) as conn:
+        pg = conn.execute(
+            f"SELECT {pg_int}, {pg_text}, {_pg_hash(k.pg_expr)} "
+            f"FROM (VALUES {pg_values}) AS v(k, t, n) ORDER BY k"
+        ).fetchall()
+    ch_values = ", ".join(f"(toInt64({v}), 'k{v}', toInt32({v % 1000}))" for v in keys)
+    ch = source_wh_session.warehouse(source_wh_settings).query(
+        f"SELECT {ch_int}, {ch_text}, {_ch_hash(k.ch_expr)} FROM (SELECT x.1 AS k, x.2 AS t, "
+        f"x.3 AS n FROM (SELECT arrayJoin([{ch_values}]) AS x)) ORDER BY k"
+    )
+    assert [tuple(map(int, r)) for r in pg] == [tuple(map(int, r)) for r in ch]
+    # Sorted keys: -2^63, -1024, -5, -1, 0, 1, 1023, 1024, 2^62 + 7, 2^63 - 1.
+    assert [r[0] for r in pg] == [0, 0, 1019, 1023, 0, 1, 1023, 0, 7, 1023]
+    assert len({r[1] for r in pg}) > 5 and all(0 <= r[1] < 1024 for r in pg)
+
+
+def test_timestamps_compare_by_their_stored_microseconds(
+    source_wh_settings: Settings, source_wh_session: WarehouseSession
+) -> None:
+    """timestamptz and timestamp are compared as the stored int64 (Postgres's binary form, in
+    hex) on both sides: before 2000 and 1970, with and without microseconds."""
+    from bankde.monitoring.reconcile import _canonical
+
+    values = [
+        "1900-03-01 12:00:00.5",
+        "1969-12-31 23:59:59.999999",
+        "1970-01-01 00:00:00",
+        "1999-12-31 23:59:59.999999",
+        "2000-01-01 00:00:00",
+        "2024-05-01 00:01:00.000123",
+        "2262-04-11 23:47:16.854775",
+    ]
+    tz = _canonical("ts", "timestamp with time zone", "DateTime64(6, 'UTC')")
+    naive = _canonical("ts", "timestamp without time zone", "DateTime64(6, 'UTC')")
+    with connect(owner_info(source_wh_settings)) as conn:
+        conn.execute("SET TimeZone = 'Europe/Paris'")  # the binary form does not depend on it
+        pg = [
+            conn.execute(
+                f"SELECT {tz.pg_expr}, (SELECT {naive.pg_expr} FROM (SELECT %s::timestamp AS ts) n) "
+                "FROM (SELECT (%s || '+00')::timestamptz AS ts) t",
+                (v, v),
+            ).fetchone()
+            for v in values
+        ]
+    wh = source_wh_session.warehouse(source_wh_settings)
+    ch = [
+        wh.query(
+            f"SELECT {tz.ch_expr} FROM (SELECT toDateTime64({{v:String}}, 6, 'UTC') AS ts)",
+            {"v": v},
+        )[0][0]
+        for v in values
+    ]
+    assert [p[0] for p in pg] == [p[1] for p in pg] == ch
+    assert ch[4] == "0000000000000000" and ch[3] == "ffffffffffffffff"

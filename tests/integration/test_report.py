@@ -333,14 +333,16 @@ def test_metrics_port_in_use_is_a_one_line_usage_error(pipeline: Pipeline) -> No
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: --metrics-port {port}")
 
 
-def test_report_on_an_empty_warehouse_says_what_is_missing(wh_settings, tmp_path: Path) -> None:
+def test_report_on_an_empty_warehouse_says_what_is_missing(
+    wh_settings, wh_session, tmp_path: Path
+) -> None:
     """Before any dbt build or stream: the page is written, each part names what to run."""
     from bankde.monitoring.report import write_report
-    from bankde.warehouse.client import open_warehouse
     from bankde.warehouse.ddl import ensure_schema
 
-    ensure_schema(open_warehouse(wh_settings))
-    res = write_report(wh_settings, tmp_path / "r.html", with_source=False)
+    wh = wh_session.warehouse(wh_settings)
+    ensure_schema(wh)
+    res = write_report(wh_settings, wh, tmp_path / "r.html", with_source=False)
     assert res.path.is_file() and res.charts == 0
     notes = " | ".join(res.notes)
     assert "run `bankde dbt build`" in notes

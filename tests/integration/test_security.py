@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -87,8 +90,9 @@ def clickhouse_plain(data: bytes) -> bytes | None:
 
 # Every text value of every warehouse table (numbers are ids, versions, LSNs: not card numbers).
 DUMP_TABLES = """
-from bankde.warehouse.client import open_warehouse
-wh = open_warehouse()
+from bankde.settings import get_settings
+from bankde.warehouse.session import open_session
+wh = open_session(get_settings()).warehouse()  # the script's one session, released at exit
 cols = wh.query(
     "SELECT database, table, groupArray(name) FROM system.columns WHERE type LIKE '%String%' "
     "AND database NOT IN ('system', 'INFORMATION_SCHEMA', 'information_schema') GROUP BY 1, 2"
@@ -190,26 +194,98 @@ class Flow:
     home: Path
     log: Path
     outputs: list[str]
-    cmdlines: list[str]
+    cmdlines: list[str]  # every process of the machine, sampled all along
+    ours: list[str]  # those whose environment names this flow's home
 
 
-def _cmdlines() -> list[str]:
-    out = []
+def _cmdlines(home: Path, ours: set[int]) -> tuple[list[str], list[str]]:
+    """Every process's command line, and those of the processes working for `home`: their
+    environment names it (the CLI, Postgres' clients), or their parent is such a process
+    (Airflow's components retitle themselves with setproctitle, which overwrites the environment
+    /proc shows; a task runner is a child of the executor's supervisor). `ours` (pids) grows."""
+    every, procs = [], []
+    mark = f"BANKDE_HOME={home}\0".encode()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                out.append(
+                line = (
                     (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
                 )
-            except OSError:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
                 continue
-    return out
+            every.append(line)
+            try:
+                marked = mark in (entry / "environ").read_bytes()
+            except OSError:
+                marked = False
+            procs.append((int(entry.name), ppid, line, marked))
+    ours.intersection_update(pid for pid, _, _, _ in procs)  # ended: the pid may be reused
+    mine: list[str] = []
+    grew = True
+    while grew:  # children listed before their parent join on the next pass
+        grew = False
+        for pid, ppid, line, marked in procs:
+            if pid not in ours and (marked or ppid in ours):
+                ours.add(pid)
+                mine.append(line)
+                grew = True
+    mine += [line for pid, _, line, _ in procs if pid in ours and line not in mine]
+    return every, mine
 
 
-def _watch_ps(stop: threading.Event, seen: list[str]) -> None:
+def _watch_ps(home: Path, stop: threading.Event, seen: list[str], ours: list[str]) -> None:
+    pids: set[int] = set()
     while not stop.is_set():
-        seen.extend(_cmdlines())
+        every, mine = _cmdlines(home, pids)
+        seen.extend(every)
+        ours.extend(mine)
         time.sleep(0.2)
+
+
+def _airflow_runs_a_dag(env: dict[str, str], home: Path, timeout: float = 900) -> str:
+    """`bankde airflow` (standalone: API server, scheduler, DAG processor, task runners) until
+    its scheduler has run cdc_to_dwh to success on this source, then Ctrl-C; its output."""
+    port = free_port()
+    db = home / "airflow" / "airflow.db"
+    log = home.parent / f"{home.name}-airflow.out"  # outside the home: the home is scanned
+    with open(log, "w+b") as out:
+        proc = subprocess.Popen(
+            [BANKDE, "airflow", "--port", str(port)], env=env, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + timeout
+            state = None
+            while state != "success":
+                assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+                assert time.monotonic() < deadline, (
+                    f"cdc_to_dwh: {state}\n" + log.read_text(errors="replace")[-3000:]
+                )
+                time.sleep(2)
+                if db.exists():
+                    try:
+                        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                            row = conn.execute(
+                                "SELECT state FROM dag_run WHERE dag_id = 'cdc_to_dwh' "
+                                "ORDER BY id DESC LIMIT 1"
+                            ).fetchone()
+                    except sqlite3.Error:
+                        continue  # not migrated yet, or locked by a writer
+                    state = row[0] if row else None
+                    assert state != "failed", log.read_text(errors="replace")[-3000:]
+        finally:
+            proc.send_signal(signal.SIGINT)  # standalone's clean stop, forwarded by bankde
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            out.seek(0)
+            text = out.read().decode(errors="replace")
+        log.unlink()
+    assert proc.returncode == 0, text[-3000:]
+    return text
 
 
 @pytest.fixture(scope="module")
@@ -221,8 +297,9 @@ def flow() -> Iterator[Flow]:
     env = cli_env(settings, BANKDE_CDC_SLOT="sec_slot", BANKDE_CDC_PUBLICATION="sec_pub")
     outputs: list[str] = []
     seen: list[str] = []
+    ours: list[str] = []
     stop = threading.Event()
-    watcher = threading.Thread(target=_watch_ps, args=(stop, seen), daemon=True)
+    watcher = threading.Thread(target=_watch_ps, args=(home, stop, seen, ours), daemon=True)
     watcher.start()
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -280,9 +357,10 @@ def flow() -> Iterator[Flow]:
         # (dbt build: stg, ods, marts), all under the `ps` sampler.
         run("run", "--duration", "6", "--dbt-every", "600", "--rate", "200")
         run("demo", "--size", "small", "--quiet")
+        outputs.append(_airflow_runs_a_dag(env, home))
         if shutil.which("java") or os.environ.get("JAVA_HOME"):
             run("cdc", "sync", "--engine", "debezium", "--no-progress")
-        yield Flow(settings, env, home, home / "postgres" / "postgres.log", outputs, seen)
+        yield Flow(settings, env, home, home / "postgres" / "postgres.log", outputs, seen, ours)
     finally:
         stop.set()
         watcher.join(timeout=5)
@@ -303,9 +381,25 @@ def test_no_password_in_server_log_output_or_any_command_line(flow: Flow) -> Non
         "pg_cdc_password",
         "pan_key",
     } <= set(secrets)
+    # Airflow's UI password is a secret too (it is in its 0600 file, never printed).
+    airflow = flow.home / "airflow"
+    ui = json.loads((airflow / "simple_auth_manager_passwords.json.generated").read_text())
+    secrets["airflow_admin"] = ui["admin"]
     lines = "\n".join(flow.cmdlines)
-    assert "bankde" in lines  # the sampler saw the CLI running
+    # The sampler saw this flow's CLI, Airflow's components and a task runner of a DAG run.
+    ours = "\n".join(flow.ours)
+    for process in ("bankde cdc run", "bankde airflow", "airflow api", "airflow worker --"):
+        assert process in ours, sorted({c[:100] for c in flow.ours})
+    # Nothing Airflow wrote (task logs, its DB, its config) holds a password bankde passed on.
+    written = {p: p.read_bytes() for p in airflow.rglob("*") if p.is_file()}
+    assert any("task_id=" in str(p) for p in written)  # task logs were written
     for name, value in secrets.items():
+        for path, data in written.items():
+            if (
+                name != "airflow_admin"
+                or path.name != "simple_auth_manager_passwords.json.generated"
+            ):
+                assert value.encode() not in data, f"{name} in {path}"
         assert value not in log, f"{name} in postgres.log"
         assert value not in lines, f"{name} in a process's command line"
         for text in flow.outputs:

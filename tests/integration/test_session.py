@@ -1,5 +1,5 @@
-"""The warehouse session: one per process and target, closed explicitly; read-only commands
-never write schema."""
+"""The warehouse session: opened by the owner and passed down, one embedded per process,
+closed explicitly; read-only commands never write schema."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ import pytest
 
 from bankde.errors import ConfigError
 from bankde.settings import Settings
-from bankde.warehouse.client import open_warehouse
-from bankde.warehouse.session import open_session
+from bankde.warehouse.client import Warehouse
+from bankde.warehouse.session import WarehouseSession, open_session
 
 
-def _databases(settings: Settings) -> list[str]:
-    wh = open_warehouse(settings)
+def _databases(wh: Warehouse, settings: Settings) -> list[str]:
     rows = wh.query(
         "SELECT name FROM system.databases WHERE startsWith(name, {p:String}) ORDER BY name",
         {"p": settings.wh_prefix},
@@ -23,27 +22,35 @@ def _databases(settings: Settings) -> list[str]:
 
 
 def test_one_session_per_process_and_target(wh_settings: Settings) -> None:
-    session = open_session(wh_settings)
-    assert session.embedded and not session.closed
-    # Code handed no session shares the one the process opened: never a second engine.
-    assert open_session(wh_settings) is session
-    assert open_warehouse(wh_settings).session is session
-    assert session.warehouse().scalar("SELECT 41 + 1") == 42
-    session.close()
+    with open_session(wh_settings) as session:
+        assert session.embedded and not session.closed
+        # No registry hands it out again: a second open in this process is refused, naming
+        # the open one; the owner passes its session down instead.
+        with pytest.raises(ConfigError, match="pass that session down") as exc:
+            open_session(wh_settings)
+        assert session.location in str(exc.value)
+        assert session.warehouse(wh_settings).session is session
+        assert session.warehouse().scalar("SELECT 41 + 1") == 42
     assert session.closed
     # Closed means released: the next open takes the lock again, in this process or another.
-    again = open_session(wh_settings)
-    assert again is not session and again.warehouse().scalar("SELECT 1") == 1
+    with open_session(wh_settings) as again:
+        assert again is not session and again.warehouse().scalar("SELECT 1") == 1
 
 
 def test_a_second_data_directory_is_refused(wh_settings: Settings, tmp_path: Path) -> None:
     other = wh_settings.model_copy(update={"wh_dir": tmp_path / "other-warehouse"})
-    open_session(wh_settings)
-    with pytest.raises(ConfigError, match="one data directory per process"):
-        open_session(other)
+    with open_session(wh_settings) as session:
+        with pytest.raises(ConfigError, match="one data directory per process") as exc:
+            open_session(other)
+        # The message names both directories.
+        assert session.location in str(exc.value)
+        assert str(tmp_path / "other-warehouse") in str(exc.value)
+    assert not (tmp_path / "other-warehouse").exists()
 
 
-def test_read_only_commands_run_no_ddl(source_wh_settings: Settings) -> None:
+def test_read_only_commands_run_no_ddl(
+    source_wh_settings: Settings, source_wh_session: WarehouseSession
+) -> None:
     """`cdc status` and `reconcile` on a warehouse nothing was captured into report it, creating
     nothing."""
     from bankde.cdc.status import status
@@ -51,13 +58,14 @@ def test_read_only_commands_run_no_ddl(source_wh_settings: Settings) -> None:
     from bankde.warehouse.sink import load_offset
 
     s = source_wh_settings
-    assert _databases(s) == []
-    data = status(s, counts=True)
+    wh = source_wh_session.warehouse(s)
+    assert _databases(wh, s) == []
+    data = status(s, warehouse=wh, counts=True)
     assert data["warehouse"] == "ok"
     assert data["offset_lsn"] is None and data["last_batch_at"] is None
     assert data["tables"] and all(c["warehouse"] is None for c in data["tables"].values())
-    assert load_offset(open_warehouse(s), s.cdc_slot) is None
-    assert _databases(s) == []
-    result = reconcile(s, open_warehouse(s))
+    assert load_offset(wh, s.cdc_slot) is None
+    assert _databases(wh, s) == []
+    result = reconcile(s, wh)
     assert not result.equal and all("does not exist" in " ".join(t.problems) for t in result.tables)
-    assert _databases(s) == []
+    assert _databases(wh, s) == []

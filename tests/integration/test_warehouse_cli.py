@@ -83,8 +83,10 @@ def test_second_process_gets_the_named_lock_then_takes_over_a_dead_holder(home: 
         [
             sys.executable,
             "-c",
-            "import time; from bankde.warehouse.client import open_warehouse; "
-            "open_warehouse().query('SELECT 1'); print('ready', flush=True); time.sleep(60)",
+            "import time; from bankde.settings import get_settings; "
+            "from bankde.warehouse.session import open_session; "
+            "open_session(get_settings()).warehouse().query('SELECT 1'); "
+            "print('ready', flush=True); time.sleep(60)",
             "cdc-run-standin",
         ],
         env=env_for(home),

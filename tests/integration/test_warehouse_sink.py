@@ -15,9 +15,10 @@ from bankde.cdc.envelope import ChangeEvent, Source, make_version
 from bankde.contracts import Offset, SourceColumn
 from bankde.errors import CaptureError
 from bankde.settings import Settings
-from bankde.warehouse.client import Warehouse, open_warehouse
+from bankde.warehouse.client import Warehouse
 from bankde.warehouse.ddl import apply_schema, db_names, ensure_columns, landing_tables
-from bankde.warehouse.sink import ClickHouseSink
+from bankde.warehouse.session import WarehouseSession
+from bankde.warehouse.sink import BATCH_LOG_SECONDS, ClickHouseSink
 
 TS = 1_700_000_000_000
 
@@ -60,8 +61,8 @@ def final(wh: Warehouse, table: str, cols: str) -> list[tuple[Any, ...]]:
 
 
 @pytest.fixture()
-def wh(wh_settings: Settings) -> Warehouse:
-    return open_warehouse(wh_settings)
+def wh(wh_settings: Settings, wh_session: WarehouseSession) -> Warehouse:
+    return wh_session.warehouse(wh_settings)
 
 
 def test_schema_applies_twice_under_a_prefix(wh: Warehouse, wh_settings: Settings) -> None:
@@ -152,14 +153,32 @@ def test_offsets_and_batch_metrics_follow_each_apply(wh: Warehouse, wh_settings:
         Offset("m1", 31, True),
     )
     assert sink.load_offset("m1") == Offset("m1", 31, True)
-    rows = wh.query(
+    select = (
         f"SELECT kind, events, inserts, updates, deletes, tables, first_lsn, last_lsn, lag_ms >= 0 "
         f"FROM {names.batches} WHERE slot = 'm1' ORDER BY finished_at"
     )
-    assert rows == [
+    # Batch-log rows are held back (one INSERT for many batches) until a second has passed,
+    # the stream idles or stops (flush_log); the offsets are written at once regardless.
+    assert wh.query(select) == []
+    sink.flush_log()
+    expected = [
         ("stream", 1, 1, 0, 0, {"bank.account": 1}, 10, 11, True),
         ("stream", 2, 0, 1, 1, {"bank.account": 2}, 30, 31, True),
     ]
+    assert wh.query(select) == expected
+    sink.flush_log()  # nothing held: writes nothing
+    assert wh.query(select) == expected
+    # Times land as written (microsecond text), not read as seconds or shifted by a zone.
+    assert wh.query(
+        "SELECT min(finished_at >= started_at), "
+        "max(abs(dateDiff('second', finished_at, now64(6, 'UTC')))) < 60 "
+        f"FROM {names.batches} WHERE slot = 'm1'"
+    ) == [(1, 1)]
+    # Rows held for a second or more go out with the next batch.
+    sink.apply([ev("u", 40, 1, after=account(1, "3.00"))], Offset("m1", 41, True))
+    time.sleep(BATCH_LOG_SECONDS)
+    sink.apply([ev("u", 50, 1, after=account(1, "4.00"))], Offset("m1", 51, True))
+    assert [r[6] for r in wh.query(select)] == [10, 30, 40, 50]
 
 
 def test_queries_take_the_engine_mutex_like_inserts(wh: Warehouse) -> None:

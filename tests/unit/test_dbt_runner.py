@@ -9,14 +9,17 @@ import pytest
 from bankde.errors import ConfigError
 from bankde.settings import Settings
 from bankde.transform import runner
-from bankde.transform.runner import DEV_SALT, dbt_env, project_dir, run_dbt
+from bankde.transform.runner import DEV_SALT, PATH_VAR, dbt_env, project_dir, run_dbt, with_vars
 
 
 def test_embedded_env_points_dbt_at_the_warehouse_and_prefix(tmp_path: Path) -> None:
     s = Settings(home=tmp_path, wh_prefix="t1_", clickhouse_url=None)
     env = dbt_env(s)
     assert env["BANKDE_DBT_TARGET"] == "chdb"
-    assert env["BANKDE_WAREHOUSE_DIR"] == str((tmp_path / "warehouse").resolve())
+    # The directory reaches the adapter through the profile (--vars), never the environment.
+    assert "BANKDE_WAREHOUSE_DIR" not in env
+    args = with_vars(["build"], {PATH_VAR: runner.warehouse_path(s)})
+    assert args[-2:] == ["--vars", f"{{{PATH_VAR}: {(tmp_path / 'warehouse').resolve()}}}"]
     assert env["BANKDE_WH_PREFIX"] == "t1_"
     # Artifacts per prefix, outside the repo.
     assert env["DBT_TARGET_PATH"] == str(tmp_path.resolve() / "dbt" / "t1" / "target")
@@ -64,8 +67,30 @@ def test_bad_clickhouse_url_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_unknown_dbt_command_is_a_config_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="dbt command must be one of"):
-        run_dbt(["drop-everything"], Settings(home=tmp_path))
+    from bankde.warehouse.session import open_session
+
+    settings = Settings(home=tmp_path, clickhouse_url=None)
+    with (
+        open_session(settings) as session,
+        pytest.raises(ConfigError, match="dbt command must be one of"),
+    ):
+        run_dbt(["drop-everything"], settings, session)
+
+
+def test_callers_vars_and_the_runners_are_one_mapping() -> None:
+    import yaml
+
+    args = with_vars(
+        ["build", "--vars", "{cdc_pin_version: 7}", "-s", "marts"], {PATH_VAR: "/w h/x"}
+    )
+    assert args[:3] == ["build", "-s", "marts"] and args[3] == "--vars"
+    assert yaml.safe_load(args[4]) == {"cdc_pin_version": 7, PATH_VAR: "/w h/x"}
+    assert yaml.safe_load(with_vars(["run", "--vars={a: 1}"], {PATH_VAR: "/p"})[-1]) == {
+        "a": 1,
+        PATH_VAR: "/p",
+    }
+    with pytest.raises(ConfigError, match="not a YAML mapping"):
+        with_vars(["run", "--vars", "[1, 2]"], {PATH_VAR: "/p"})
 
 
 def test_project_and_profiles_are_in_the_repo() -> None:

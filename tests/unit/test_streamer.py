@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from bankde.cdc import retry
+from bankde.cdc import retry, stream
 from bankde.cdc.envelope import ChangeEvent, Column, EventTransaction, Relation, Source
 from bankde.cdc.stream import Streamer
 from bankde.contracts import (
@@ -65,6 +65,7 @@ class FakeSink:
     log: list[tuple[str, object]] = field(default_factory=list)  # shared with the server
     columns: list[tuple[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    log_flushes: int = 0
 
     def apply(self, events: Changes, offset: Offset, truncates: Sequence[Truncate] = ()) -> None:
         self.applies += 1
@@ -83,6 +84,10 @@ class FakeSink:
 
     def ensure_columns(self, schema: str, table: str, columns: Sequence[SourceColumn]) -> None:
         self.columns.append((schema, table))
+
+    def flush_log(self) -> None:
+        with self.lock:
+            self.log_flushes += 1
 
     def reset_for_snapshot(self, slot: str, tables: Sequence[tuple[str, str]]) -> None:
         raise AssertionError("no snapshot in these tests")
@@ -259,6 +264,16 @@ def test_empty_polls_and_keepalives_acknowledge_only_what_is_durable() -> None:
     assert server.acks and all(a <= d for a, d in server.acks)
     assert sink.columns == [("bank", "t")]
     check_order(server)
+    assert sink.log_flushes == 1  # the held batch log is written when the stream stops
+
+
+def test_an_idle_writer_has_the_sink_write_its_batch_log(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(stream, "IDLE_SECONDS", 0.01)
+    sink = FakeSink()
+    server = Server([txn(n) for n in range(1, 4)], [["txn", *["empty"] * 50, "txn", "txn"]], sink)
+    run_stream(server, batch_rows=1)
+    assert sink.log_flushes >= 2  # while polling empty, then at the stop
+    check_order(server)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -294,6 +309,7 @@ def test_a_failed_write_stops_the_stream_and_nothing_after_it_is_written() -> No
     with pytest.raises(WriteFailed, match="write 3 failed"):
         run_stream(server, batch_rows=4)
     assert len(sink.batches) == 2 and sink.applies == 3
+    assert sink.log_flushes == 1  # the batches written before the failure are still logged
     assert server.confirmed <= sink.durable == sink.batches[-1][1]
     assert all(a <= d for a, d in server.acks)
 

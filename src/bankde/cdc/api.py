@@ -23,19 +23,17 @@ __all__ = ["BatchStats", "SyncResult", "open_sink", "resync", "run", "sync"]
 SYNC_RETRY_SECONDS = 120.0
 
 
-def open_sink(settings: Settings, session: WarehouseSession | None = None) -> Sink:
-    """The warehouse sink on `session` (default: the process's session the settings select)."""
+def open_sink(settings: Settings, session: WarehouseSession) -> Sink:
+    """The warehouse sink on `session`, under the settings' prefix (creates the schema)."""
     from bankde.warehouse.sink import ClickHouseSink
 
-    if session is not None:
-        return ClickHouseSink(session.warehouse(settings))
-    return ClickHouseSink.open(settings)
+    return ClickHouseSink(session.warehouse(settings))
 
 
 def sync(
     settings: Settings,
+    sink: Sink,
     *,
-    sink: Sink | None = None,
     engine: str = DEFAULT_ENGINE,
     show_progress: bool = True,
 ) -> SyncResult:
@@ -61,8 +59,8 @@ def sync(
 def run(
     settings: Settings,
     stop_event: threading.Event,
+    sink: Sink,
     *,
-    sink: Sink | None = None,
     engine: str = DEFAULT_ENGINE,
     batch_rows: int | None = None,
     batch_seconds: float | None = None,
@@ -85,11 +83,10 @@ def run(
 
 
 def _open_and_stream(
-    settings: Settings, sink: Sink | None, engine: str, show_progress: bool, **options: Any
+    settings: Settings, sink: Sink, engine: str, show_progress: bool, **options: Any
 ) -> SyncResult:
-    """retry.stream into `sink` (default: the settings' warehouse), with snapshot progress bars."""
-    make_engine(settings, engine)  # a wrong engine name fails before anything opens
-    sink = sink or open_sink(settings)
+    """retry.stream into `sink`, with snapshot progress bars."""
+    make_engine(settings, engine)  # a wrong engine name fails before anything is started
     # Its own slot, publication and offset row: never another engine's.
     engine_settings = get_engine(engine).settings_for(settings)
     with snapshot_progress(show_progress) as progress:
@@ -104,8 +101,8 @@ def _open_and_stream(
 
 def resync(
     settings: Settings,
+    sink: Sink,
     *,
-    sink: Sink | None = None,
     engine: str = DEFAULT_ENGINE,
     show_progress: bool = True,
 ) -> SyncResult:
@@ -115,7 +112,6 @@ def resync(
 
     make_engine(settings, engine)  # an engine that cannot run fails before anything is dropped
     engine_settings = get_engine(engine).settings_for(settings)
-    sink = sink or open_sink(settings)
     drop_slot(engine_settings)
     sink.reset(engine_settings.cdc_slot)
-    return sync(settings, sink=sink, engine=engine, show_progress=show_progress)
+    return sync(settings, sink, engine=engine, show_progress=show_progress)

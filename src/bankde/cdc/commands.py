@@ -66,9 +66,16 @@ def sync(
     wait: WaitOption = None,
 ) -> None:
     """Snapshot if needed, apply every change committed before now, then exit."""
+    from bankde.cdc.api import open_sink
     from bankde.cdc.api import sync as do_sync
+    from bankde.cdc.registry import make_engine
+    from bankde.warehouse.session import open_session
 
-    res = do_sync(settings_with_wait(wait), engine=engine, show_progress=progress and not as_json)
+    settings = settings_with_wait(wait)
+    make_engine(settings, engine)  # a wrong engine name fails before the warehouse opens
+    with open_session(settings) as session:
+        sink = open_sink(settings, session)
+        res = do_sync(settings, sink, engine=engine, show_progress=progress and not as_json)
     _print_result(res, as_json)
 
 
@@ -98,8 +105,11 @@ def run(
     import signal
     import threading
 
+    from bankde.cdc.api import open_sink
     from bankde.cdc.api import run as do_run
+    from bankde.cdc.registry import make_engine
     from bankde.monitoring.metrics import metrics_url, serving
+    from bankde.warehouse.session import open_session
 
     settings = settings_with_wait(wait)
     stop = threading.Event()
@@ -113,12 +123,17 @@ def run(
     signal.signal(signal.SIGINT, _stop)
     err.print(f"streaming slot {slot} with the {engine} engine (Ctrl-C to stop)")
     # [report hook] issue 11: metrics served for the stream's lifetime, fed per batch.
-    with serving(metrics_port, _engine_settings(settings, engine)) as metrics:
+    make_engine(settings, engine)  # a wrong engine name fails before the warehouse opens
+    with (
+        open_session(settings) as session,
+        serving(metrics_port, _engine_settings(settings, engine)) as metrics,
+    ):
         if metrics_port is not None:
             err.print(f"metrics: {metrics_url(metrics_port)}")
         res = do_run(
             settings,
             stop,
+            open_sink(settings, session),
             engine=engine,
             batch_rows=batch_rows,
             batch_seconds=batch_seconds,
@@ -136,9 +151,18 @@ def status(
 ) -> None:
     """Slot, lag, WAL retained, last batch, changes/s, row counts source vs warehouse."""
     from bankde.cdc.status import status as get_status
+    from bankde.errors import BankdeError
+    from bankde.warehouse.session import open_session
 
     settings = _engine_settings(settings_with_wait(wait), engine)
-    data = get_status(settings, wait=settings.wh_lock_wait)
+    try:
+        session = open_session(settings)
+    except BankdeError as exc:
+        # Another process owns the embedded warehouse: the slot part is still worth printing.
+        data = get_status(settings, warehouse=exc)
+    else:
+        with session:
+            data = get_status(settings, warehouse=session.warehouse(settings))
     if as_json:
         print_json(data)
     else:
@@ -165,8 +189,10 @@ def resync(
     wait: WaitOption = None,
 ) -> None:
     """Drop and recreate the slot and the landing tables, then snapshot again."""
+    from bankde.cdc.api import open_sink
     from bankde.cdc.api import resync as do_resync
     from bankde.cdc.registry import make_engine
+    from bankde.warehouse.session import open_session
 
     settings = settings_with_wait(wait)
     slot_settings = _engine_settings(settings, engine)
@@ -176,5 +202,7 @@ def resync(
         err=True,
     ):
         raise typer.Exit(1)
-    res = do_resync(settings, engine=engine, show_progress=progress and not as_json)
+    with open_session(settings) as session:
+        sink = open_sink(settings, session)
+        res = do_resync(settings, sink, engine=engine, show_progress=progress and not as_json)
     _print_result(res, as_json)

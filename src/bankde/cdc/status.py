@@ -24,9 +24,8 @@ PEEK_TIMEOUT_MS = 2000
 def status(
     settings: Settings,
     *,
+    warehouse: Warehouse | BankdeError,
     counts: bool = True,
-    wait: float = 0.0,
-    warehouse: Warehouse | None = None,
 ) -> dict[str, Any]:
     """Everything `bankde cdc status` prints, as plain data (JSON-ready).
 
@@ -40,7 +39,8 @@ def status(
     WAL, else the time since the last applied batch.
     None before any of that is known (no slot, nothing applied yet).
     When another process owns the embedded warehouse, the warehouse part names it instead.
-    Read-only: `warehouse` (default: the process's session, waiting `wait` s) is never written.
+    Read-only: `warehouse` is never written; the error that kept the caller from opening it
+    (another process owns it, say) is reported in its place.
     """
     st = slot_state(settings)
     data: dict[str, Any] = {
@@ -67,14 +67,11 @@ def status(
         from bankde.cdc.slot import lost_slot_message
 
         data["problem"] = lost_slot_message(settings)
-    try:
-        from bankde.warehouse.client import open_warehouse
-
-        wh = warehouse or open_warehouse(settings, wait=wait)
-    except BankdeError as exc:
-        data["warehouse"] = str(exc)
+    if isinstance(warehouse, BankdeError):
+        data["warehouse"] = str(warehouse)
         data["lag_seconds"] = lag_seconds(settings, st, None)
         return data
+    wh = warehouse
     from bankde.warehouse.ddl import db_names, has_table
     from bankde.warehouse.sink import load_offset
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,11 @@ from bankde.contracts import (
     SourceColumn,
 )
 from bankde.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# The writer, idle this long, has the sink write its held batch log (see Sink.flush_log).
+IDLE_SECONDS = 1.0
 
 
 @dataclass
@@ -110,7 +116,7 @@ class Streamer:
         self._end_lsn = 0  # end LSN of the last complete transaction held or written
         self._submitted = 0  # end LSN of the last batch handed to the writer
         self._acked = 0
-        self._writer = _Writer(self._write)
+        self._writer = _Writer(self._write, sink.flush_log)
         self._batch_started: float | None = None
         # Per table, the columns last ensured in the warehouse: (name, type OID, typmod) each.
         self._columns: dict[tuple[str, str], tuple[tuple[str, int, int], ...]] = {}
@@ -140,9 +146,15 @@ class Streamer:
             self.engine = None
 
     def shutdown(self) -> None:
-        """Close the source and stop the writer thread (after the write in flight, if any)."""
+        """Close the source and stop the writer thread (after the write in flight, if any),
+        then write the sink's held batch log."""
         self.close()
         self._writer.close()
+        try:
+            self.sink.flush_log()
+        except Exception as exc:
+            # Informational rows only; never let them hide the error that stopped the stream.
+            log.warning("could not write the batch log: %s", exc)
 
     def _reset_buffer(self) -> None:
         self._batch = ChangeBatch()
@@ -301,8 +313,9 @@ class _Writer:
     write is raised to the caller at its next submit/wait, and nothing after it is written.
     """
 
-    def __init__(self, write: Callable[[_Job], None]) -> None:
+    def __init__(self, write: Callable[[_Job], None], idle: Callable[[], None]) -> None:
         self._write = write
+        self._idle = idle  # called on this thread after IDLE_SECONDS without a job
         self._cond = threading.Condition()
         self._job: _Job | None = None
         self._written = 0
@@ -355,10 +368,18 @@ class _Writer:
         while True:
             with self._cond:
                 while self._job is None and not self._closed:
-                    self._cond.wait()
+                    if not self._cond.wait(IDLE_SECONDS) and self._job is None:
+                        break
                 job = self._job
-                if job is None:
+                if job is None and self._closed:
                     return
+            if job is None:
+                try:
+                    self._idle()
+                except Exception as exc:
+                    # The batch log is informational: the next write will meet a real fault.
+                    log.warning("could not write the batch log: %s", exc)
+                continue
             try:
                 self._write(job)
             except BaseException as exc:

@@ -18,10 +18,11 @@ def reconcile_command(
 ) -> None:
     """Source vs warehouse per table: row count and checksum of all columns (exit 1 if any differ)."""
     from bankde.monitoring.reconcile import reconcile
-    from bankde.warehouse.client import open_warehouse
+    from bankde.warehouse.session import open_session
 
     settings = settings_with_wait(wait)
-    result = reconcile(settings, open_warehouse(settings), sample_size=sample)
+    with open_session(settings) as session:
+        result = reconcile(settings, session.warehouse(), sample_size=sample)
     if as_json:
         print_json(result.to_dict())
     else:
@@ -71,11 +72,13 @@ def report_command(
 ) -> None:
     """One self-contained HTML page (opens offline) of charts: traffic, fraud, rules, CDC, lifecycle."""
     from bankde.monitoring.report import write_report
+    from bankde.warehouse.session import open_session
 
     settings = settings_with_wait(wait)
     if output is not None and output.is_dir():
         raise ConfigError(f"--output {output}: is a directory; name the .html file to write")
-    res = write_report(settings, output, with_source=not no_source)
+    with open_session(settings) as session:
+        res = write_report(settings, session.warehouse(), output, with_source=not no_source)
     out.print(str(res.path), soft_wrap=True)
     err.print(f"report: {res.charts} charts in {res.seconds:.1f}s")
     for note in res.notes:

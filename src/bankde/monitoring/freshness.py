@@ -49,15 +49,14 @@ def source_latest(settings: Settings) -> dict[str, datetime | None]:
         return out
 
 
-def freshness(settings: Settings, warehouse: Warehouse | None = None) -> list[TableFreshness]:
+def freshness(settings: Settings, warehouse: Warehouse) -> list[TableFreshness]:
     """Freshness of every captured bank table (source read first, so a change committed in
     between can only make the warehouse look fresher, never staler)."""
-    from bankde.warehouse.client import open_warehouse
     from bankde.warehouse.ddl import db_names
     from bankde.warehouse.types import ident
 
     src = source_latest(settings)
-    wh = warehouse or open_warehouse(settings)
+    wh = warehouse
     raw = db_names(settings).raw
     present = {
         str(r[0])

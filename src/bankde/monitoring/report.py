@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
@@ -528,7 +529,7 @@ def _rules(page: _Page, data: _Data) -> None:
         "label; recall: share of its label it alerted.",
     )
     try:
-        scores = evaluation_rows(data.settings)
+        scores = evaluation_rows(data.settings, data.wh)
     except EvaluationMissing as exc:
         page.note(sec, str(exc))
         return
@@ -787,7 +788,7 @@ def _freshness(page: _Page, sec: Section, data: _Data) -> None:
     from bankde.monitoring.freshness import freshness
 
     try:
-        rows = freshness(data.settings)
+        rows = freshness(data.settings, data.wh)
     except BankdeError as exc:
         page.note(sec, f"freshness: {exc}")
         return
@@ -1029,7 +1030,12 @@ def build_report(
     if with_source and with_reconcile:
         from bankde.monitoring.reconcile import reconcile
 
-        data.reconciled = pool.submit(reconcile, settings, wh, 3)
+        reading = threading.Event()
+        data.reconciled = pool.submit(reconcile, settings, wh, 3, reading)
+        # The reconciliation is the longest part: let it plan (a few warehouse lookups) and
+        # start its scans before the charts' queries queue on the warehouse ahead of it.
+        while not reading.wait(0.05) and not data.reconciled.done():
+            pass
     parts: list[Callable[[], None]] = [
         lambda: _traffic(page, data),
         lambda: _fraud(page, data),
@@ -1052,6 +1058,7 @@ def report_path(settings: Settings) -> Path:
 
 def write_report(
     settings: Settings,
+    warehouse: Warehouse,
     path: Path | None = None,
     *,
     with_source: bool = True,
@@ -1059,19 +1066,18 @@ def write_report(
 ) -> ReportResult:
     """Write the report (default $BANKDE_HOME/report.html) atomically: a reader never sees half
     a file, and a failure leaves the previous report in place."""
-    from bankde.warehouse.client import open_warehouse
-
     started = time.monotonic()
     target = path or report_path(settings)
     text, page = build_report(
-        settings, open_warehouse(settings), with_source=with_source, with_reconcile=with_reconcile
+        settings, warehouse, with_source=with_source, with_reconcile=with_reconcile
     )
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
-        os.chmod(tmp, 0o644)
+        # mkstemp's 0600 is kept: the report shows the bank's figures (issue 10: everything
+        # under $BANKDE_HOME is its owner's only).
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

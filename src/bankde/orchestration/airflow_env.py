@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -92,6 +94,10 @@ def airflow_env(
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "60",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            # Task logs are chmod-ed by Airflow itself (0o775/0o664 by default), whatever the
+            # umask: $BANKDE_HOME stays private to its owner.
+            "AIRFLOW__LOGGING__FILE_TASK_HANDLER_NEW_FOLDER_PERMISSIONS": "0o700",
+            "AIRFLOW__LOGGING__FILE_TASK_HANDLER_NEW_FILE_PERMISSIONS": "0o600",
         }
     )
     # Task processes rebuild the same settings object from these variables.
@@ -141,11 +147,27 @@ def run_airflow(args: list[str], env: dict[str, str]) -> str:
 
 def prepare(settings: Settings, env: dict[str, str], served: bool = False) -> None:
     """Create/upgrade Airflow's metadata DB and the warehouse pool (idempotent)."""
-    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
+    home = Path(env["AIRFLOW_HOME"])
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(home, 0o700)
+    admin_password_file(home)
     run_airflow(["db", "migrate"], env)
     slots = pool_slots(settings, served)
     what = "embedded chDB: one process at a time" if slots == 1 else "ClickHouse HTTP"
     run_airflow(["pools", "set", WAREHOUSE_POOL, str(slots), f"bankde warehouse ({what})"], env)
+
+
+def admin_password_file(home: Path) -> Path:
+    """The UI's admin password, generated here (0600) before Airflow starts: Airflow's own first
+    start would print it on standalone's output instead of only writing it."""
+    path = home / PASSWORD_FILE
+    if not path.exists():
+        password = json.dumps({"admin": secrets.token_urlsafe(16)})
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(password)
+    os.chmod(path, 0o600)
+    return path
 
 
 def _default_signals() -> None:
@@ -188,7 +210,7 @@ def _standalone(settings: Settings, port: int, env: dict[str, str]) -> int:
 
     home = airflow_home(settings)
     out.print(f"Airflow UI: http://127.0.0.1:{port}  (user admin)")
-    out.print(f"admin password: {home / PASSWORD_FILE} (written on first start)")
+    out.print(f"admin password: {home / PASSWORD_FILE} (mode 0600)")
     out.print(f"DAGs: {dags_folder()}   logs: {home / 'logs'}   Ctrl-C stops everything")
     # Own session: we forward one SIGINT (standalone's clean shutdown) whatever signal we get;
     # SIGTERM to standalone would leave its scheduler and API server running.

@@ -28,15 +28,14 @@ def demo(
     """
     from bankde.orchestration.demo import SIZES, run_demo
     from bankde.orchestration.summary import render
-    from bankde.warehouse.client import close_warehouse
+    from bankde.warehouse.session import open_session
 
     if size not in SIZES:
         raise ConfigError(f"--size {size!r}: must be one of {', '.join(SIZES)}")
     chosen: Literal["small", "medium", "large"] = size  # type: ignore[assignment]
-    try:
-        summary = run_demo(settings_with_wait(wait), chosen, quiet=quiet or as_json)
-    finally:
-        close_warehouse()
+    settings = settings_with_wait(wait)
+    with open_session(settings) as session:
+        summary = run_demo(settings, session, chosen, quiet=quiet or as_json)
     if as_json:
         print_json(summary.as_dict())
     else:
@@ -80,6 +79,7 @@ def run(
 
     After each dbt build, $BANKDE_HOME/report.html is rewritten (see `bankde report`)."""
     from bankde.orchestration.runloop import RunOptions, run_pipeline
+    from bankde.warehouse.session import open_session
 
     options = RunOptions(
         rate=rate,
@@ -95,7 +95,9 @@ def run(
         from bankde.monitoring.metrics import metrics_url
 
         err.print(f"metrics: {metrics_url(metrics_port)}")
-    state = run_pipeline(settings_with_wait(wait), options)
+    settings = settings_with_wait(wait)
+    with open_session(settings) as session:
+        state = run_pipeline(settings, session, options)
     out.print(
         f"stopped cleanly: {state.changes:,} changes applied in {state.batches:,} batches, "
         f"{state.dbt_runs} dbt builds ({state.dbt_failures} failed), "

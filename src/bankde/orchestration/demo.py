@@ -10,12 +10,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from bankde.console import err
 from bankde.errors import ConfigError
 from bankde.orchestration.summary import PipelineSummary, collect
 from bankde.settings import Settings
+
+if TYPE_CHECKING:
+    from bankde.warehouse.session import WarehouseSession
 
 Size = Literal["small", "medium", "large"]
 SUMMARY_FILE = "demo-summary.json"
@@ -124,13 +127,15 @@ def newest_event(settings: Settings) -> datetime | None:
     return row[0] if row else None
 
 
-def run_demo(settings: Settings, size: Size = "small", *, quiet: bool = False) -> PipelineSummary:
-    """The whole pipeline once. On existing data it adds new events and everything downstream
-    updates incrementally (CDC from the stored offset, incremental dbt models)."""
+def run_demo(
+    settings: Settings, session: WarehouseSession, size: Size = "small", *, quiet: bool = False
+) -> PipelineSummary:
+    """The whole pipeline once, on the caller's warehouse session: CDC, dbt and the summary all
+    use it. On existing data it adds new events and everything downstream updates
+    incrementally (CDC from the stored offset, incremental dbt models)."""
     from bankde.cdc.api import open_sink, sync
     from bankde.generator import fill
     from bankde.transform.runner import run_dbt
-    from bankde.warehouse.session import open_session
 
     steps = Steps(quiet)
     steps.run(
@@ -145,9 +150,6 @@ def run_demo(settings: Settings, size: Size = "small", *, quiet: bool = False) -
         f"filler: {verb} the source ({config.total_txns:,} transactions, size {size})",
         lambda: fill(settings, config),
     )
-    # One session for the rest of the run: CDC, dbt and the summary share this process's
-    # engine (the caller closes it).
-    session = open_session(settings)
     synced = steps.run(
         "cdc",
         "CDC: snapshot (first run) and stream the changes into the warehouse",
@@ -158,7 +160,7 @@ def run_demo(settings: Settings, size: Size = "small", *, quiet: bool = False) -
         dbt = steps.run(
             "dbt",
             "dbt build: staging, ods, marts and tests",
-            lambda: run_dbt(["build"], settings, quiet=quiet, session=session),
+            lambda: run_dbt(["build"], settings, session, quiet=quiet),
         )
     with steps.step("summary", "summary: reconcile source and warehouse, evaluate fraud rules"):
         summary = collect(settings, session.warehouse(settings))
@@ -175,7 +177,9 @@ def run_demo(settings: Settings, size: Size = "small", *, quiet: bool = False) -
     from bankde.monitoring.report import write_report
 
     report = steps.run(
-        "report", "report: charts of the pipeline (HTML)", lambda: write_report(settings)
+        "report",
+        "report: charts of the pipeline (HTML)",
+        lambda: write_report(settings, session.warehouse(settings)),
     )
     summary.locations["report"] = str(report.path)
     path = settings.home_dir / SUMMARY_FILE

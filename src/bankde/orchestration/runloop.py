@@ -18,7 +18,9 @@ from bankde.errors import BankdeError
 from bankde.settings import Settings
 
 if TYPE_CHECKING:
+    from bankde.contracts import Sink
     from bankde.monitoring.metrics import PipelineMetrics
+    from bankde.warehouse.session import WarehouseSession
 
 
 @dataclass
@@ -114,29 +116,31 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 
 def run_pipeline(
-    settings: Settings, options: RunOptions, stop: threading.Event | None = None
+    settings: Settings,
+    session: WarehouseSession,
+    options: RunOptions,
+    stop: threading.Event | None = None,
 ) -> RunState:
     """Run until `stop` (or a signal, or `options.duration`). The filler writes only to Postgres;
-    CDC streams for the whole run on its own thread and dbt builds every `dbt_every` seconds
-    meanwhile, on its own chDB handle of this process's engine: a build reads the landing tables
-    only up to the CDC version it pins at its start (macros/incremental_changes.sql), so batches
-    landing during it wait for the next build. On stop the current build finishes, CDC writes
-    and acknowledges the complete transactions it holds, the filler returns between two
-    transactions, then a last sync applies its final commits: raw equals the source when this
-    returns."""
+    CDC, dbt and the status share the caller's warehouse `session` (held for the whole run,
+    other processes reach it through the server). CDC streams for the whole run on its own
+    thread and dbt builds every `dbt_every` seconds meanwhile, on its own chDB handle: a build
+    reads the landing tables only up to the CDC version it pins at its start
+    (macros/incremental_changes.sql), so batches landing during it wait for the next build. On
+    stop the current build finishes, CDC writes and acknowledges the complete transactions it
+    holds, the filler returns between two transactions, then a last sync applies its final
+    commits: raw equals the source when this returns."""
+    from bankde.cdc.api import open_sink
     from bankde.cdc.api import run as cdc_run
     from bankde.cdc.api import sync as cdc_sync
     from bankde.monitoring.metrics import serving  # [report hook] issue 11
     from bankde.orchestration.demo import start_source
-    from bankde.warehouse.session import open_session
 
     stop = stop or threading.Event()
     state = RunState()
     if not settings.external_source or options.fill:
         start_source(settings)
-    # Held for the whole run (fails fast if another process has it); capture, dbt and the
-    # status line share it, other processes reach it through the server.
-    session = open_session(settings)
+    sink = open_sink(settings, session)
     server = _serve(settings, session) if options.serve and session.embedded else None
 
     threads: list[threading.Thread] = []
@@ -155,11 +159,11 @@ def run_pipeline(
             # Snapshot (first run) and catch up first: a build never sees a half-landed
             # snapshot, whose rows carry no offset to cap the build's pin.
             state.phase = "sync"
-            state.changes += cdc_sync(settings, show_progress=False).changes
+            state.changes += cdc_sync(settings, sink, show_progress=False).changes
             state.phase = "cdc"
             # One stream for the whole run: a build never pauses capture, so readers and the
             # lag see CDC keep up while dbt works (it ends with the run, cleanly, on `stop`).
-            cdc = _start(_cdc_stream, "cdc", cdc_run, settings, stop, state)
+            cdc = _start(_cdc_stream, "cdc", cdc_run, settings, sink, stop, state)
             built_at, build_started = 0, time.monotonic()
             while not stop.is_set():
                 # Every `dbt_every` seconds from one build's start to the next's (back to back
@@ -174,10 +178,10 @@ def run_pipeline(
                 if not stop.is_set() and (state.changes > built_at or state.dbt_runs == 0):
                     built_at, build_started = state.changes, time.monotonic()
                     state.phase = "cdc+dbt"
-                    _build(settings, state)
+                    _build(settings, session, state)
                     if options.report:  # [report hook] issue 11
                         state.phase = "cdc+rep"
-                        _report(settings, state)
+                        _report(settings, session, state)
                     state.phase = "cdc"
                 if state.errors:
                     stop.set()
@@ -193,18 +197,17 @@ def run_pipeline(
             if not state.errors:
                 # The filler has stopped: apply its last commits so raw equals the source.
                 state.phase = "catch-up"
-                res = cdc_sync(settings, show_progress=False)
+                res = cdc_sync(settings, sink, show_progress=False)
                 state.changes += res.changes
         finally:
             if server is not None:
                 server.stop()
-            session.close()
     if state.errors:
         raise BankdeError(state.errors[0])
     return state
 
 
-def _serve(settings: Settings, session: Any) -> Any:
+def _serve(settings: Settings, session: WarehouseSession) -> Any:
     """Other processes (bankde commands, dbt, BI tools) reach the warehouse through this."""
     from bankde.warehouse.server.serve import WarehouseServer
 
@@ -243,9 +246,11 @@ def _filler(settings: Settings, rate: float, stop: threading.Event, state: RunSt
         stop.set()
 
 
-def _cdc_stream(cdc_run: Any, settings: Settings, stop: threading.Event, state: RunState) -> None:
+def _cdc_stream(
+    cdc_run: Any, settings: Settings, sink: Sink, stop: threading.Event, state: RunState
+) -> None:
     try:
-        cdc_run(settings, stop, on_batch=state.on_batch, show_progress=False)
+        cdc_run(settings, stop, sink, on_batch=state.on_batch, show_progress=False)
     except Exception as exc:
         state.errors.append(f"CDC stopped: {exc}")
 
@@ -261,7 +266,7 @@ def _watch_lag(settings: Settings, stop: threading.Event, state: RunState) -> No
             state.lag_bytes = None
 
 
-def _build(settings: Settings, state: RunState) -> None:
+def _build(settings: Settings, session: WarehouseSession, state: RunState) -> None:
     from bankde.orchestration.summary import alerts_by_rule
     from bankde.transform.runner import run_dbt
 
@@ -269,7 +274,7 @@ def _build(settings: Settings, state: RunState) -> None:
     # A failed build is reported and retried at the next interval; capture keeps streaming.
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            res = run_dbt(["build"], settings, quiet=True)
+            res = run_dbt(["build"], settings, session, quiet=True)
         ok, failed = res.success, res.failed
     except BankdeError as exc:
         ok, failed = False, [str(exc)]
@@ -279,18 +284,18 @@ def _build(settings: Settings, state: RunState) -> None:
     if not ok:
         state.dbt_failures += 1
         err.print(f"[red]dbt build failed: {', '.join(failed) or 'see dbt logs'}[/red]")
-    state.alerts = alerts_by_rule(settings)
+    state.alerts = alerts_by_rule(settings, session.warehouse(settings))
     if state.metrics is not None:  # [report hook] issue 11
         state.metrics.on_dbt(state.last_dbt_at - started, ok, state.alerts)
 
 
-def _report(settings: Settings, state: RunState) -> None:
+def _report(settings: Settings, session: WarehouseSession, state: RunState) -> None:
     """[report hook] issue 11: rewrite the HTML report from what the build left. Without the
     reconciliation: the filler keeps writing, so source and warehouse differ by design now."""
     from bankde.monitoring.report import write_report
 
     try:
-        write_report(settings, with_reconcile=False)
+        write_report(settings, session.warehouse(settings), with_reconcile=False)
     except Exception as exc:
         # A report is a view: it never stops the pipeline; the next build tries again.
         err.print(f"[yellow]report not written: {exc}[/yellow]")

@@ -34,27 +34,20 @@ class PipelineSummary:
         return bool(self.reconciliation.get("equal")) and bool(self.dbt.get("success", True))
 
 
-def _warehouse(settings: Settings, wh: Warehouse | None) -> Warehouse:
-    from bankde.warehouse.client import open_warehouse
-
-    return wh if wh is not None else open_warehouse(settings)
-
-
-def reconcile_dict(settings: Settings, wh: Warehouse | None = None) -> dict[str, Any]:
+def reconcile_dict(settings: Settings, wh: Warehouse) -> dict[str, Any]:
     """Source vs warehouse per table as plain data: {equal, differing, tables: {...}}."""
     from bankde.monitoring.reconcile import reconcile
 
-    result = reconcile(settings, _warehouse(settings, wh))
+    result = reconcile(settings, wh)
     data = result.to_dict()
     data["differing"] = [t.table for t in result.differing]
     return data
 
 
-def mart_counts(settings: Settings, wh: Warehouse | None = None) -> dict[str, int]:
+def mart_counts(settings: Settings, wh: Warehouse) -> dict[str, int]:
     """Rows of every table in the marts database."""
     from bankde.warehouse.types import ident
 
-    wh = _warehouse(settings, wh)
     db = f"{settings.wh_prefix}marts"
     names = [
         str(r[0])
@@ -67,9 +60,8 @@ def mart_counts(settings: Settings, wh: Warehouse | None = None) -> dict[str, in
     return {n: int(wh.scalar(f"select count() from {ident(db)}.{ident(n)}") or 0) for n in names}
 
 
-def alerts_by_rule(settings: Settings, wh: Warehouse | None = None) -> dict[str, int]:
+def alerts_by_rule(settings: Settings, wh: Warehouse) -> dict[str, int]:
     """Alerts in marts.fct_fraud_alerts per rule ({} before the first dbt build)."""
-    wh = _warehouse(settings, wh)
     db = f"{settings.wh_prefix}marts"
     exists = wh.scalar(
         "select count() from system.tables where database = {db:String} and name = 'fct_fraud_alerts'",
@@ -83,13 +75,12 @@ def alerts_by_rule(settings: Settings, wh: Warehouse | None = None) -> dict[str,
     return {str(r): int(n) for r, n in rows}
 
 
-def collect(settings: Settings, wh: Warehouse | None = None) -> PipelineSummary:
+def collect(settings: Settings, wh: Warehouse) -> PipelineSummary:
     """Read the current state of source and warehouse (this process owns the warehouse; every
-    read goes through `wh`, default the process's session)."""
+    read goes through `wh`)."""
     from bankde.cdc.status import status
     from bankde.transform.evaluation import evaluation_rows
 
-    wh = _warehouse(settings, wh)
     summary = PipelineSummary()
     st = status(settings, counts=True, warehouse=wh)
     summary.rows = {
@@ -122,14 +113,14 @@ def collect(settings: Settings, wh: Warehouse | None = None) -> PipelineSummary:
     return summary
 
 
-def locations(settings: Settings, wh: Warehouse | None = None) -> dict[str, str]:
+def locations(settings: Settings, wh: Warehouse) -> dict[str, str]:
     from bankde.source.connection import source_info
 
     info = source_info(settings)
     where = {
         "home": str(settings.home_dir),
         "source": info.public_dsn,
-        "warehouse": _warehouse(settings, wh).location,
+        "warehouse": wh.location,
     }
     if info.managed:
         where["postgres_data"] = str(settings.home_dir / "postgres" / "data")

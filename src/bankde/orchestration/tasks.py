@@ -63,11 +63,8 @@ def warehouse_session() -> Iterator[tuple[Settings, WarehouseSession]]:
     from bankde.warehouse.session import open_session
 
     settings = task_settings()
-    session = open_session(settings)
-    try:
+    with open_session(settings) as session:
         yield settings, session
-    finally:
-        session.close()
 
 
 def _skip(message: str) -> None:

@@ -11,7 +11,9 @@ from psycopg import sql
 
 from bankde.contracts import SourceColumn
 from bankde.source.connection import SourceInfo, connect
-from bankde.source.schema import SCHEMAS
+
+# The captured schemas: the bank's tables and the filler's labels.
+SCHEMAS = ("bank", "truth")
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ import psycopg
 from psycopg import sql
 
 from bankde.settings import Settings
+from bankde.source.catalog import SCHEMAS, captured_tables_in
 from bankde.source.connection import admin_info, cdc_info, connect, owner_info
 from bankde.source.scram import scram_verifier
 
-SCHEMAS = ("bank", "truth")
 # Serialises concurrent `db init` runs (the same key as schema.apply_schema's).
 INIT_LOCK = 0x62616E6B
 # Attributes a role may never carry here: a superuser can run `COPY ... TO PROGRAM`, read any
@@ -178,15 +178,6 @@ def _server_program(conn: psycopg.Connection[Any]) -> bool:
     return bool(row and row[0])
 
 
-def _tables(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
-    rows = conn.execute(
-        "SELECT table_schema, table_name FROM information_schema.tables "
-        "WHERE table_schema = ANY(%s) AND table_type = 'BASE TABLE' ORDER BY 1, 2",
-        (list(SCHEMAS),),
-    ).fetchall()
-    return [(str(a), str(b)) for a, b in rows]
-
-
 def check_external(settings: Settings) -> Report:
     """Connect as the application and the capture role and list every missing or excess right
     (docs/security.md has the SQL that sets them up). Changes nothing."""
@@ -210,7 +201,7 @@ def check_external(settings: Settings) -> Report:
             f"{user}: no server file or program access",
             f"{user}: member of pg_execute_server_program/pg_read_server_files/pg_write_server_files (REVOKE it)",
         )
-        tables = _tables(conn)
+        tables = captured_tables_in(conn)
         report.check(
             bool(tables),
             "schemas bank/truth exist",

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 from importlib import resources
-from typing import Any
-
-import psycopg
 
 from bankde.settings import Settings
+from bankde.source.catalog import captured_tables_in
 from bankde.source.connection import SourceInfo, cdc_info, connect, owner_info, source_info
 from bankde.source.roles import (
     LIMITED,
-    SCHEMAS,
     grant_app,
     grant_capture,
     provision_managed,
@@ -45,15 +42,6 @@ def ensure_cdc_role(settings: Settings, info: SourceInfo) -> None:
         )
         grant_capture(conn, cdc.params["user"], captured_tables_in(conn))
         conn.commit()
-
-
-def captured_tables_in(conn: psycopg.Connection[Any]) -> list[tuple[str, str]]:
-    rows = conn.execute(
-        "SELECT table_schema, table_name FROM information_schema.tables "
-        "WHERE table_schema = ANY(%s) AND table_type = 'BASE TABLE' ORDER BY 1, 2",
-        (list(SCHEMAS),),
-    ).fetchall()
-    return [(str(a), str(b)) for a, b in rows]
 
 
 def init_source(settings: Settings) -> SourceInfo:

@@ -17,8 +17,11 @@ _PASSTHROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 def _run(command: str, ctx: typer.Context) -> None:
     from bankde.transform.runner import DbtFailed, run_dbt
+    from bankde.warehouse.session import open_session
 
-    result = run_dbt([command, *ctx.args], get_settings())
+    settings = get_settings()
+    with open_session(settings) as session:
+        result = run_dbt([command, *ctx.args], settings, session)
     if not result.success:
         failed = [name for name, status, _ in result.nodes if status in ("error", "fail")]
         detail = f": {', '.join(failed[:10])}" if failed else ""
@@ -80,7 +83,11 @@ def docs(ctx: typer.Context) -> None:
     if args and args[0] != "generate":
         _run("docs", ctx)
         return
-    site = generate_docs(get_settings(), args[1:])
+    from bankde.warehouse.session import open_session
+
+    settings = get_settings()
+    with open_session(settings) as session:
+        site = generate_docs(settings, session, args[1:])
     out.print(str(site.static_index), soft_wrap=True)
     err.print(
         f"dbt docs: {site.static_index} opens as a file (everything inlined); {site.index} "
@@ -97,8 +104,11 @@ def evaluate(
     from rich.table import Table
 
     from bankde.transform.evaluation import evaluation_rows
+    from bankde.warehouse.session import open_session
 
-    rows = evaluation_rows(get_settings())
+    settings = get_settings()
+    with open_session(settings) as session:
+        rows = evaluation_rows(settings, session.warehouse())
     if as_json:
         print_json([r.as_dict() for r in rows])
         return

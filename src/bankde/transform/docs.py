@@ -11,6 +11,7 @@ from bankde.errors import BankdeError
 
 if TYPE_CHECKING:
     from bankde.settings import Settings
+    from bankde.warehouse.session import WarehouseSession
 
 # Two template slips of dbt-docs' bundled index.html that make the browser request URLs that
 # do not exist (404 in the console, and in a server's log): an Angular expression in a plain
@@ -43,12 +44,14 @@ def target_dir(settings: Settings) -> Path:
     return Path(dbt_env(settings)["DBT_TARGET_PATH"])
 
 
-def generate_docs(settings: Settings, extra: Sequence[str] = ()) -> DocsSite:
+def generate_docs(
+    settings: Settings, session: WarehouseSession, extra: Sequence[str] = ()
+) -> DocsSite:
     """`dbt docs generate --static` on the warehouse (catalog read from it), then the two
     template slips fixed in both pages. No network: the pages carry their scripts."""
     from bankde.transform.runner import run_dbt
 
-    res = run_dbt(["docs", "generate", "--static", *extra], settings)
+    res = run_dbt(["docs", "generate", "--static", *extra], settings, session)
     target = target_dir(settings)
     site = DocsSite(target, target / "index.html", target / "static_index.html")
     if not res.success or not site.index.is_file():

@@ -39,12 +39,10 @@ class RuleScore:
 
 
 def evaluation_rows(
-    settings: Settings, prefix: str | None = None, warehouse: Warehouse | None = None
+    settings: Settings, warehouse: Warehouse, prefix: str | None = None
 ) -> list[RuleScore]:
     """Rows of `<prefix>marts.fraud_rule_evaluation` (built by `bankde dbt build`), 'overall' last."""
-    from bankde.warehouse.client import open_warehouse
-
-    wh = warehouse or open_warehouse(settings)
+    wh = warehouse
     db = f"{settings.wh_prefix if prefix is None else prefix}marts"
     exists = wh.scalar(
         "select count() from system.tables where database = {db:String} "

@@ -95,7 +95,6 @@ def dbt_env(
     artifacts = home / "dbt" / (layer_prefix.rstrip("_") or "default")
     env = {
         "BANKDE_HOME": str(home),
-        "BANKDE_WAREHOUSE_DIR": warehouse_path(settings),
         "BANKDE_WH_PREFIX": layer_prefix,
         "DBT_TARGET_PATH": str(artifacts / "target"),
         "DBT_LOG_PATH": str(artifacts / "logs"),
@@ -139,32 +138,50 @@ def _environ(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _own_warehouse(settings: Settings) -> WarehouseSession:
-    """The process's warehouse session, opened (with its named lock) before dbt connects.
+# The profile field the runner fills through `--vars` (dbt/profiles.yml reads it with var()).
+PATH_VAR = "bankde_warehouse_dir"
 
-    Embedded chDB: the session holds the engine and the lock file; dbt's chdb connections then
-    attach to the same engine. Another process holding the warehouse makes this wait, then fail
-    naming it.
-    """
-    from bankde.warehouse.session import open_session
 
-    return open_session(settings)
+def with_vars(args: Sequence[str], extra: Mapping[str, str]) -> list[str]:
+    """`args` with `extra` merged into their `--vars` (dbt keeps only the last `--vars`, so a
+    caller's own `--vars '{cdc_pin_version: 3}'` and ours must be one mapping)."""
+    import yaml
+
+    out: list[str] = []
+    merged: dict[str, object] = {}
+    it = iter(args)
+    for arg in it:
+        if arg == "--vars" or arg.startswith("--vars="):
+            text = arg.partition("=")[2] if "=" in arg else next(it, "")
+            try:
+                given = yaml.safe_load(text) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"--vars {text!r}: not a YAML mapping ({exc})") from None
+            if not isinstance(given, dict):
+                raise ConfigError(f"--vars {text!r}: not a YAML mapping")
+            merged.update(given)
+        else:
+            out.append(arg)
+    merged.update(extra)
+    return [*out, "--vars", yaml.safe_dump(merged, default_flow_style=True).strip()]
 
 
 def run_dbt(
     args: Sequence[str],
     settings: Settings,
+    session: WarehouseSession,
     *,
     prefix: str | None = None,
     threads: int | None = None,
     quiet: bool = False,
-    session: WarehouseSession | None = None,
 ) -> DbtResult:
-    """Invoke dbt with `args` (e.g. ["build", "--select", "marts"]) on bankde's warehouse.
+    """Invoke dbt with `args` (e.g. ["build", "--select", "marts"]) on the caller's `session`.
 
-    Runs in this process so the chDB engine (one per process) is shared with bankde's own
-    warehouse client; holds the warehouse lock for the duration. Never raises for failed models
-    or tests: the result says so. Raises ConfigError for unknown commands.
+    Runs in this process, and the chdb adapter works on `session`: the runner gives the
+    profile its path (`--vars`) and lends the session for the invocation (see
+    dbt.adapters.chdb.client.lend_session). A session that is a client of a served warehouse
+    makes dbt use dbt-clickhouse's `clickhouse` target on that URL instead. Never raises for
+    failed models or tests: the result says so. Raises ConfigError for unknown commands.
     """
     from dbt.cli.main import dbtRunner
 
@@ -180,12 +197,20 @@ def run_dbt(
 
     settings = resolve(settings)
     env = dbt_env(settings, prefix=prefix, threads=threads)
-    full = [*args, "--project-dir", str(project), "--profiles-dir", str(project)]
+    from dbt.adapters.chdb.client import lend_session
+
+    path = warehouse_path(settings)
+    if session.embedded and session.location != path:
+        raise ConfigError(
+            f"the session holds the warehouse {session.location}, the settings name {path}: "
+            "run dbt on the warehouse the session holds"
+        )
+    full = with_vars(
+        [*args, "--project-dir", str(project), "--profiles-dir", str(project)], {PATH_VAR: path}
+    )
     if quiet:
         full = ["--quiet", *full]
-    if session is None:
-        _own_warehouse(settings)
-    with _environ(env):
+    with _environ(env), lend_session(path, session):
         res = dbtRunner().invoke(full)
     nodes: list[tuple[str, str, float]] = []
     result = res.result

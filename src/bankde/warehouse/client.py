@@ -139,21 +139,3 @@ class Warehouse:
         except Exception as exc:
             where = f"{context}: " if context else ""
             raise WarehouseError(f"warehouse error: {where}{_first_line(exc)}") from exc
-
-
-def open_warehouse(settings: Settings | None = None, wait: float | None = None) -> Warehouse:
-    """The warehouse the settings select, on the process's shared session (session.py): for
-    callers not handed a session. Embedded: the first call opens the chDB engine, holding the
-    lock file; another process holding it makes this wait up to `wait` seconds (default
-    BANKDE_WH_LOCK_WAIT) and then raise WarehouseLocked naming that process."""
-    from bankde.warehouse.session import shared_session
-
-    settings = settings or get_settings()
-    return shared_session(settings, wait).warehouse(settings)
-
-
-def close_warehouse() -> None:
-    """Close the process's shared sessions and release the lock (end of a command or test run)."""
-    from bankde.warehouse.session import close_shared_sessions
-
-    close_shared_sessions()

@@ -27,12 +27,13 @@ class OutputFormat(enum.StrEnum):
 @app.command()
 def init(wait: WaitOption = None) -> None:
     """Create the warehouse databases and tables (clickhouse_init/01_schema_dwh.sql); idempotent."""
-    from bankde.warehouse.client import open_warehouse
     from bankde.warehouse.ddl import apply_schema, db_names
+    from bankde.warehouse.session import open_session
 
     settings = settings_with_wait(wait)
-    wh = open_warehouse(settings)
-    count = apply_schema(wh)
+    with open_session(settings) as session:
+        wh = session.warehouse()
+        count = apply_schema(wh)
     names = db_names(settings)
     out.print(
         f"warehouse {wh.location}: schema applied ({count} statements; databases "
@@ -49,10 +50,10 @@ def run_sql(
     wait: WaitOption = None,
 ) -> None:
     """Run a query in the warehouse and print the result."""
-    from bankde.warehouse.client import open_warehouse
+    from bankde.warehouse.session import open_session
 
-    wh = open_warehouse(settings_with_wait(wait))
-    columns, rows = wh.query_with_names(query)
+    with open_session(settings_with_wait(wait)) as session:
+        columns, rows = session.warehouse().query_with_names(query)
     if fmt is OutputFormat.json:
         print_json([dict(zip(columns, row, strict=True)) for row in rows])
     elif fmt is OutputFormat.csv:

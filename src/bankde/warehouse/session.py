@@ -19,6 +19,38 @@ if TYPE_CHECKING:
 _T = TypeVar("_T")
 
 
+class _ProcessEngine:
+    """The one constraint chDB puts on a process, checked: it hosts one engine, on one data
+    directory, for the process's lifetime (a second directory is refused by chDB itself, and
+    paths are compared literally). So at most one embedded session is open at a time; opening
+    another raises ConfigError naming both, whatever its path. This records which one is open;
+    it is not a cache: nothing is ever handed out from it."""
+
+    _mutex = threading.Lock()
+    _open: str | None = None
+
+    @classmethod
+    def claim(cls, path: str) -> None:
+        with cls._mutex:
+            if cls._open is not None:
+                why = (
+                    "pass that session down instead of opening another"
+                    if cls._open == path
+                    else "chDB hosts one data directory per process"
+                )
+                raise ConfigError(
+                    f"this process already has the embedded warehouse {cls._open} open, so "
+                    f"{path} cannot be opened too: {why}"
+                )
+            cls._open = path
+
+    @classmethod
+    def release(cls, path: str) -> None:
+        with cls._mutex:
+            if cls._open == path:
+                cls._open = None
+
+
 class _EmbeddedEngine:
     """The chDB engine on one data directory: its lock, a raw connection for Arrow inserts, a
     clickhouse-connect client for queries; every statement on either runs under `mutex`."""
@@ -27,13 +59,19 @@ class _EmbeddedEngine:
         import chdb
 
         self.path = path
+        _ProcessEngine.claim(path)
         self.lock = WarehouseLock(lock_path_for(Path(path)))
-        self.lock.acquire(wait)
+        try:
+            self.lock.acquire(wait)
+        except BaseException:
+            _ProcessEngine.release(path)
+            raise
         try:
             Path(path).mkdir(parents=True, exist_ok=True)
             self.conn = chdb.connect(path)
         except Exception as exc:
             self.lock.release()
+            _ProcessEngine.release(path)
             raise WarehouseError(f"cannot open warehouse {path}: {_first_line(exc)}") from None
         # chDB handles are not re-entrant: one statement at a time per handle, and the sink's
         # writer thread, capture engines and callers on other threads share these two.
@@ -55,6 +93,7 @@ class _EmbeddedEngine:
                 self._cc = None
             self.conn.close()
             self.lock.release()
+            _ProcessEngine.release(self.path)
 
 
 class WarehouseSession:
@@ -63,7 +102,9 @@ class WarehouseSession:
     here, in __init__, and nowhere else.
 
     The process that owns the work opens one session (`with open_session(settings) as s:`) and
-    passes it, or Warehouse views of it (`s.warehouse()`), to what it calls. Thread-safe;
+    passes it, or Warehouse views of it (`s.warehouse()`), to what it calls; nothing else in the
+    process opens one, and there is no process-wide registry to find it in. An embedded session
+    is at most one per process (_ProcessEngine: chDB hosts one engine per process). Thread-safe;
     statements on the embedded engine run one at a time. `schema_applied` holds the prefixes
     whose schema file this session applied (ddl.ensure_schema).
     """
@@ -158,11 +199,11 @@ class WarehouseSession:
 
 
 def open_session(settings: Settings, wait: float | None = None) -> WarehouseSession:
-    """The process's session on the warehouse the settings select (see WarehouseSession),
-    opened now unless already open. Embedded: another process holding the lock makes this wait
-    up to `wait` seconds (default BANKDE_WH_LOCK_WAIT), then raise WarehouseLocked naming it.
-    Closing the session releases the warehouse for every holder of it in this process."""
-    return _SHARED.get(settings, wait)
+    """A new session on the warehouse the settings select (see WarehouseSession); use it as a
+    context manager, which closes it. Embedded: another process holding the lock makes this
+    wait up to `wait` seconds (default BANKDE_WH_LOCK_WAIT), then raise WarehouseLocked naming
+    it; this process already owning an embedded engine raises ConfigError (one per process)."""
+    return WarehouseSession(settings, wait)
 
 
 def _target(settings: Settings) -> str:
@@ -182,51 +223,3 @@ def _server_client(url: str) -> Client:
         raise WarehouseError(
             f"cannot connect to ClickHouse at BANKDE_CLICKHOUSE_URL: {_first_line(exc)}"
         ) from None
-
-
-class SharedSessions:
-    """The sessions of this process, one per target: open_session() and, for code not handed a
-    session, open_warehouse() share them (a second one on the same directory would wait on
-    this very process's lock).
-
-    chDB runs one engine per process and compares data directories literally, so a process can
-    own one embedded warehouse at a time: a second directory is refused, not opened.
-    """
-
-    def __init__(self) -> None:
-        self._mutex = threading.Lock()
-        self._sessions: dict[str, WarehouseSession] = {}
-
-    def get(self, settings: Settings, wait: float | None) -> WarehouseSession:
-        target = _target(settings)
-        with self._mutex:
-            session = self._sessions.get(target)
-            if session is not None and not session.closed:
-                return session
-            if target.startswith("chdb:"):
-                for other in self._sessions.values():
-                    if other.embedded:
-                        raise ConfigError(
-                            f"this process already has the warehouse {other.location} open; chDB "
-                            f"allows one data directory per process, so {target[5:]} cannot be "
-                            "opened too"
-                        )
-            session = self._sessions[target] = WarehouseSession(settings, wait)
-            return session
-
-    def close_all(self) -> None:
-        with self._mutex:
-            for session in self._sessions.values():
-                session.close()
-            self._sessions.clear()
-
-
-_SHARED = SharedSessions()
-
-
-def shared_session(settings: Settings, wait: float | None = None) -> WarehouseSession:
-    return _SHARED.get(settings, wait)
-
-
-def close_shared_sessions() -> None:
-    _SHARED.close_all()

@@ -152,8 +152,7 @@ def serve_until_signal(settings: Settings, port: int | None) -> None:
     def handler(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    session = open_session(settings)
-    try:
+    with open_session(settings) as session:
         apply_schema(session.warehouse())
         server = WarehouseServer(settings, session, port, strict_port=True)
         server.start()
@@ -174,5 +173,3 @@ def serve_until_signal(settings: Settings, port: int | None) -> None:
             signal.signal(signal.SIGINT, old_int)
             signal.signal(signal.SIGTERM, old_term)
             server.stop()
-    finally:
-        session.close()

@@ -316,6 +316,10 @@ class DebeziumEngine:
             if src is not None:
                 op = value.get("op")
                 if op == "m":  # logical decoding message: one of our markers
+                    # Queued after every snapshot row before it in this batch: the snapshot
+                    # ends at the marker (a large batch under load holds both).
+                    put_snapshot_rows()
+                    snap_key, snap_rows = None, []
                     lsn = int(src["lsn"])
                     self._put("marker", lsn, 0, lsn, records, i)
                 elif op == "r" and src.get("snapshot") in _SNAPSHOT_FLAGS:
@@ -333,6 +337,8 @@ class DebeziumEngine:
                     assembler.begin(xid)
                 else:
                     txn = assembler.end(xid, lsn, int(value.get("ts_ms") or 0))
+                    put_snapshot_rows()
+                    snap_key, snap_rows = None, []
                     self._put("txn", txn, len(txn.events), lsn, records, i)
             # anything else is a heartbeat: it only gives _mark a turn
         put_snapshot_rows()
