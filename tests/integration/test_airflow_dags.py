@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -352,3 +353,64 @@ def test_served_warehouse_lets_cdc_and_dbt_tasks_overlap(
         assert json.loads(rec.stdout)["equal"] is True
     finally:
         assert served.stop() == 0, served.log.read_text()[-2000:]
+
+
+def test_launcher_serves_the_warehouse_and_stops_cleanly_on_sigint() -> None:
+    """`bankde airflow` owns the embedded warehouse and serves it while it runs: the lock file
+    names its URL, clickhouse-connect queries it, and one SIGINT (Ctrl-C) stops Airflow and the
+    server cleanly (exit 0, URL withdrawn, lock released)."""
+    import clickhouse_connect
+
+    home = make_home("bankde-launcher-")
+    api_port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BANKDE_", "DB_", "AIRFLOW"))}
+    # No source on this port: the unpaused DAGs' tasks fail, which is not what this test is about.
+    env.update(BANKDE_HOME=str(home), BANKDE_PG_PORT=str(free_port()))
+    log = open(home / "launcher.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [str(REPO / ".venv" / "bin" / "bankde"), "airflow", "--port", str(api_port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    lock_file = home / "warehouse.lock"
+
+    def lock() -> dict:
+        try:
+            return json.loads(lock_file.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+
+    try:
+        deadline = time.monotonic() + 120
+        while "url" not in lock():
+            assert proc.poll() is None, (home / "launcher.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "bankde airflow never served the warehouse"
+            time.sleep(0.5)
+        record = lock()
+        assert record["pid"] == proc.pid
+        password = (home / "secrets" / "warehouse-reader").read_text().strip()
+        host, port = record["url"].removeprefix("http://").rsplit(":", 1)
+        client = clickhouse_connect.get_client(
+            host=host, port=int(port), username="bankde_reader", password=password
+        )
+        assert client.query("SELECT 41 + 1").result_rows == [(42,)]
+        client.close()
+        # Airflow up too: then Ctrl-C stops standalone (scheduler, API server) and the server.
+        while True:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{api_port}/api/v2/monitor/health", timeout=2
+                ):
+                    break
+            except OSError:
+                assert proc.poll() is None, (home / "launcher.log").read_text()[-3000:]
+                assert time.monotonic() < deadline + 120, "Airflow never came up"
+                time.sleep(1)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=120) == 0, (home / "launcher.log").read_text()[-3000:]
+        assert "url" not in lock(), "a stopped launcher withdraws the URL"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+        shutil.rmtree(home, ignore_errors=True)

@@ -66,6 +66,8 @@ def test_demo_twice_adds_events_incrementally(demo_home: tuple[Path, int], mode:
     served = start_served(home, free_port()) if mode == "served" else None
     try:
         runs = _demo_twice(home, port)
+        if served is not None:
+            _reconcile_and_status_through(served.url, home, port)
     finally:
         if served is not None:
             assert served.stop() == 0, served.log.read_text()[-2000:]
@@ -83,6 +85,29 @@ def test_demo_twice_adds_events_incrementally(demo_home: tuple[Path, int], mode:
     # The file the summary is kept in matches what was printed.
     saved = json.loads((home / "demo-summary.json").read_text())
     assert saved["rows"] == second["rows"]
+
+
+def _reconcile_and_status_through(url: str, home: Path, port: int) -> None:
+    """`bankde reconcile` and `bankde cdc status` from other processes, no flag, while another
+    process serves the warehouse: `--wait 0` fails at once if either tried to take the lock."""
+    env = _env(home, port)
+    rec = subprocess.run(
+        [str(BANKDE), "reconcile", "--json", "--wait", "0"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert rec.returncode == 0, rec.stdout[-3000:] + rec.stderr[-2000:]
+    assert json.loads(rec.stdout)["equal"] is True
+    st = subprocess.run(
+        [str(BANKDE), "cdc", "status", "--json", "--wait", "0"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert st.returncode == 0, st.stderr[-3000:]
+    status = json.loads(st.stdout)
+    assert status["warehouse"] == "ok", status
+    counts = status["tables"].values()
+    assert counts and all(c["warehouse"] == c["source"] for c in counts), status["tables"]
+    lock = json.loads((home / "warehouse.lock").read_text() or "{}")
+    assert lock.get("url") == url, "the server still owns the warehouse"
 
 
 def _demo_twice(home: Path, port: int) -> list[dict]:
@@ -116,8 +141,9 @@ def test_run_stops_cleanly_on_ctrl_c(demo_home: tuple[Path, int]) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    # Long enough for the first snapshot, some streamed batches and a dbt build.
-    deadline = time.monotonic() + 60
+    # Long enough for the first snapshot, some streamed batches and a dbt build (CDC streams
+    # during the build, so on a busy 2-core machine the first one can take a minute).
+    deadline = time.monotonic() + 150
     built = False
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(2)

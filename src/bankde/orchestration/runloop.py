@@ -123,10 +123,13 @@ def run_pipeline(
 ) -> RunState:
     """Run until `stop` (or a signal, or `options.duration`). The filler writes only to Postgres;
     CDC, dbt and the status share the caller's warehouse `session` (held for the whole run,
-    other processes reach it through the server) and never run at the same time: CDC streams in
-    segments of `dbt_every` seconds, each ended cleanly (complete transactions written and
-    acknowledged) before dbt builds. On stop the filler returns between two transactions, then a
-    last sync applies its final commits: raw equals the source when this returns."""
+    other processes reach it through the server). CDC streams for the whole run on its own
+    thread and dbt builds every `dbt_every` seconds meanwhile, on its own chDB handle: a build
+    reads the landing tables only up to the CDC version it pins at its start
+    (macros/incremental_changes.sql), so batches landing during it wait for the next build. On
+    stop the current build finishes, CDC writes and acknowledges the complete transactions it
+    holds, the filler returns between two transactions, then a last sync applies its final
+    commits: raw equals the source when this returns."""
     from bankde.cdc.api import open_sink
     from bankde.cdc.api import run as cdc_run
     from bankde.cdc.api import sync as cdc_sync
@@ -146,7 +149,6 @@ def run_pipeline(
     watcher = _start(_watch_lag, "lag", settings, stop, state)
     deadline = None if options.duration is None else time.monotonic() + options.duration
 
-    segment = threading.Event()
     cdc: threading.Thread | None = None
     with (
         _stop_on_signals(stop),
@@ -154,34 +156,42 @@ def run_pipeline(
         serving(options.metrics_port, settings) as state.metrics,  # [report hook] issue 11
     ):
         try:
+            # Snapshot (first run) and catch up first: a build never sees a half-landed
+            # snapshot, whose rows carry no offset to cap the build's pin.
+            state.phase = "sync"
+            state.changes += cdc_sync(settings, sink, show_progress=False).changes
+            state.phase = "cdc"
+            # One stream for the whole run: a build never pauses capture, so readers and the
+            # lag see CDC keep up while dbt works (it ends with the run, cleanly, on `stop`).
+            cdc = _start(_cdc_stream, "cdc", cdc_run, settings, sink, stop, state)
+            built_at, build_started = 0, time.monotonic()
             while not stop.is_set():
-                segment = threading.Event()
-                state.phase = "cdc"
-                before = state.changes
-                cdc = _start(_cdc_segment, "cdc", cdc_run, settings, sink, segment, state)
-                _wait(stop, options.dbt_every, deadline, cdc)
-                segment.set()
-                cdc.join()
+                # Every `dbt_every` seconds from one build's start to the next's (back to back
+                # when a build takes longer).
+                _wait(stop, build_started + options.dbt_every - time.monotonic(), deadline, cdc)
+                if not cdc.is_alive():
+                    stop.set()  # its error, if any, is in state.errors
                 if deadline is not None and time.monotonic() >= deadline:
                     stop.set()
                 # Stopping never starts a build: what landed is complete in raw, and the next
                 # run (or `bankde dbt build`) picks it up incrementally.
-                if not stop.is_set() and (state.changes > before or state.dbt_runs == 0):
-                    state.phase = "dbt"
+                if not stop.is_set() and (state.changes > built_at or state.dbt_runs == 0):
+                    built_at, build_started = state.changes, time.monotonic()
+                    state.phase = "cdc+dbt"
                     _build(settings, session, state)
                     if options.report:  # [report hook] issue 11
-                        state.phase = "report"
+                        state.phase = "cdc+rep"
                         _report(settings, session, state)
+                    state.phase = "cdc"
                 if state.errors:
                     stop.set()
         finally:
             stop.set()
-            segment.set()
             state.phase = "stopping"
             for t in threads:
                 t.join()  # the filler returns between two transactions
             if cdc is not None:
-                cdc.join()
+                cdc.join()  # complete transactions written and acknowledged
             watcher.join()
         try:
             if not state.errors:
@@ -236,11 +246,11 @@ def _filler(settings: Settings, rate: float, stop: threading.Event, state: RunSt
         stop.set()
 
 
-def _cdc_segment(
-    cdc_run: Any, settings: Settings, sink: Sink, segment: threading.Event, state: RunState
+def _cdc_stream(
+    cdc_run: Any, settings: Settings, sink: Sink, stop: threading.Event, state: RunState
 ) -> None:
     try:
-        cdc_run(settings, segment, sink, on_batch=state.on_batch, show_progress=False)
+        cdc_run(settings, stop, sink, on_batch=state.on_batch, show_progress=False)
     except Exception as exc:
         state.errors.append(f"CDC stopped: {exc}")
 
