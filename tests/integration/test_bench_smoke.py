@@ -15,7 +15,18 @@ CASES = {
     "cdc": ["--txns", "5000", "--changes", "2000", "--rate", "500", "--seconds", "2"],
     "sink": ["--events", "5000", "--batch", "1000", "--snapshot-rows", "5000", "--passes", "1"],
     "dbt": ["--txns", "20000", "--changes", "2000"],
-    "served": ["--rows", "20000", "--repeat", "1", "--txns", "2000", "--changes", "2000"],
+    "served": [
+        "--rows",
+        "20000",
+        "--repeat",
+        "1",
+        "--txns",
+        "2000",
+        "--changes",
+        "2000",
+        "--rounds",
+        "2",
+    ],
 }
 # What each prints when it got to the end: the figure and its same-run baseline.
 EXPECT = {
