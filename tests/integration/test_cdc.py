@@ -816,7 +816,7 @@ def test_kill_dash_nine_inside_a_large_transaction(
     env = {
         **cli_home[1],
         "BANKDE_WH_PREFIX": s.wh_prefix + "k_",
-        "BANKDE_CDC_TXN_PART_ROWS": "2000",
+        "BANKDE_CDC_TXN_PART_ROWS": "1000",
     }
     sql(
         s,
@@ -824,7 +824,7 @@ def test_kill_dash_nine_inside_a_large_transaction(
             status, amount, currency, balance_after, description, occurred_at)
         SELECT g, 1 + g % 40, 1 + g % 40, 1 + g % 10, 'purchase', 'approved', 1.25, 'EUR',
             99.99, 'seed', timestamptz '2024-03-02 12:00:00+00' + g * interval '1 second'
-        FROM generate_series(1000, 60000) g""",
+        FROM generate_series(1000, 25000) g""",
     )
     done = bankde(env, "cdc", "sync", "--no-progress", timeout=300)
     assert done.returncode == 0, done.stderr
