@@ -84,6 +84,9 @@ def main() -> None:
         default=500_000,
         help="Rows of the baseline's UPDATE, captured whole (no parts): its memory grows with it.",
     )
+    ap.add_argument(
+        "--part-rows", type=int, default=None, help="BANKDE_CDC_TXN_PART_ROWS (default 100,000)."
+    )
     args = ap.parse_args()
 
     home, settings, cluster = start_cluster("bankde-bench-hugetx-")
@@ -96,6 +99,9 @@ def main() -> None:
             "BANKDE_WH_DIR": str(wh_home / "warehouse"),
         }
     )
+    if args.part_rows:
+        env["BANKDE_CDC_TXN_PART_ROWS"] = str(args.part_rows)
+    part_rows = args.part_rows or settings.cdc_txn_part_rows
     try:
         init_source(settings)
         t0 = time.perf_counter()
@@ -120,7 +126,7 @@ def main() -> None:
         rate = args.rows / took
         print(
             f"one UPDATE of {args.rows:,} rows (Postgres {pg:.1f}s) in parts of "
-            f"{settings.cdc_txn_part_rows:,}: captured in {took:.1f}s ({rate:,.0f} rows/s), "
+            f"{part_rows:,}: captured in {took:.1f}s ({rate:,.0f} rows/s), "
             f"capture peak RSS {peak:,.0f} MiB (target <= {RSS_TARGET_MIB} MiB)"
         )
         pg = one_update(args.baseline_rows)
