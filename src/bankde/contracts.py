@@ -56,6 +56,9 @@ class CapturedTransaction(Protocol):
     (re)described inside it, whose columns the sink must hold before its rows land. `events` are
     its row changes in order, positions 1..; `truncates` (schema, table, position) its TRUNCATEs.
     `rows` counts its row changes (what batch bounds count) without decoding them.
+    A transaction too large for one batch may come in parts sharing xid and commit_lsn: `part`
+    0, 1, .. and only the last one `final`, with `end_lsn`; earlier parts have end_lsn 0 and are
+    never acknowledged (Sink.apply_part holds them until the final part's apply()).
     Implementations: pgoutput.Transaction (row messages kept raw until a batch decodes them
     columnar) and envelope.EventTransaction (built as events, e.g. by Debezium).
     """
@@ -76,6 +79,10 @@ class CapturedTransaction(Protocol):
     def events(self) -> list[ChangeEvent]: ...
     @property
     def truncates(self) -> list[tuple[str, str, int]]: ...
+    @property
+    def part(self) -> int: ...
+    @property
+    def final(self) -> bool: ...
 
 
 @runtime_checkable
@@ -156,6 +163,14 @@ class Sink(Protocol):
         An offset with snapshot_done=True makes a snapshot staged since reset_for_snapshot()
         visible, every table at once, before the offset is recorded.
         """
+        ...
+
+    def apply_part(self, events: Changes, part: int, truncates: Sequence[Truncate] = ()) -> None:
+        """Write a part of a transaction too large for one batch (more parts follow) where no
+        reader sees it, offset untouched. The apply() that carries the transaction's final
+        part writes that part too, then makes every part visible, each table at once, then
+        records the offset. `part` 0 discards whatever an unfinished earlier delivery had held (a
+        transaction is re-sent from its start after a crash or a reconnect)."""
         ...
 
     def ensure_columns(self, schema: str, table: str, columns: Sequence[SourceColumn]) -> None:

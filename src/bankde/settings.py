@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     cdc_publication: str = Field("bankde_pub", pattern=r"^[a-z0-9_]{1,63}$")
     cdc_batch_rows: int = Field(50_000, ge=1)
     cdc_batch_seconds: float = Field(0.5, gt=0)
+    # A transaction with more row changes than this is written in parts as it arrives and made
+    # visible at its commit (memory stays bounded however large it is).
+    cdc_txn_part_rows: int = Field(100_000, ge=1)
 
     # --- warehouse --------------------------------------------------------------------
     # Unset: embedded chDB under $BANKDE_HOME/warehouse. Set: a ClickHouse server.

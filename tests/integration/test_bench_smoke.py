@@ -15,6 +15,7 @@ CASES = {
     "cdc": ["--txns", "5000", "--changes", "2000", "--rate", "500", "--seconds", "2"],
     "sink": ["--events", "5000", "--batch", "1000", "--snapshot-rows", "5000", "--passes", "1"],
     "dbt": ["--txns", "20000", "--changes", "2000"],
+    "hugetx": ["--rows", "3000", "--baseline-rows", "1000", "--part-rows", "1000"],
     "served": [
         "--rows",
         "20000",
@@ -35,6 +36,7 @@ EXPECT = {
     "sink": ["events/s", "baseline", "rows/s"],
     "dbt": ["full dbt build", "incremental dbt build", "target < 60s"],
     "served": ["as Arrow: HTTP", "insert_arrow", "CDC stream", "baseline"],
+    "hugetx": ["in parts of 1,000", "captured whole", "peak RSS"],
 }
 
 # Every figure each prints, as a pattern whose group is the number: each must appear and be a
@@ -81,6 +83,10 @@ FIGURES = {
         rf"full build {_N}s \(target < 60s, ratio {_N}\)",
         rf"incremental build {_N}s \(target < 10s, ratio {_N}\)",
         rf"full/incremental = {_N}x",
+    ],
+    "hugetx": [
+        rf"captured in {_N}s \({_N} rows/s\), capture peak RSS {_N} MiB",
+        rf"captured whole \(no parts\): {_N}s \({_N} rows/s\), capture peak RSS {_N} MiB",
     ],
     "served": [
         rf"as Arrow: HTTP {_N} rows/s \([0-9.]+s\) \| baseline in-process {_N} rows/s \([0-9.]+s\) \| ratio {_N}",

@@ -735,3 +735,149 @@ def test_column_type_change_stops_the_stream_with_one_line(
     assert fixed.returncode == 0, fixed.stderr
     got = bankde(env, "wh", "sql", query, "--format", "json")
     assert [r["toString(amount)"] for r in json.loads(got.stdout)] == ["1.11", "1.2399"]
+
+
+# -- transactions larger than a part ---------------------------------------------------------
+BULK = (
+    "UPDATE bank.transaction SET description = 'bulk', amount = amount + 1",
+    "DELETE FROM bank.transaction WHERE txn_id % 97 = 0",
+    # Primary-key changes: a delete and an insert each, two positions.
+    "UPDATE bank.transaction SET txn_id = txn_id + 1000000 WHERE txn_id % 89 = 0",
+    "UPDATE bank.account SET balance = balance + 1 WHERE account_id = 2",
+    "UPDATE bank.transaction SET amount = amount + 2 WHERE txn_id % 5 = 1",
+)
+
+
+def _txn_tables(settings: Settings, session: WarehouseSession) -> list[Any]:
+    from bankde.warehouse.ddl import TXN_PREFIX, db_names
+
+    return session.warehouse(settings).query(
+        "SELECT name FROM system.tables WHERE database = {d:String} AND startsWith(name, {p:String})",
+        {"d": db_names(settings).meta, "p": TXN_PREFIX},
+    )
+
+
+def test_a_transaction_larger_than_a_part_lands_whole(
+    cdc_empty: Settings, cdc_session: WarehouseSession
+) -> None:
+    """One transaction of ~6,300 row changes with parts of 1,000: written part by part, none of
+    it visible until its last part, then all of it; interrupted after a few parts, the rerun
+    discards what the first delivery held and lands it once."""
+    from bankde.warehouse.ddl import db_names
+
+    s = cdc_empty.model_copy(update={"cdc_txn_part_rows": 1000})
+    seed(s, txns=6000)
+    sync(s, cdc_session)
+    sql(s, "UPDATE bank.account SET balance = 7 WHERE account_id = 1")  # before it
+    sql(s, *BULK)
+    sql(s, "UPDATE bank.account SET balance = 8 WHERE account_id = 3")  # after it
+    wh = cdc_session.warehouse(s)
+    landing = db_names(s).landing_table("bank", "transaction")
+
+    class Crash(Exception):
+        pass
+
+    def watched(crash_after: int | None) -> tuple[Sink, list[tuple[int, int]]]:
+        sk = sink(s, cdc_session)
+        parts: list[tuple[int, int]] = []
+        apply_part = sk.apply_part
+
+        def apply(events: Any, part: int, truncates: Any = ()) -> None:
+            apply_part(events, part, truncates)
+            bulk = wh.scalar(f"SELECT count() FROM {landing} WHERE description = 'bulk'")
+            parts.append((part, int(bulk)))
+            if crash_after is not None and part == crash_after:
+                raise Crash()
+
+        sk.apply_part = apply  # type: ignore[method-assign]
+        return sk, parts
+
+    first, parts = watched(crash_after=2)
+    with pytest.raises(Crash):
+        capture.sync(s, first, show_progress=False)
+    assert parts == [(0, 0), (1, 0), (2, 0)], parts
+    assert _txn_tables(s, cdc_session) == [("txn__bank__transaction",)]  # held, not landed
+
+    again, parts = watched(crash_after=None)
+    result = capture.sync(s, again, show_progress=False)
+    assert len(parts) >= 6 and [p for p, _ in parts] == list(range(len(parts))), parts
+    assert all(bulk == 0 for _, bulk in parts), parts  # nothing visible before the last part
+    assert result.changes > 6000
+    assert _txn_tables(s, cdc_session) == []
+    assert diff(s, cdc_session) == []
+
+
+def test_kill_dash_nine_inside_a_large_transaction(
+    cdc_settings: Settings, cli_home: tuple[Path, dict[str, str]]
+) -> None:
+    """`bankde cdc run` killed with SIGKILL while it writes the parts of one large transaction:
+    the slot was not acknowledged past it, and the rerun lands it once, equal to the source."""
+    s = cdc_settings
+    env = {
+        **cli_home[1],
+        "BANKDE_WH_PREFIX": s.wh_prefix + "k_",
+        "BANKDE_CDC_TXN_PART_ROWS": "1000",
+    }
+    sql(
+        s,
+        """INSERT INTO bank.transaction (txn_id, account_id, card_id, terminal_id, txn_type,
+            status, amount, currency, balance_after, description, occurred_at)
+        SELECT g, 1 + g % 40, 1 + g % 40, 1 + g % 10, 'purchase', 'approved', 1.25, 'EUR',
+            99.99, 'seed', timestamptz '2024-03-02 12:00:00+00' + g * interval '1 second'
+        FROM generate_series(1000, 25000) g""",
+    )
+    done = bankde(env, "cdc", "sync", "--no-progress", timeout=300)
+    assert done.returncode == 0, done.stderr
+    mid_txn = 0
+    rng = random.Random(5)
+    meta = f"{env['BANKDE_WH_PREFIX']}meta"
+    for _ in range(5):
+        sql(s, BULK[0])
+        spawned = time.time()
+        proc = subprocess.Popen(
+            [BANKDE, "cdc", "run", "--no-progress"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_slot_taken(s, s.cdc_slot, proc, since=spawned, timeout=120)
+        time.sleep(rng.uniform(1.0, 4.0))
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        # Parts held in meta.txn__ tables at the kill: it landed inside the transaction.
+        held = bankde(
+            env,
+            "wh",
+            "sql",
+            "--format",
+            "csv",
+            f"SELECT count() FROM system.tables WHERE database = '{meta}' "
+            "AND startsWith(name, 'txn__')",
+        )
+        assert held.returncode == 0, held.stderr
+        mid_txn += int(held.stdout.strip().splitlines()[-1]) > 0
+        done = bankde(env, "cdc", "sync", "--no-progress", timeout=300)
+        assert done.returncode == 0, done.stderr
+        if mid_txn:
+            break
+    assert mid_txn, "no kill landed inside the large transaction"
+    dump = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, json; from tests.integration.test_cdc import _dump_main; _dump_main()",
+        ],
+        input=json.dumps({k: list(v.pop("__cols__")) for k, v in source_state(s).items()}),
+        env={**env, "PYTHONPATH": str(REPO)},
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert dump.returncode == 0, dump.stderr
+    got: dict[str, Any] = {}
+    for name, value in json.loads(dump.stdout).items():
+        got[name] = value if name.endswith(":dups") else {r[0]: tuple(r) for r in value}
+    assert diff(s, None, got) == []

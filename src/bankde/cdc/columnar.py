@@ -135,6 +135,10 @@ class ChangeBatch(Sequence[ChangeEvent]):
         # 1-based position of each entry's first change inside its transaction.
         before = np.cumsum(weight) - weight
         first_pos = before - np.repeat(before[base[entries > 0]], entries[entries > 0]) + 1
+        # A later part of a transaction split into parts counts on from its base.
+        pos_base = np.fromiter((t.pos_base for t in raw), np.int64, len(raw))
+        if pos_base.any():
+            first_pos += np.repeat(pos_base[entries > 0], entries[entries > 0])
         lsn = np.fromiter((t.commit_lsn for t in raw), np.uint64, len(raw))
         xid = np.fromiter((t.xid for t in raw), np.uint64, len(raw))
         ts = np.fromiter((t.ts_ms for t in raw), np.int64, len(raw))

@@ -153,6 +153,9 @@ class EventTransaction:
     relations: list[Relation] = field(default_factory=list)
     events: list[ChangeEvent] = field(default_factory=list)
     truncates: list[tuple[str, str, int]] = field(default_factory=list)
+    # Engines that build events hand out whole transactions: one part, the final one.
+    part: int = 0
+    final: bool = True
 
     @property
     def rows(self) -> int:

@@ -77,7 +77,9 @@ class NativeEngine:
             offset = self._snapshot(sink, start.tables, progress)
         else:
             offset = start.offset
-        self.decoder = Decoder(lambda s, t: keys.get((s, t)))
+        self.decoder = Decoder(
+            lambda s, t: keys.get((s, t)), part_rows=self.settings.cdc_txn_part_rows
+        )
         self._acked = offset.lsn
         self._returned = offset.lsn
         self._must_flush = False
@@ -140,7 +142,8 @@ class NativeEngine:
                 continue
             txn = decoder.feed(msg.payload)
             if txn is not None:
-                self._returned = txn.end_lsn
+                if txn.final:  # an earlier part of a large transaction has no end yet
+                    self._returned = txn.end_lsn
                 return txn
             if msg.data_start <= self._acked and self._returned > self._acked:
                 self._must_flush = True

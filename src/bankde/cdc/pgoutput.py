@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -55,6 +56,12 @@ class Transaction:
     entries: int = 0
     # (schema, table, seq) of each relation truncated (native decoder, before positions).
     truncate_seqs: list[tuple[str, str, int]] = field(default_factory=list)
+    # A transaction larger than the decoder's part size comes in parts, 0.., the last one
+    # `final`; a part's positions start after pos_base (twice the entries before it: an entry
+    # takes at most two positions), so they grow across parts without decoding earlier ones.
+    part: int = 0
+    final: bool = True
+    pos_base: int = 0
     _events: list[ChangeEvent] | None = field(default=None, repr=False)
     _truncates: list[tuple[str, str, int]] | None = field(default=None, repr=False)
 
@@ -96,7 +103,7 @@ class Transaction:
         entries += [(seq, None, (schema, table)) for schema, table, seq in self.truncate_seqs]
         entries.sort(key=lambda e: e[0])
         sources: dict[int, Source] = {}
-        pos = 0
+        pos = self.pos_base
         for _seq, chunk, item in entries:
             if chunk is None:
                 assert isinstance(item, tuple)
@@ -138,8 +145,10 @@ class Decoder:
     that changes the primary key becomes a delete of the old key and an insert of the new one.
     """
 
-    def __init__(self, primary_keys: KeyLookup = _no_keys) -> None:
+    def __init__(self, primary_keys: KeyLookup = _no_keys, part_rows: int | None = None) -> None:
         self.relations: dict[int, Relation] = {}
+        # A transaction reaching this many entries is handed out in parts (bounded memory).
+        self._part_rows = part_rows or sys.maxsize
         self.types: dict[int, tuple[str, str]] = {}
         self._primary_keys = primary_keys
         self._txn: Transaction | None = None
@@ -178,6 +187,8 @@ class Decoder:
             chunk.payloads.append(payload)
             chunk.seq.append(self._seq)
             self._seq += 1
+            if self._seq >= self._part_rows:
+                return self._cut()
             return None
         handler = self.dispatch.get(payload[0])
         if handler is None:
@@ -202,6 +213,24 @@ class Decoder:
         txn.end_lsn = end_lsn
         txn.entries = self._seq
         self._txn = None
+        self._open = {}
+        return txn
+
+    def _cut(self) -> Transaction:
+        """Hand out the open transaction's entries so far as a part; the rest follows in a new
+        part of the same transaction (its commit LSN, hence its versions, known from Begin)."""
+        txn = self._current()
+        txn.entries = self._seq
+        txn.final = False
+        self._txn = Transaction(
+            txn.xid,
+            txn.commit_lsn,
+            0,
+            txn.ts_ms,
+            part=txn.part + 1,
+            pos_base=txn.pos_base + 2 * self._seq,
+        )
+        self._seq = 0
         self._open = {}
         return txn
 

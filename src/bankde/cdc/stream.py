@@ -188,6 +188,9 @@ class Streamer:
     def _take(self, txn: CapturedTransaction) -> None:
         if txn.relations:
             self._ensure_columns(txn.relations)
+        if txn.part or not txn.final:
+            self._take_part(txn)
+            return
         if self._batch_started is None:
             self._batch_started = time.monotonic()
             self._first_lsn = txn.commit_lsn
@@ -196,6 +199,23 @@ class Streamer:
         self._txns += 1
         self._commit_ms.append(txn.ts_ms)
         self._end_lsn = txn.end_lsn
+
+    def _take_part(self, txn: CapturedTransaction) -> None:
+        """A part of a transaction too large for one batch goes to the writer on its own, after
+        the complete transactions held before it; only its final part carries an offset, so
+        nothing is acknowledged until the whole transaction has landed."""
+        if txn.part == 0:
+            self.flush(wait=False)
+        batch = ChangeBatch()
+        batch.add(txn)
+        if txn.final:
+            offset: Offset | None = Offset(self.settings.cdc_slot, txn.end_lsn, True)
+            self._end_lsn = self._submitted = txn.end_lsn
+        else:
+            offset = None
+        self._writer.submit(
+            _Job(batch, offset, int(txn.final), txn.commit_lsn, [txn.ts_ms], part=txn.part)
+        )
 
     def _ensure_columns(self, relations: list[Relation]) -> None:
         """A table described with columns we have not ensured yet (a new name, or a type or
@@ -256,7 +276,9 @@ class Streamer:
         batch = job.batch
         # Rows of a table older than a truncate are hidden; later events stay.
         truncates = batch.truncates()
-        if batch.rows or truncates:
+        if job.offset is None:
+            self.sink.apply_part(batch, job.part, truncates)
+        elif batch.rows or truncates or job.part:
             self.sink.apply(batch, job.offset, truncates)
         # A transaction with no captured rows needs no write: acknowledging it is enough.
         self._record(job, started)
@@ -280,7 +302,7 @@ class Streamer:
                     changes,
                     job.txns,
                     job.first_lsn,
-                    job.offset.lsn,
+                    job.offset.lsn if job.offset is not None else job.first_lsn,
                     time.monotonic() - started,
                     tables,
                     lag,
@@ -299,10 +321,11 @@ class Streamer:
 @dataclass
 class _Job:
     batch: ChangeBatch
-    offset: Offset
+    offset: Offset | None  # None: a part of a transaction whose final part is still to come
     txns: int
     first_lsn: int
     commit_ms: list[int]
+    part: int = 0
 
 
 class _Writer:
@@ -389,7 +412,8 @@ class _Writer:
                     self._cond.notify_all()
                 return
             with self._cond:
-                self._written = job.offset.lsn
+                if job.offset is not None:
+                    self._written = job.offset.lsn
                 self._job = None
                 self._cond.notify_all()
 

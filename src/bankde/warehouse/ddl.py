@@ -37,6 +37,8 @@ META_NAMES = frozenset(name for name, _ in META_COLUMNS)
 _SOURCE_TO_DB = {"bank": "raw", "truth": "truth"}
 _LOGICAL_DBS = ("raw", "truth", "meta")
 SNAPSHOT_PREFIX = "snapshot__"
+# Rows of a transaction too large for one batch, held until its commit (sink.apply_part).
+TXN_PREFIX = "txn__"
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,10 @@ class DbNames:
     def snapshot_table(self, source_schema: str, table: str) -> str:
         """Where a snapshot of the table is staged before it is swapped in."""
         return f"{ident(self.meta)}.{ident(f'{SNAPSHOT_PREFIX}{source_schema}__{table}')}"
+
+    def txn_table(self, source_schema: str, table: str) -> str:
+        """Where the parts of a transaction too large for one batch wait for its last part."""
+        return f"{ident(self.meta)}.{ident(f'{TXN_PREFIX}{source_schema}__{table}')}"
 
     @property
     def offsets(self) -> str:
@@ -336,8 +342,9 @@ def recreate_tables(wh: Warehouse) -> list[str]:
         wh.command(f"DROP TABLE IF EXISTS {ident(database)}.{ident(table)} SYNC")
         dropped.append(f"{database}.{table}")
     staged = wh.query(
-        "SELECT name FROM system.tables WHERE database = {m:String} AND startsWith(name, {p:String})",
-        {"m": names.meta, "p": SNAPSHOT_PREFIX},
+        "SELECT name FROM system.tables WHERE database = {m:String} "
+        "AND (startsWith(name, {p:String}) OR startsWith(name, {t:String}))",
+        {"m": names.meta, "p": SNAPSHOT_PREFIX, "t": TXN_PREFIX},
     )
     for (name,) in staged:
         wh.command(f"DROP TABLE IF EXISTS {ident(names.meta)}.{ident(str(name))} SYNC")

@@ -64,19 +64,60 @@ class ClickHouseSink:
         # meta.cdc_batches rows (SQL VALUES tuples) not written yet, and when the oldest came.
         self._log_rows: list[str] = []
         self._log_since = 0.0
+        # A transaction arriving in parts: the tables its parts were written to (in their
+        # meta.txn__ tables) and its truncates, until the apply() with its final part.
+        self._txn_tables: set[tuple[str, str]] = set()
+        self._txn_truncates: list[Truncate] = []
+        self._to_txn_tables = False
         ddl.ensure_schema(warehouse)
 
     # --- contract ------------------------------------------------------------------------
     def apply(self, events: Changes, offset: Offset, truncates: Sequence[Truncate] = ()) -> None:
         with self._mutex, _gc_paused():
             started_us = time.time_ns() // 1000
-            # A batch that hands over its changes columnar skips the per-event pivot.
-            groups: list[ChangeColumns] = []
-            rest: Sequence[ChangeEvent]
-            if isinstance(events, ColumnarChanges):
-                groups, rest = events.columnar()
+            if self._txn_tables or self._txn_truncates:
+                # The final part of a transaction that came in parts: it joins the others, and
+                # then all of them land, each table in one step.
+                groups, rest = self._write_changes(events, to_txn_tables=True)
+                self._publish_txn()
+                truncates = [*self._txn_truncates, *truncates]
+                self._txn_truncates = []
             else:
-                rest = events
+                groups, rest = self._write_changes(events)
+            for schema, table, version in truncates:
+                self.truncate(schema, table, version)
+            if offset.snapshot_done and self._staged.get(offset.slot):
+                self._publish_snapshot(offset.slot)
+            self._write_offset(offset)
+            if self.record_batches and (groups or rest):
+                self._write_metrics(offset, groups, rest, started_us)
+            # After the offset: the batch log is informational, never part of durability.
+            if self._log_rows and time.monotonic() - self._log_since >= BATCH_LOG_SECONDS:
+                self._write_log()
+
+    def apply_part(self, events: Changes, part: int, truncates: Sequence[Truncate] = ()) -> None:
+        with self._mutex, _gc_paused():
+            if part == 0:
+                self._discard_txn_tables()
+            self._write_changes(events, to_txn_tables=True)
+            # Truncates hide older rows of the landing table, the parts' rows included: they
+            # run once the parts have landed.
+            self._txn_truncates.extend(truncates)
+
+    def _write_changes(
+        self, events: Changes, to_txn_tables: bool = False
+    ) -> tuple[list[ChangeColumns], Sequence[ChangeEvent]]:
+        """Write the events' rows, per table (to the landing tables, or to the meta.txn__
+        tables that hold a transaction's parts); returns them as columnar groups and events."""
+        # A batch that hands over its changes columnar skips the per-event pivot.
+        groups: list[ChangeColumns] = []
+        rest: Sequence[ChangeEvent]
+        if isinstance(events, ColumnarChanges):
+            groups, rest = events.columnar()
+        else:
+            rest = events
+        self._to_txn_tables = to_txn_tables
+        try:
             for cols in groups:
                 self._write_columns(cols)
             by_table: dict[tuple[str, str], list[ChangeEvent]] = {}
@@ -88,16 +129,44 @@ class ClickHouseSink:
                 group.append(ev)
             for (schema, table), group in by_table.items():
                 self._write_events(schema, table, group)
-            for schema, table, version in truncates:
-                self.truncate(schema, table, version)
-            if offset.snapshot_done and self._staged.get(offset.slot):
-                self._publish_snapshot(offset.slot)
-            self._write_offset(offset)
-            if self.record_batches and (groups or rest):
-                self._write_metrics(offset, groups, rest, started_us)
-            # After the offset: the batch log is informational, never part of durability.
-            if self._log_rows and time.monotonic() - self._log_since >= BATCH_LOG_SECONDS:
-                self._write_log()
+        finally:
+            self._to_txn_tables = False
+        return groups, rest
+
+    def _row_target(self, schema: str, table: str, info: TableInfo) -> str:
+        """The table a row change is written to: the landing table, or while a transaction's
+        parts are written, its meta.txn__ table (made like the landing table on first use)."""
+        if not self._to_txn_tables:
+            return info.name
+        target = self.names.txn_table(schema, table)
+        if (schema, table) not in self._txn_tables:
+            self.wh.command(f"CREATE TABLE IF NOT EXISTS {target} AS {info.name}")
+            self._txn_tables.add((schema, table))
+        return target
+
+    def _publish_txn(self) -> None:
+        """Move every part of the transaction into the landing tables: ATTACH PARTITION FROM
+        adds a table's parts in one step (readers see all of them or none), then drop."""
+        for schema, table in sorted(self._txn_tables):
+            target = self.names.txn_table(schema, table)
+            landing = self._info(schema, table).name
+            self.wh.command(f"ALTER TABLE {landing} ATTACH PARTITION tuple() FROM {target}")
+            self.wh.command(f"DROP TABLE IF EXISTS {target} SYNC")
+        self._txn_tables.clear()
+
+    def _discard_txn_tables(self) -> None:
+        """Forget the parts of an unfinished delivery (this process's, or a crashed one's)."""
+        leftover = self.wh.query(
+            "SELECT name FROM system.tables WHERE database = {m:String} "
+            "AND startsWith(name, {p:String})",
+            {"m": self.names.meta, "p": ddl.TXN_PREFIX},
+        )
+        for (name,) in leftover:
+            self.wh.command(
+                f"DROP TABLE IF EXISTS {ident(self.names.meta)}.{ident(str(name))} SYNC"
+            )
+        self._txn_tables.clear()
+        self._txn_truncates = []
 
     def flush_log(self) -> None:
         with self._mutex:
@@ -122,6 +191,33 @@ class ClickHouseSink:
             if added:
                 log.info("%s.%s: added warehouse columns %s", schema, table, ", ".join(added))
             self._tables.pop((schema, table), None)
+            if (schema, table) in self._txn_tables:
+                self._align_txn_table(schema, table)
+
+    def _align_txn_table(self, schema: str, table: str) -> None:
+        """A table altered while a transaction's parts wait in its meta.txn__ table: give that
+        table the landing table's columns too (ATTACH PARTITION FROM needs the same ones)."""
+        target = self.names.txn_table(schema, table)
+        rows = self.wh.query(
+            "SELECT name, type FROM system.columns WHERE database = {d:String} "
+            "AND table = {t:String} ORDER BY position",
+            {"d": self.names.meta, "t": f"{ddl.TXN_PREFIX}{schema}__{table}"},
+        )
+        have = {str(n): str(t) for n, t in rows}
+        wanted = self.wh.query(
+            "SELECT name, type FROM system.columns WHERE database = {d:String} "
+            "AND table = {t:String} ORDER BY position",
+            {"d": self.names.landing_db(schema), "t": table},
+        )
+        previous = None
+        for name, ch_type in wanted:
+            name, ch_type = str(name), str(ch_type)
+            if name not in have:
+                where = f" AFTER {ident(previous)}" if previous else " FIRST"
+                self.wh.command(f"ALTER TABLE {target} ADD COLUMN {ident(name)} {ch_type}{where}")
+            elif have[name] != ch_type:
+                self.wh.command(f"ALTER TABLE {target} MODIFY COLUMN {ident(name)} {ch_type}")
+            previous = name
 
     def reset_for_snapshot(self, slot: str, tables: Sequence[tuple[str, str]]) -> None:
         with self._mutex:
@@ -187,6 +283,8 @@ class ClickHouseSink:
             self._forget_offset(slot)
             self._tables.clear()
             self._staged.clear()
+            self._txn_tables.clear()
+            self._txn_truncates = []
 
     # --- beyond the contract ---------------------------------------------------------------
     def truncate(self, schema: str, table: str, version: int) -> None:
@@ -293,7 +391,7 @@ class ClickHouseSink:
             pa.array([t or 0 for t in map(_TX, events)], pa.uint64()),
             pa.array(map(_TS, events), pa.int64(), size=len(events)),
         ]
-        self._insert_text(info, names, arrays)
+        self._insert_text(self._row_target(schema, table, info), info, names, arrays)
 
     def _write_columns(self, cols: ChangeColumns) -> None:
         """One table's changes already in Arrow text columns: one INSERT ... SELECT."""
@@ -320,9 +418,11 @@ class ClickHouseSink:
             pa.array(cols.tx_id, pa.uint64()),
             pa.array(cols.ts_ms, pa.int64()),
         ]
-        self._insert_text(info, names, arrays)
+        self._insert_text(self._row_target(schema, table, info), info, names, arrays)
 
-    def _insert_text(self, info: TableInfo, names: list[str], arrays: list[pa.Array]) -> None:
+    def _insert_text(
+        self, target: str, info: TableInfo, names: list[str], arrays: list[pa.Array]
+    ) -> None:
         """INSERT text columns c0.. plus the metadata columns, cast by the engine."""
         data = pa.Table.from_arrays(
             arrays,
@@ -340,7 +440,7 @@ class ClickHouseSink:
             "fromUnixTimestamp64Milli(m_ts, 'UTC')",
             "now64(3)",
         ]
-        self.wh.insert_select(info.name, [*names, *_META_INSERT], exprs, data)
+        self.wh.insert_select(target, [*names, *_META_INSERT], exprs, data)
 
     @staticmethod
     def _text_columns(
