@@ -229,3 +229,20 @@ ENGINE = MergeTree
 ORDER BY (slot, finished_at)
 TTL toDateTime(finished_at) + INTERVAL 30 DAY
 COMMENT 'One row per applied CDC batch: sizes, LSN range, and commit-to-warehouse lag';
+
+-- Tables to copy again while the slot streams on (a new table, a column added with values
+-- Postgres filled in without WAL, `cdc resync --table`): requested, then done. Kept here, not in
+-- memory, so a capture stopped halfway redoes the copy when it starts again. Versioned by the
+-- writer's clock: one capture process requests and completes its own copies.
+CREATE TABLE IF NOT EXISTS meta.cdc_table_snapshots
+(
+    source_table String,
+    state        LowCardinality(String),
+    reason       String,
+    rows         UInt64,
+    lsn          UInt64,
+    at           DateTime64(6, 'UTC') DEFAULT now64(6)
+)
+ENGINE = ReplacingMergeTree(at)
+ORDER BY source_table
+COMMENT 'Per source table: a copy while streaming that is requested, or done at an LSN';

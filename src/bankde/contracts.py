@@ -142,6 +142,28 @@ class CaptureEngine(Protocol):
 
 
 @runtime_checkable
+class SnapshotsTables(Protocol):
+    """Optional sink feature: it keeps the list of tables to copy again while the slot streams
+    (cdc.tablesnap), so a copy a stopped capture did not finish is redone when it starts."""
+
+    def request_table_snapshots(self, tables: Sequence[tuple[str, str]], reason: str) -> None: ...
+
+    def pending_table_snapshots(self) -> list[tuple[str, str]]: ...
+
+    def table_snapshot_done(self, schema: str, table: str, rows: int, lsn: int) -> None: ...
+
+    def missing_tables(self, tables: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The tables of `tables` that have no landing table yet."""
+        ...
+
+    def missing_columns(
+        self, schema: str, table: str, columns: Sequence[SourceColumn]
+    ) -> list[str]:
+        """The names of `columns` the landing table does not have."""
+        ...
+
+
+@runtime_checkable
 class RequestsStatus(Protocol):
     """Optional engine feature: ask the source for a keepalive now, so `caught_up` learns how
     far the server has decoded without waiting for its next one (native pgoutput)."""
@@ -173,8 +195,9 @@ class Sink(Protocol):
         transaction is re-sent from its start after a crash or a reconnect)."""
         ...
 
-    def ensure_columns(self, schema: str, table: str, columns: Sequence[SourceColumn]) -> None:
-        """Make the landing table hold every source column (create it, ADD COLUMN, drop NOT NULL).
+    def ensure_columns(self, schema: str, table: str, columns: Sequence[SourceColumn]) -> list[str]:
+        """Make the landing table hold every source column (create it, ADD COLUMN, drop NOT NULL);
+        returns the columns added (all of them for a table it created).
 
         Call it for every Relation message before applying events that use it, and before a
         table's snapshot. In the stream, a column whose type changed to another family raises
@@ -201,6 +224,11 @@ class Sink(Protocol):
         Staged when reset_for_snapshot() named the table, else written to the landing table.
         Safe to repeat: a redone snapshot replaces nothing newer. Returns the rows written.
         """
+        ...
+
+    def truncate(self, schema: str, table: str, version: int) -> None:
+        """Hide every row of the table older than `version` (a TRUNCATE, or rows a table
+        snapshot at that version did not contain); rows with a higher version stay."""
         ...
 
     def reset(self, slot: str) -> None:

@@ -48,25 +48,7 @@ class NativeEngine:
 
     # -- connection ---------------------------------------------------------------------
     def _connect(self) -> Any:
-        import psycopg2
-        import psycopg2.extras
-
-        info = cdc_info(self.settings)
-        try:
-            conn = psycopg2.connect(
-                info.dsn,
-                connection_factory=psycopg2.extras.LogicalReplicationConnection,
-                connect_timeout=10,
-                keepalives=1,
-                keepalives_idle=10,
-                application_name="bankde_cdc",
-            )
-        except psycopg2.OperationalError as exc:
-            from bankde.source.connection import connect_error
-
-            # bankde-security: a certificate problem is a setting to fix (exit 2).
-            raise connect_error(exc, info) from None
-        return conn
+        return replication_connection(self.settings)
 
     def open(self, sink: Sink, progress: ProgressFn | None = None) -> Offset:
         start = preflight(self.settings, sink)
@@ -175,6 +157,28 @@ class NativeEngine:
                 self._conn.close()
         self._conn = None
         self._cur = None
+
+
+def replication_connection(settings: Settings, application_name: str = "bankde_cdc") -> Any:
+    """A psycopg2 logical replication connection as the capture role (psycopg 3 has none)."""
+    import psycopg2
+    import psycopg2.extras
+
+    info = cdc_info(settings)
+    try:
+        return psycopg2.connect(
+            info.dsn,
+            connection_factory=psycopg2.extras.LogicalReplicationConnection,
+            connect_timeout=10,
+            keepalives=1,
+            keepalives_idle=10,
+            application_name=application_name,
+        )
+    except psycopg2.OperationalError as exc:
+        from bankde.source.connection import connect_error
+
+        # bankde-security: a certificate problem is a setting to fix (exit 2).
+        raise connect_error(exc, info) from None
 
 
 # The registry's entry point (cdc/registry.py).

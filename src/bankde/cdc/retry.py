@@ -89,6 +89,7 @@ def stream(
     target = until_lsn() if until_lsn is not None else None
     streamer.result.target_lsn = target
     stream_started: float | None = None
+    caught_up = False
     try:
         while stop is None or not stop.is_set():
             try:
@@ -104,6 +105,7 @@ def stream(
                     assert engine is not None
                     if engine.caught_up(target):
                         streamer.flush()
+                        caught_up = True
                         break
                     if isinstance(engine, RequestsStatus) and not streamer.holding:
                         engine.request_status()
@@ -128,7 +130,9 @@ def stream(
                     if not is_disconnect(exc):
                         raise
     finally:
-        streamer.shutdown()
+        # A sync that caught up also finishes the table copies it started; a stop or an error
+        # leaves them requested for the next start.
+        streamer.shutdown(finish_copies=caught_up)
     res = streamer.result
     res.seconds = time.monotonic() - started
     res.stream_seconds = time.monotonic() - stream_started if stream_started else 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import struct
 from dataclasses import dataclass
 
@@ -10,9 +11,12 @@ from psycopg import sql
 
 from bankde.errors import CaptureError
 from bankde.settings import Settings
-from bankde.source.catalog import captured_tables
+from bankde.source.catalog import captured_tables, primary_keys
 from bankde.source.connection import cdc_info, connect, owner_info, source_info
 from bankde.source.roles import grant_capture
+
+log = logging.getLogger(__name__)
+_REPORTED_KEYLESS: set[tuple[str, str, str]] = set()
 
 PROTO_VERSION = "1"  # enough for PG >= 13; we never ask for streamed in-progress transactions
 
@@ -56,9 +60,18 @@ def ensure_publication(settings: Settings) -> list[tuple[str, str]]:
     then carry the whole old row, and an update's unchanged TOAST values come with its old row.
     Returns the published tables.
     """
-    tables = captured_tables(source_info(settings))
-    if not tables:
+    found = captured_tables(source_info(settings))
+    if not found:
         raise CaptureError("no tables in schemas bank/truth to capture: run `bankde db init`")
+    # A table without a primary key has nothing to order or deduplicate its rows by in the
+    # warehouse: reported (once per process) and left out; every other table streams on.
+    keys = primary_keys(source_info(settings))
+    tables = [t for t in found if t in keys]
+    database = source_info(settings).dbname
+    for s, t in found:
+        if (s, t) not in keys and (database, s, t) not in _REPORTED_KEYLESS:
+            _REPORTED_KEYLESS.add((database, s, t))
+            log.warning("%s.%s has no primary key: not captured (add one to capture it)", s, t)
     pub = settings.cdc_publication
     idents = sql.SQL(", ").join(sql.Identifier(s, t) for s, t in tables)
     # bankde-security: the owner makes the publication, and the capture role may read exactly

@@ -11,18 +11,22 @@ from typing import Any
 
 from bankde.cdc.columnar import ChangeBatch
 from bankde.cdc.envelope import Relation, format_lsn
+from bankde.cdc.tablesnap import TableSnapshotter
 from bankde.contracts import (
     CapturedTransaction,
     CaptureEngine,
     Offset,
     ProgressFn,
     Sink,
+    SnapshotsTables,
     SourceColumn,
 )
 from bankde.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# How often a running stream looks for new tables in the captured schemas.
+TABLE_CHECK_SECONDS = 30.0
 # The writer, idle this long, has the sink write its held batch log (see Sink.flush_log).
 IDLE_SECONDS = 1.0
 
@@ -120,6 +124,11 @@ class Streamer:
         self._batch_started: float | None = None
         # Per table, the columns last ensured in the warehouse: (name, type OID, typmod) each.
         self._columns: dict[tuple[str, str], tuple[tuple[str, int, int], ...]] = {}
+        # Tables copied again while streaming: new ones, and ones a column was added to.
+        self.tables = (
+            TableSnapshotter(settings, sink) if isinstance(sink, SnapshotsTables) else None
+        )
+        self._tables_checked = 0.0
 
     # -- connection lifecycle -----------------------------------------------------------
     def open(self, progress: ProgressFn | None = None) -> Offset:
@@ -138,16 +147,52 @@ class Streamer:
         self._submitted = self._acked = self._end_lsn = offset.lsn
         self.result.lsn = offset.lsn
         self._columns.clear()
+        if self.tables is not None:
+            self.tables.resume()
+            self._check_tables()
         return offset
+
+    def _check_tables(self) -> None:
+        """Publish tables created in the captured schemas since the last look, and have the
+        ones with no landing table copied while the stream goes on (tables without a primary
+        key are reported by ensure_publication and left out)."""
+        self._tables_checked = time.monotonic()
+        if self.tables is None or self.engine is None or self.engine.name != "native":
+            return
+        from bankde.cdc.slot import ensure_publication
+        from bankde.source.catalog import catalog_tables
+        from bankde.source.connection import cdc_info
+
+        tables = ensure_publication(self.settings)
+        assert isinstance(self.sink, SnapshotsTables)
+        missing = self.sink.missing_tables(tables)
+        self.tables.request(missing, "new table")
+        # A column added at the source shows in the stream only with the table's next change;
+        # the catalog shows it now (with values Postgres filled in without WAL: copy them).
+        catalog = catalog_tables(cdc_info(self.settings), [t for t in tables if t not in missing])
+        flushed = False
+        for key, info in catalog.items():
+            columns = info.source_columns()
+            if not self.sink.missing_columns(key[0], key[1], columns):
+                continue
+            if not flushed:
+                self.flush()  # rows held have the old columns: written before altering
+                flushed = True
+            if self.sink.ensure_columns(key[0], key[1], columns):
+                self._columns.pop(key, None)
+                self.tables.request([key], "column added")
 
     def close(self) -> None:
         if self.engine is not None:
             self.engine.close()
             self.engine = None
 
-    def shutdown(self) -> None:
-        """Close the source and stop the writer thread (after the write in flight, if any),
+    def shutdown(self, finish_copies: bool = False) -> None:
+        """Close the source and stop the writer thread (after the write in flight, if any), and
+        the table copies (all requested ones with `finish_copies`, else the one under way),
         then write the sink's held batch log."""
+        if self.tables is not None:
+            self.tables.close(finish=finish_copies)
         self.close()
         self._writer.close()
         try:
@@ -169,6 +214,8 @@ class Streamer:
         engine = self.engine
         assert engine is not None
         now = time.monotonic()
+        if self.tables is not None and now - self._tables_checked >= TABLE_CHECK_SECONDS:
+            self._check_tables()
         if self._batch_started is not None:
             timeout = max(0.0, min(timeout, self._batch_started + self.batch_seconds - now))
         txn = engine.poll(timeout)
@@ -228,8 +275,14 @@ class Streamer:
                 continue
             # Rows already held have the old columns: write them before altering.
             self.flush()
-            self.sink.ensure_columns(rel.schema, rel.table, source_columns(rel))
+            snap = self.tables
+            existed = snap is not None and not snap.sink.missing_tables([key])
+            added = self.sink.ensure_columns(rel.schema, rel.table, source_columns(rel))
             self._columns[key] = shape
+            if snap is not None and added:
+                # Postgres fills an added column's default in without WAL, and a table new to
+                # the stream may hold rows from before it was published: copy it at one point.
+                snap.request([key], "column added" if existed else "new table")
 
     @property
     def holding(self) -> bool:

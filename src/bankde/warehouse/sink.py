@@ -168,12 +168,47 @@ class ClickHouseSink:
         self._txn_tables.clear()
         self._txn_truncates = []
 
+    # --- tables copied again while streaming (contracts.SnapshotsTables) -------------------
+    def request_table_snapshots(self, tables: Sequence[tuple[str, str]], reason: str) -> None:
+        if tables:
+            self.wh.command(
+                f"INSERT INTO {ident(self.names.meta)}.cdc_table_snapshots (source_table, state, "
+                "reason, rows, lsn) VALUES "
+                + ", ".join(
+                    f"({sql_str(f'{s}.{t}')}, 'requested', {sql_str(reason)}, 0, 0)"
+                    for s, t in tables
+                )
+            )
+
+    def pending_table_snapshots(self) -> list[tuple[str, str]]:
+        rows = self.wh.query(
+            f"SELECT source_table FROM {ident(self.names.meta)}.cdc_table_snapshots FINAL "
+            "WHERE state = 'requested' ORDER BY source_table"
+        )
+        return [tuple(str(r[0]).split(".", 1)) for r in rows]  # type: ignore[misc]
+
+    def table_snapshot_done(self, schema: str, table: str, rows: int, lsn: int) -> None:
+        self.wh.command(
+            f"INSERT INTO {ident(self.names.meta)}.cdc_table_snapshots (source_table, state, "
+            f"reason, rows, lsn) VALUES ({sql_str(f'{schema}.{table}')}, 'done', '', {rows}, {lsn})"
+        )
+
+    def missing_tables(self, tables: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        return [(s, t) for s, t in tables if self._find_info(s, t) is None]
+
+    def missing_columns(
+        self, schema: str, table: str, columns: Sequence[SourceColumn]
+    ) -> list[str]:
+        info = self._find_info(schema, table)
+        have = info.column_types if info is not None else {}
+        return [c.name for c in columns if c.name not in have]
+
     def flush_log(self) -> None:
         with self._mutex:
             if self._log_rows:
                 self._write_log()
 
-    def ensure_columns(self, schema: str, table: str, columns: Sequence[SourceColumn]) -> None:
+    def ensure_columns(self, schema: str, table: str, columns: Sequence[SourceColumn]) -> list[str]:
         with self._mutex:
             if (schema, table) in self._staged_tables():
                 # The staged snapshot replaces the landing table once done: only it must take
@@ -193,6 +228,7 @@ class ClickHouseSink:
             self._tables.pop((schema, table), None)
             if (schema, table) in self._txn_tables:
                 self._align_txn_table(schema, table)
+            return added
 
     def _align_txn_table(self, schema: str, table: str) -> None:
         """A table altered while a transaction's parts wait in its meta.txn__ table: give that
