@@ -69,11 +69,17 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "served_too: run again with the warehouse served by another process"
     )
+    config.addinivalue_line(
+        "markers", "embedded_only: in a served_too module, run once (its served path is covered)"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "warehouse_mode" in metafunc.fixturenames and metafunc.definition.get_closest_marker(
-        "served_too"
+    definition = metafunc.definition
+    if (
+        "warehouse_mode" in metafunc.fixturenames
+        and definition.get_closest_marker("served_too")
+        and not definition.get_closest_marker("embedded_only")
     ):
         metafunc.parametrize("warehouse_mode", WAREHOUSE_MODES, indirect=True)
 

@@ -807,6 +807,8 @@ def test_a_transaction_larger_than_a_part_lands_whole(
     assert diff(s, cdc_session) == []
 
 
+# Its served path (parts held and attached over HTTP) is covered by the test above.
+@pytest.mark.embedded_only
 def test_kill_dash_nine_inside_a_large_transaction(
     cdc_settings: Settings, cli_home: tuple[Path, dict[str, str]]
 ) -> None:
