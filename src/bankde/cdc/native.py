@@ -17,7 +17,7 @@ from bankde.cdc.snapshot import copy_snapshot
 from bankde.contracts import Offset, ProgressFn, Sink
 from bankde.settings import Settings
 from bankde.source.catalog import catalog_tables, primary_keys
-from bankde.source.connection import cdc_info
+from bankde.source.connection import capture_session_sql, cdc_info
 
 
 class NativeEngine:
@@ -66,6 +66,10 @@ class NativeEngine:
 
             # bankde-security: a certificate problem is a setting to fix (exit 2).
             raise connect_error(exc, info) from None
+        # Pinned before anything is read: pgoutput prints values in the walsender's settings.
+        with conn.cursor() as cur:
+            for stmt in capture_session_sql():
+                cur.execute(stmt)
         return conn
 
     def open(self, sink: Sink, progress: ProgressFn | None = None) -> Offset:

@@ -206,14 +206,15 @@ class _Plan:
         if self.pg_count:
             return f"SELECT count(*) FROM {self.pg_from}"
         return (
-            f"SELECT {self.pg_bucket} AS b, count(*), coalesce(sum({_pg_hash(self.pg_row)}), 0) "
-            f"FROM {self.pg_from} GROUP BY b"
+            # GROUP BY position: a source column named like the alias would win over it.
+            f"SELECT {self.pg_bucket} AS bankde_bucket, count(*), "
+            f"coalesce(sum({_pg_hash(self.pg_row)}), 0) FROM {self.pg_from} GROUP BY 1"
         )
 
     def warehouse_sql(self) -> str:
         return (
-            f"SELECT {self.ch_bucket} AS b, count(), sum(toInt128({_ch_hash(self.ch_row)})) "
-            f"FROM {self.ch_from} GROUP BY b"
+            f"SELECT {self.ch_bucket} AS bankde_bucket, count(), "
+            f"sum(toInt128({_ch_hash(self.ch_row)})) FROM {self.ch_from} GROUP BY bankde_bucket"
         )
 
 
@@ -317,6 +318,9 @@ def _begin(conn: Any, snapshot: str | None = None) -> None:
     conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
     conn.execute("SET LOCAL TimeZone = 'UTC'")
     conn.execute("SET LOCAL extra_float_digits = 1")
+    # Text forms as the capture session prints them, whatever ALTER ROLE/DATABASE SET says.
+    conn.execute("SET LOCAL IntervalStyle = 'postgres'")
+    conn.execute("SET LOCAL bytea_output = 'hex'")
     # The planner expects one group per row from a bucket expression (it cannot know there are
     # at most BUCKETS) and picks a sort spilling the whole table to disk; a hash aggregate holds
     # 1024 groups in memory (measured 7.0 s -> 5.8 s on 900,000 rows).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 
 from bankde.contracts import SourceColumn
@@ -210,7 +210,10 @@ def create_table_sql(
         raise CaptureError(
             f"{source} has no primary key: add one (CDC lands rows by key) or drop it from the publication"
         )
-    return _table_sql(database, table, [(c.name, _pg_type(c)) for c in columns], key, source)
+    # A primary-key column is NOT NULL in Postgres even where the describing message does not
+    # say so (pgoutput's Relation, Debezium's schema): the sort key must not be Nullable.
+    typed = [(c.name, _pg_type(replace(c, not_null=True) if c.key else c)) for c in columns]
+    return _table_sql(database, table, typed, key, source)
 
 
 def _table_sql(

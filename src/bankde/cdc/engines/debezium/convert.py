@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from bankde.cdc.envelope import ChangeEvent, Column, EventTransaction, Relation, Source
@@ -61,6 +63,42 @@ def _micro_time_text(micros: int) -> str:
     return _strip_fraction(text)
 
 
+_ISO_INTERVAL = re.compile(r"^P(-?\d+)Y(-?\d+)M(-?\d+)DT(-?\d+)H(-?\d+)M(-?\d+(?:\.\d+)?)S$")
+
+
+def _interval_text(value: str) -> str:
+    """interval.handling.mode=string ('P1Y2M3DT4H5M6.789S') -> what Postgres prints with
+    IntervalStyle postgres ('1 year 2 mons 3 days 04:05:06.789'), as EncodeInterval does it.
+    Anything else (a format this does not know) is a CaptureError, never a guess."""
+    m = _ISO_INTERVAL.match(value)
+    if m is None:
+        raise CaptureError(f"Debezium interval {value!r}: not the ISO 8601 form expected")
+    years, months, days, hours, minutes = (int(g) for g in m.groups()[:5])
+    micros = (hours * 3600 + minutes * 60) * 1_000_000 + int(Decimal(m.group(6)) * 1_000_000)
+    parts: list[str] = []
+    before_negative = False
+    for n, unit in ((years, "year"), (months, "mon"), (days, "day")):
+        if n:
+            plus = "+" if before_negative and n > 0 else ""
+            parts.append(f"{plus}{n} {unit}{'' if n == 1 else 's'}")
+            before_negative = n < 0
+    if not parts or micros:
+        sign = "-" if micros < 0 else ("+" if before_negative else "")
+        secs, us = divmod(abs(micros), 1_000_000)
+        text = f"{sign}{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}"
+        if us:
+            text += f".{us:06d}".rstrip("0")
+        parts.append(text)
+    return " ".join(parts)
+
+
+def _timetz_text(value: str) -> str:
+    """io.debezium.time.ZonedTime ('07:44:15Z'): Debezium normalises the time to UTC, so the
+    source's own offset is gone (documented in docs/cdc.md); Postgres prints UTC as '+00'."""
+    text = value[:-1] if value.endswith("Z") else value
+    return _strip_fraction(text) + "+00" if value.endswith("Z") else value
+
+
 def _bool_text(value: Any) -> str:
     return "t" if value else "f"
 
@@ -86,6 +124,10 @@ def value_fn(pg_type: str) -> ValueFn | None:
         return _micro_timestamp_text
     if (t.startswith("time") and t.endswith("without time zone")) or t == "time":
         return _micro_time_text
+    if t.startswith("interval"):
+        return _interval_text
+    if t.startswith("time") and t.endswith("with time zone"):
+        return _timetz_text
     if t in ("bigint", "integer", "smallint", "oid", "real", "double precision"):
         return str
     if t == "boolean":
