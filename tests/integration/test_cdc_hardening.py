@@ -12,7 +12,7 @@ from bankde.cdc.rejects import Reject, key_text, recent_rejects, record_rejects,
 from bankde.cdc.status import status
 from bankde.monitoring.reconcile import reconcile
 from bankde.settings import Settings
-from bankde.source.connection import admin_info, connect
+from bankde.source.connection import admin_info, connect, owner_info
 from bankde.warehouse.session import WarehouseSession
 from tests.integration import test_cdc as base
 
@@ -136,3 +136,141 @@ def test_capture_session_is_pinned_whatever_env_and_alter_role_say(
         "2024-03-05",
         "Émile ✓ 漢字 \U0001f600",
     ]
+
+
+# -- point 3: no value silently changed; snapshot and stream land every type identically ---
+EDGE_DDL = [
+    "CREATE TYPE bank.mood AS ENUM ('sad', 'ok')",
+    """CREATE TABLE bank.edge (
+        id int PRIMARY KEY, n18 numeric(18,2), nfree numeric, f8 float8, f4 float4,
+        ts timestamp, tstz timestamptz, d date, b bytea, ia int[], ta text[], j json, jb jsonb,
+        u uuid, iv interval, tm time, tz timetz, e bank.mood, t text, vc varchar(10),
+        big text)""",
+]
+# Edge values per column (SQL literals); row i takes value i % len of every column. All fit.
+EDGE_VALUES: dict[str, list[str]] = {
+    "n18": ["0", "-0.01", "9999999999999999.99", "-9999999999999999.99", "NULL"],
+    "nfree": ["'NaN'", "'Infinity'", "'-Infinity'", "'1e-30'", "'123456789012345678901234567890.1234'"],
+    "f8": ["'NaN'", "'Infinity'", "'-Infinity'", "'0.1'", "'4.9e-324'", "'-0'", "'1.7976931348623157e308'"],
+    "f4": ["'NaN'", "'-Infinity'", "'3.4028235e38'", "'1.1754944e-38'", "'0.1'"],
+    "ts": ["'0001-01-01 00:00:00'", "'9999-12-31 23:59:59.999999'", "'1899-12-31 23:59:59.5'", "'2024-02-29 12:00:00.000001'"],
+    "tstz": ["'0001-01-01 00:00:00+00'", "'9999-12-31 23:59:59.999999+00'", "'1969-12-31 23:59:59.999999+00'"],
+    "d": ["'0001-01-01'", "'9999-12-31'", "'1969-12-31'", "'2000-02-29'", "NULL"],
+    "b": ["'\\x'", "'\\x00'", "'\\xdeadbeef'", "NULL"],
+    "ia": ["'{}'", "'{1,NULL,-3}'", "'{{1,2},{3,4}}'", "NULL"],
+    "ta": ["'{\"a,b\",\"c\\\"d\",NULL,\"\"}'", "'{}'"],
+    "j": ["'{\"a\": [1, 2.50, \"x\"]}'", "'[]'", "'null'", "'\"é\"'"],
+    "jb": ["'{\"a\": [1, 2.50, \"x\"]}'", "'[]'", "'null'", "'\"é\"'"],
+    "u": ["'00000000-0000-0000-0000-000000000000'", "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'"],
+    "iv": ["'0'", "'-1 days +02:00:00'", "'1 year 2 mons 3 days 04:05:06.789'", "'-178000000 years'"],
+    "tm": ["'00:00'", "'23:59:59.999999'", "'24:00:00'"],
+    "tz": ["'00:00+14'", "'23:59:59.999999-12:34'"],
+    "e": ["'sad'", "'ok'", "NULL"],
+    "t": ["''", "NULL", "'unicode ✓ 漢字 😀'", "E'tab\\tnewline\\nquote'''", "E'back\\\\slash'"],
+    "vc": ["''", "'x'"],
+    "big": ["repeat('x', 200000)", "NULL", "'short'"],
+}  # fmt: skip
+# Values no warehouse type of their column holds: each row carries one, the rest fits.
+UNFIT = [
+    ("n18", "'NaN'"),
+    ("ts", "'infinity'"),
+    ("ts", "'10000-01-01 00:00:00'"),
+    ("tstz", "'-infinity'"),
+    ("tstz", "'0044-03-15 12:00:00+00 BC'"),
+    ("d", "'infinity'"),
+    ("d", "'0044-03-15 BC'"),
+]
+EDGE_ROWS = max(len(v) for v in EDGE_VALUES.values())
+EDGE_COLS = list(EDGE_VALUES)
+
+
+def _edge_insert(offset: int, extra_enum: str | None = None) -> list[str]:
+    """The fitting rows (ids offset+1..) and one row per unfit value (ids offset+101..)."""
+    cols = ", ".join(EDGE_COLS)
+    out = []
+    for i in range(EDGE_ROWS):
+        vals = [EDGE_VALUES[c][i % len(EDGE_VALUES[c])] for c in EDGE_COLS]
+        out.append(
+            f"INSERT INTO bank.edge (id, {cols}) VALUES ({offset + i + 1}, {', '.join(vals)})"
+        )
+    for j, (col, val) in enumerate(UNFIT):
+        out.append(f"INSERT INTO bank.edge (id, {col}) VALUES ({offset + 101 + j}, {val})")
+    if extra_enum:
+        out.append(f"INSERT INTO bank.edge (id, e) VALUES ({offset + 99}, '{extra_enum}')")
+    return out
+
+
+@pytest.mark.parametrize("engine", ["native", "debezium"])
+def test_edge_values_land_identically_through_snapshot_and_stream(
+    cdc_settings: Settings, cli_home: tuple[Path, dict[str, str]], engine: str
+) -> None:
+    """Every supported type's edge values: what fits lands with the same text through the
+    snapshot and through the stream; a value the warehouse cannot hold (numeric NaN, infinite,
+    BC or year-10000 timestamps and dates) sends its row to meta.cdc_rejects, through either
+    path alike, and the stream goes on (the next rows land)."""
+    s = cdc_settings
+    env = cli_home[1]
+    base.sql(s, *EDGE_DDL, *_edge_insert(0))
+    first = base.bankde(env, "cdc", "sync", "--no-progress", "--engine", engine)
+    assert first.returncode == 0, first.stderr
+    # A value added to the enum after the snapshot; an update leaving the TOASTed `big` as is.
+    with connect(owner_info(s), autocommit=True) as conn:
+        conn.execute("ALTER TYPE bank.mood ADD VALUE 'elated'")
+    base.sql(
+        s,
+        *_edge_insert(1000, extra_enum="elated"),
+        "UPDATE bank.edge SET t = 'after' WHERE id = 1",
+        "INSERT INTO bank.account (account_id, customer_id, iban, kind, currency, balance, "
+        "overdraft_limit) VALUES (9999, 1, 'X', 'checking', 'EUR', 1, 0)",
+    )
+    second = base.bankde(env, "cdc", "sync", "--no-progress", "--engine", engine)
+    assert second.returncode == 0, second.stderr
+
+    cols = ", ".join(f"toString({c})" for c in EDGE_COLS)
+    got = base.bankde(
+        env, "wh", "sql", "-f", "json",
+        f"SELECT id, {cols} FROM raw.edge FINAL WHERE NOT _is_deleted ORDER BY id",
+    )  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    rows = {r["id"]: list(r.values())[1:] for r in json.loads(got.stdout)}
+    fitting = set(range(1, EDGE_ROWS + 1))
+    # Known Debezium limitation (docs/cdc.md): its snapshot reads a BC date through JDBC as the
+    # same day AD, before bankde sees it; its stream, like the native engine, is quarantined.
+    bc_date = 101 + UNFIT.index(("d", "'0044-03-15 BC'"))
+    known = {bc_date} if engine == "debezium" else set()
+    if known:
+        assert rows.pop(bc_date)[EDGE_COLS.index("d")] == "0044-03-15"
+    assert set(rows) == fitting | {k + 1000 for k in fitting} | {1099}
+    for k in fitting:
+        snap, streamed = rows[k], rows[k + 1000]
+        if k == 1:  # updated after the snapshot, its TOASTed `big` left unchanged
+            at = EDGE_COLS.index("t")
+            streamed = [*streamed[:at], "after", *streamed[at + 1 :]]
+        assert snap == streamed, (k, list(zip(EDGE_COLS, snap, streamed, strict=True)))
+    assert rows[1099][EDGE_COLS.index("e")] == "elated"
+    assert len(rows[1][EDGE_COLS.index("big")]) == 200000
+
+    rej = base.bankde(
+        env, "wh", "sql", "-f", "json",
+        "SELECT key, lsn, column, source_text, reason FROM meta.cdc_rejects FINAL ORDER BY key",
+    )  # fmt: skip
+    rejects = json.loads(rej.stdout)
+    by_id = {int(json.loads(r["key"])["id"]): r for r in rejects}
+    unfit_ids = [101 + j for j in range(len(UNFIT))]
+    assert sorted(by_id) == sorted(set(unfit_ids) - known) + [k + 1000 for k in unfit_ids]
+    for j, (col, _val) in enumerate(UNFIT):
+        if 101 + j in known:
+            continue
+        snap, streamed = by_id[101 + j], by_id[1101 + j]
+        assert snap["column"] == streamed["column"] == col
+        assert snap["reason"] == streamed["reason"]
+        assert streamed["source_text"] is not None
+    status = json.loads(base.bankde(env, "cdc", "status", "--json", "--engine", engine).stdout)
+    held = 2 * len(UNFIT) - len(known)
+    assert status["rejects"]["bank.edge"]["rows"] == held
+    # Reconcile names the held-back keys, and every other table is equal.
+    check = json.loads(base.bankde(env, "reconcile", "--json").stdout)
+    tables = {t["table"]: t for t in check["tables"]}
+    assert tables["bank.edge"]["quarantined"] == held
+    assert tables["bank.edge"]["source_rows"] - tables["bank.edge"]["warehouse_rows"] == held
+    assert all(t["equal"] for name, t in tables.items() if name != "bank.edge"), tables

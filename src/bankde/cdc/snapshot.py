@@ -87,13 +87,14 @@ def copy_snapshot(
 
 
 # Types whose binary COPY form the driver turns into Arrow that lands exactly as the stream's
-# text does (numeric arrives as its text; bytea and uuid are turned into text by plain_batch;
-# enums as their label). Every other type (interval, time, timetz, json, jsonb, arrays, ...) is
-# read as Postgres prints it, in the pinned session: the very text pgoutput streams.
+# text does (bytea and uuid are turned into text by plain_batch; enums arrive as their label).
+# Every other type (numeric: the driver turns NaN into NULL; interval, time, timetz, json,
+# jsonb, arrays, ...) is read as Postgres prints it, in the pinned session: the very text
+# pgoutput streams.
 _BINARY_EXACT = frozenset(
     {
-        "int2", "int4", "int8", "oid", "bool", "float4", "float8", "numeric", "date",
-        "timestamp", "timestamptz", "uuid", "text", "varchar", "bpchar", "name", "bytea", "enum",
+        "int2", "int4", "int8", "oid", "bool", "float4", "float8", "date", "timestamp",
+        "timestamptz", "uuid", "text", "varchar", "bpchar", "name", "bytea", "enum",
     }
 )  # fmt: skip
 

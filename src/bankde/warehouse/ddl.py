@@ -188,7 +188,11 @@ def table_info(wh: Warehouse, database: str, table: str) -> TableInfo | None:
         "SELECT sorting_key FROM system.tables WHERE database = {db:String} AND name = {t:String}",
         {"db": database, "t": table},
     )
-    key = tuple(k.strip().strip("`") for k in str(key_text or "").split(",") if k.strip())
+    # 'a, b' or, for a one-column tuple written `ORDER BY (a)`, '(a)'.
+    text = str(key_text or "").strip()
+    if text.startswith("(") and text.endswith(")"):
+        text = text[1:-1]
+    key = tuple(k.strip().strip("`") for k in text.split(",") if k.strip())
     cols = tuple((str(n), str(t)) for n, t in rows if n not in META_NAMES)
     return TableInfo(f"{ident(database)}.{ident(table)}", cols, key)
 
