@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from psycopg import sql as pg_sql
 
+from bankde.cdc import api as capture
+from bankde.cdc.envelope import format_lsn
 from bankde.cdc.rejects import Reject, key_text, recent_rejects, record_rejects, reject_summary
+from bankde.cdc.slot import slot_state
 from bankde.cdc.status import status
 from bankde.monitoring.reconcile import reconcile
 from bankde.settings import Settings
 from bankde.source.connection import admin_info, connect, owner_info
 from bankde.warehouse.session import WarehouseSession
+from bankde.warehouse.sink import load_offset
 from tests.integration import test_cdc as base
 
 # The CDC tests' fixtures: own source database, slot, publication and warehouse prefix.
@@ -274,3 +280,72 @@ def test_edge_values_land_identically_through_snapshot_and_stream(
     assert tables["bank.edge"]["quarantined"] == held
     assert tables["bank.edge"]["source_rows"] - tables["bank.edge"]["warehouse_rows"] == held
     assert all(t["equal"] for name, t in tables.items() if name != "bank.edge"), tables
+
+
+# -- point 4: offsets that cannot silently skip ---------------------------------------------
+def test_slot_ahead_of_the_warehouse_refuses_to_start(
+    cdc_settings: Settings, cli_home: tuple[Path, dict[str, str]]
+) -> None:
+    """A warehouse restored from a backup (its offset behind the slot's confirmed position):
+    capture refuses with exit 1 and one line naming both LSNs and the remedy; resync recovers."""
+    s = cdc_settings
+    env = cli_home[1]
+    assert base.bankde(env, "cdc", "sync", "--no-progress").returncode == 0
+    backup = base.bankde(
+        env, "wh", "sql", "-f", "json", "SELECT lsn FROM meta.cdc_offsets FINAL"
+    )  # fmt: skip
+    old_lsn = int(json.loads(backup.stdout)[0]["lsn"])
+    base.sql(s, "UPDATE bank.account SET balance = balance + 1 WHERE account_id < 5")
+    assert base.bankde(env, "cdc", "sync", "--no-progress").returncode == 0
+    # "Restore" the warehouse's offset from before the update.
+    for stmt in (
+        "ALTER TABLE meta.cdc_offsets DELETE WHERE 1 SETTINGS mutations_sync = 2",
+        f"INSERT INTO meta.cdc_offsets (slot, lsn, snapshot_done) VALUES ('{s.cdc_slot}', "
+        f"{old_lsn}, 1)",
+    ):
+        done = base.bankde(env, "wh", "sql", stmt)
+        assert done.returncode == 0, done.stderr
+    refused = base.bankde(env, "cdc", "sync", "--no-progress")
+    assert refused.returncode == 1, refused.stderr
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1, refused.stderr
+    assert format_lsn(old_lsn) in lines[0] and "confirmed up to" in lines[0]
+    assert "bankde cdc resync" in lines[0]
+    again = base.bankde(env, "cdc", "resync", "--yes", "--no-progress")
+    assert again.returncode == 0, again.stderr
+    assert base.bankde(env, "reconcile").returncode == 0
+
+
+def test_idle_stream_and_empty_transactions_keep_the_offset_up_with_the_slot(
+    cdc_settings: Settings, cdc_session: WarehouseSession
+) -> None:
+    """WAL the publication does not cover (another table's writes, empty transactions) moves the
+    slot through keepalives: the capture records an offset there first, so stopping at any
+    moment leaves the slot at or behind the warehouse's offset and the next start is allowed."""
+    s = cdc_settings
+    sync(s, cdc_session)
+    base.sql(s, "CREATE TABLE public.noise (id serial PRIMARY KEY, v text)")
+    stop = threading.Event()
+    sink = capture.open_sink(s, cdc_session)
+    result: list[object] = []
+    runner = threading.Thread(
+        target=lambda: result.append(capture.run(s, stop, sink, show_progress=False))
+    )
+    runner.start()
+    try:
+        # Longer than psycopg2's 10 s status interval, after which it reports on its own.
+        deadline = time.monotonic() + 13
+        while time.monotonic() < deadline:
+            base.sql(s, "INSERT INTO public.noise (v) SELECT 'x' FROM generate_series(1, 200)")
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        runner.join(60)
+    assert result, "the stream did not stop"
+    state = slot_state(s)
+    offset = load_offset(cdc_session.warehouse(s), s.cdc_slot)
+    assert state.confirmed_flush_lsn is not None and offset is not None
+    assert state.confirmed_flush_lsn <= offset.lsn, (state.confirmed_flush_lsn, offset.lsn)
+    # The offset followed the WAL: it is past every noise write, not stuck at the snapshot.
+    assert offset.lsn > 0 and state.current_lsn - offset.lsn < 16 * 1024 * 1024
+    sync(s, cdc_session)  # starts again: not refused

@@ -158,6 +158,13 @@ class NativeEngine:
         self._acked = lsn
         self._must_flush = False
 
+    def idle_lsn(self) -> int | None:
+        if self._cur is None or self.decoder is None or self.decoder.in_transaction:
+            return None
+        if self._must_flush or self._returned > self._acked:
+            return None
+        return int(self._cur.wal_end or 0) or None
+
     def request_status(self) -> None:
         """Ask the server for a keepalive, which carries how far it has decoded."""
         self._cur.send_feedback(reply=True)

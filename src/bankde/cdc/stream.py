@@ -16,6 +16,7 @@ from bankde.contracts import (
     CaptureEngine,
     Offset,
     ProgressFn,
+    ReportsIdlePosition,
     Sink,
     SourceColumn,
 )
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 # The writer, idle this long, has the sink write its held batch log (see Sink.flush_log).
 IDLE_SECONDS = 1.0
+# An idle stream records the position the source may confirm by itself this often at most.
+IDLE_OFFSET_SECONDS = 1.0
 
 
 @dataclass
@@ -118,6 +121,7 @@ class Streamer:
         self._acked = 0
         self._writer = _Writer(self._write, sink.flush_log)
         self._batch_started: float | None = None
+        self._idle_recorded = 0.0
         # Per table, the columns last ensured in the warehouse: (name, type OID, typmod) each.
         self._columns: dict[tuple[str, str], tuple[tuple[str, int, int], ...]] = {}
 
@@ -174,6 +178,8 @@ class Streamer:
         txn = engine.poll(timeout)
         if txn is not None:
             self._take(txn)
+        elif self._batch_started is None:
+            self._record_idle_position()
         now = time.monotonic()
         due = self._batch_started is not None and now >= self._batch_started + self.batch_seconds
         if engine.must_flush:
@@ -184,6 +190,23 @@ class Streamer:
         else:
             self._acknowledge()
         return txn
+
+    def _record_idle_position(self) -> None:
+        """Idle and fully acknowledged: where the source may move the slot by itself (a
+        keepalive's WAL end), record an offset first, then acknowledge it. At most once per
+        IDLE_OFFSET_SECONDS, well inside psycopg2's own 10 s status interval."""
+        engine = self.engine
+        if not isinstance(engine, ReportsIdlePosition) or self._submitted > self._acked:
+            return
+        now = time.monotonic()
+        if now - self._idle_recorded < IDLE_OFFSET_SECONDS:
+            return
+        lsn = engine.idle_lsn()
+        if lsn is None or lsn <= self._acked:
+            return
+        self._idle_recorded = now
+        self._end_lsn = lsn
+        self.flush()
 
     def _take(self, txn: CapturedTransaction) -> None:
         if txn.relations:
@@ -256,9 +279,9 @@ class Streamer:
         batch = job.batch
         # Rows of a table older than a truncate are hidden; later events stay.
         truncates = batch.truncates()
-        if batch.rows or truncates:
-            self.sink.apply(batch, job.offset, truncates)
-        # A transaction with no captured rows needs no write: acknowledging it is enough.
+        # Transactions without captured rows (and idle positions) get their offset written
+        # too: the slot must never be confirmed past the warehouse's offset.
+        self.sink.apply(batch, job.offset, truncates)
         self._record(job, started)
 
     def _record(self, job: _Job, started: float) -> None:
