@@ -202,7 +202,9 @@ class Sink(Protocol):
         ...
 
     def reset(self, slot: str) -> None:
-        """Drop and re-create every landing table and forget `slot`'s offset (cdc resync)."""
+        """Forget `slot`'s offset (cdc resync), so the next open snapshots again. The landing
+        tables stay readable, with their data, until that snapshot is complete and replaces
+        them all at once; they are never emptied first."""
         ...
 
     def load_offset(self, slot: str) -> Offset | None:

@@ -18,6 +18,7 @@ from bankde.cdc.status import status
 from bankde.monitoring.reconcile import reconcile
 from bankde.settings import Settings
 from bankde.source.connection import admin_info, connect, owner_info
+from bankde.warehouse.ddl import durable_tables, set_durable
 from bankde.warehouse.session import WarehouseSession
 from bankde.warehouse.sink import load_offset
 from tests.integration import test_cdc as base
@@ -349,3 +350,104 @@ def test_idle_stream_and_empty_transactions_keep_the_offset_up_with_the_slot(
     # The offset followed the WAL: it is past every noise write, not stuck at the snapshot.
     assert offset.lsn > 0 and state.current_lsn - offset.lsn < 16 * 1024 * 1024
     sync(s, cdc_session)  # starts again: not refused
+
+
+# -- point 5: durable before acknowledged ------------------------------------------------------
+def test_landing_offset_and_reject_tables_fsync_every_insert(
+    cdc_settings: Settings, cdc_session: WarehouseSession
+) -> None:
+    """Every table an acknowledgement relies on (landing tables, including ones created for a
+    new source table, staged snapshots, meta.cdc_offsets, meta.cdc_rejects) fsyncs its inserts,
+    files and part directory, before the insert returns; BANKDE_WH_FSYNC=0 turns it off."""
+    s = cdc_settings
+    sync(s, cdc_session)
+    base.sql(s, "CREATE TABLE bank.fresh (id int PRIMARY KEY)", "INSERT INTO bank.fresh VALUES (1)")
+    capture.resync(s, capture.open_sink(s, cdc_session), show_progress=False)
+    wh = cdc_session.warehouse(s)
+    tables = durable_tables(wh)
+    assert "`raw`.`fresh`" in {t.replace(s.wh_prefix, "") for t in tables}
+    assert any("cdc_offsets" in t for t in tables) and any("cdc_rejects" in t for t in tables)
+
+    def engines() -> list[str]:
+        return [
+            str(e)
+            for (e,) in wh.query(
+                "SELECT engine_full FROM system.tables WHERE database LIKE {p:String} "
+                "AND (database NOT LIKE '%meta' OR name IN ('cdc_offsets', 'cdc_rejects'))",
+                {"p": f"{s.wh_prefix}%"},
+            )
+        ]
+
+    assert all(
+        "fsync_after_insert = 1" in e and "fsync_part_directory = 1" in e for e in engines()
+    ), engines()
+    assert set_durable(wh, False) == len(tables)
+    assert all("fsync_after_insert = 0" in e for e in engines())
+    assert set_durable(wh, True) == len(tables) and set_durable(wh, True) == 0
+
+
+# -- point 7: nothing blocks silently ---------------------------------------------------------
+def test_slot_creation_behind_an_open_transaction_names_it_and_gives_up(
+    cdc_settings: Settings, cli_home: tuple[Path, dict[str, str]]
+) -> None:
+    """A transaction left open (with an xid) holds CREATE_REPLICATION_SLOT: the capture says
+    which pid it waits for and how old its transaction is, then gives up after
+    BANKDE_CDC_SLOT_WAIT_SECONDS with one line (exit 1); once it ends, the capture starts."""
+    s = cdc_settings
+    env = {**cli_home[1], "BANKDE_CDC_SLOT_WAIT_SECONDS": "4"}
+    blocker = connect(owner_info(s))
+    try:
+        blocker.execute("UPDATE bank.account SET balance = balance WHERE account_id = 1")
+        pid = int(blocker.execute("SELECT pg_backend_pid()").fetchone()[0])  # type: ignore[index]
+        started = time.monotonic()
+        stuck = base.bankde(env, "cdc", "sync", "--no-progress")
+        assert stuck.returncode == 1, stuck.stderr
+        assert time.monotonic() - started < 60
+        assert f"waiting for the transaction(s) of pid {pid} (open for" in stuck.stderr
+        last = stuck.stderr.strip().splitlines()[-1]
+        assert "gave up creating replication slot" in last and f"pid {pid}" in last
+        assert "BANKDE_CDC_SLOT_WAIT_SECONDS" in last
+    finally:
+        blocker.rollback()
+        blocker.close()
+    done = base.bankde(env, "cdc", "sync", "--no-progress")
+    assert done.returncode == 0, done.stderr
+
+
+def test_resync_keeps_tables_full_and_switches_all_at_once(
+    cdc_settings: Settings, cdc_session: WarehouseSession
+) -> None:
+    """While `cdc resync` snapshots again, readers see the old landing tables, full; they then
+    see every table of the new snapshot at once, never a mix (one EXCHANGE of all pairs)."""
+    s = cdc_settings
+    sync(s, cdc_session)
+    wh = cdc_session.warehouse(s)
+    names = [f"{s.wh_prefix}raw.{t}" for t in ("customer", "account", "card", "transaction")]
+    # Per table: rows visible and the LSN of its snapshot rows, in ONE statement.
+    probe = "SELECT " + ", ".join(
+        f"(SELECT count() FROM {n} FINAL WHERE NOT _is_deleted), "
+        f"(SELECT max(_lsn) FROM {n} WHERE _op = 'r')"
+        for n in names
+    )
+    first = wh.query(probe)[0]
+    seen: list[tuple[object, ...]] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            seen.append(wh.query(probe)[0])
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        capture.resync(s, capture.open_sink(s, cdc_session), show_progress=False)
+    finally:
+        stop.set()
+        reader.join(60)
+    after = wh.query(probe)[0]
+    assert after[1] > first[1], "the resync took a new snapshot"
+    assert len(seen) > 3
+    for row in seen:
+        counts, lsns = row[0::2], row[1::2]
+        assert all(c == f for c, f in zip(counts, first[0::2], strict=True)), row
+        assert len(set(lsns)) == 1 and lsns[0] in (first[1], after[1]), row

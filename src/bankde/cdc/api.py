@@ -106,8 +106,9 @@ def resync(
     engine: str = DEFAULT_ENGINE,
     show_progress: bool = True,
 ) -> SyncResult:
-    """Drop the engine's slot and the landing tables, then snapshot and catch up again (the way
-    out of an invalidated slot or a lost warehouse)."""
+    """Drop the engine's slot, snapshot every table again into staging tables, then swap them
+    in at once and catch up (the way out of an invalidated slot or a lost warehouse). Until the
+    swap, readers keep the old landing tables, full."""
     from bankde.cdc.slot import drop_slot
 
     make_engine(settings, engine)  # an engine that cannot run fails before anything is dropped

@@ -11,10 +11,12 @@ from bankde.cdc.pgoutput import Decoder, Transaction
 from bankde.cdc.preflight import preflight
 from bankde.cdc.slot import (
     PROTO_VERSION,
+    SlotCreationWatch,
     drop_slot,
 )
 from bankde.cdc.snapshot import copy_snapshot
 from bankde.contracts import Offset, ProgressFn, Sink
+from bankde.errors import CaptureError
 from bankde.settings import Settings
 from bankde.source.catalog import catalog_tables, primary_keys
 from bankde.source.connection import capture_session_sql, cdc_info
@@ -101,6 +103,8 @@ class NativeEngine:
         self, sink: Sink, tables: list[tuple[str, str]], progress: ProgressFn | None
     ) -> Offset:
         """(Re)create the slot with an exported snapshot and copy every table at that point."""
+        import psycopg2.errors
+
         from bankde.cdc.envelope import parse_lsn
 
         slot = self.settings.cdc_slot
@@ -112,7 +116,17 @@ class NativeEngine:
         for (schema, table), info in catalog_tables(cdc_info(self.settings), tables).items():
             sink.ensure_columns(schema, table, info.source_columns())
         started = time.monotonic()
-        self._cur.execute(f'CREATE_REPLICATION_SLOT "{slot}" LOGICAL pgoutput EXPORT_SNAPSHOT')
+        self._cur.execute("SELECT pg_backend_pid()")
+        pid = int(self._cur.fetchone()[0])
+        with SlotCreationWatch(self.settings, self._conn, pid) as watch:
+            try:
+                self._cur.execute(
+                    f'CREATE_REPLICATION_SLOT "{slot}" LOGICAL pgoutput EXPORT_SNAPSHOT'
+                )
+            except psycopg2.errors.QueryCanceled:
+                if watch.gave_up:
+                    raise CaptureError(watch.message) from None
+                raise
         _name, consistent, snapshot_name, _plugin = self._cur.fetchone()
         lsn = parse_lsn(consistent)
         self.snapshot_rows = copy_snapshot(

@@ -106,6 +106,9 @@ def stream(
                         streamer.flush()
                         break
                     if isinstance(engine, RequestsStatus) and not streamer.holding:
+                        # psycopg2 reports the flush position it may have moved on a keepalive:
+                        # the warehouse's offset goes there first.
+                        streamer.record_idle_position(force=True)
                         engine.request_status()
             except Exception as exc:
                 if not is_disconnect(exc):

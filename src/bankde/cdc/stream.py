@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 IDLE_SECONDS = 1.0
 # An idle stream records the position the source may confirm by itself this often at most.
 IDLE_OFFSET_SECONDS = 1.0
+# Adaptive batching: how long a poll waits for more while changes are held.
+ADAPTIVE_POLL_SECONDS = 0.002
 
 
 @dataclass
@@ -110,6 +112,9 @@ class Streamer:
         self.engine: CaptureEngine | None = None
         self.batch_rows = batch_rows or settings.cdc_batch_rows
         self.batch_seconds = batch_seconds or settings.cdc_batch_seconds
+        # Write as soon as the stream has caught up (BANKDE_CDC_BATCH_ADAPTIVE), not only when
+        # a batch is full or batch_seconds old.
+        self.adaptive = settings.cdc_batch_adaptive
         self.on_batch = on_batch
         self.result = SyncResult(settings.cdc_slot)
         self._batch = ChangeBatch()
@@ -175,11 +180,15 @@ class Streamer:
         now = time.monotonic()
         if self._batch_started is not None:
             timeout = max(0.0, min(timeout, self._batch_started + self.batch_seconds - now))
+            if self.adaptive:
+                # Holding changes: only a glance at the source, so that a stream that has
+                # caught up is written at once instead of after batch_seconds.
+                timeout = min(timeout, ADAPTIVE_POLL_SECONDS)
         txn = engine.poll(timeout)
         if txn is not None:
             self._take(txn)
         elif self._batch_started is None:
-            self._record_idle_position()
+            self.record_idle_position()
         now = time.monotonic()
         due = self._batch_started is not None and now >= self._batch_started + self.batch_seconds
         if engine.must_flush:
@@ -187,19 +196,27 @@ class Streamer:
         elif self._batch.rows >= self.batch_rows or due:
             # Hand the batch to the writer and read on; it is acknowledged once written.
             self.flush(wait=False)
+        elif self.adaptive and txn is None and self.holding and not self._writer.busy():
+            # Adaptive batching: nothing more arrived, i.e. the stream has caught up, and the
+            # writer is free: write now. While it writes, what arrives accumulates into the
+            # next batch, so batches grow with the load (bulk catch-up still fills batch_rows).
+            self.flush(wait=False)
         else:
             self._acknowledge()
         return txn
 
-    def _record_idle_position(self) -> None:
+    def record_idle_position(self, force: bool = False) -> None:
         """Idle and fully acknowledged: where the source may move the slot by itself (a
         keepalive's WAL end), record an offset first, then acknowledge it. At most once per
-        IDLE_OFFSET_SECONDS, well inside psycopg2's own 10 s status interval."""
+        IDLE_OFFSET_SECONDS (well inside psycopg2's own 10 s status interval) unless `force`
+        (before anything that makes psycopg2 report its position, such as request_status)."""
         engine = self.engine
         if not isinstance(engine, ReportsIdlePosition) or self._submitted > self._acked:
             return
+        if self.holding:
+            return
         now = time.monotonic()
-        if now - self._idle_recorded < IDLE_OFFSET_SECONDS:
+        if not force and now - self._idle_recorded < IDLE_OFFSET_SECONDS:
             return
         lsn = engine.idle_lsn()
         if lsn is None or lsn <= self._acked:
@@ -368,6 +385,11 @@ class _Writer:
                 self._thread.start()
             self._job = job
             self._cond.notify_all()
+
+    def busy(self) -> bool:
+        """Whether a batch is being written."""
+        with self._cond:
+            return self._job is not None
 
     def wait(self) -> None:
         with self._cond:

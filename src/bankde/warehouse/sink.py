@@ -200,7 +200,8 @@ class ClickHouseSink:
 
     def reset(self, slot: str) -> None:
         with self._mutex:
-            ddl.recreate_tables(self.wh)
+            # The landing tables stay as they are, readable, until the new snapshot replaces
+            # them all at once (reset_for_snapshot stages it, _publish_snapshot swaps it in).
             self._forget_offset(slot)
             self._tables.clear()
             self._staged.clear()
@@ -600,11 +601,22 @@ class ClickHouseSink:
         return found
 
     def _publish_snapshot(self, slot: str) -> None:
-        """Swap every staged snapshot table in (EXCHANGE is atomic per table), drop the old data."""
-        for schema, table in self._staged.pop(slot, []):
-            staging = self.names.snapshot_table(schema, table)
-            landing = self.names.landing_table(schema, table)
-            self.wh.command(f"EXCHANGE TABLES {landing} AND {staging}")
+        """Swap every staged snapshot table in with ONE statement, then drop the old data.
+
+        Each pair's EXCHANGE is atomic; the pairs run one after another inside the statement,
+        and every statement on the embedded (or served) warehouse runs under the engine's
+        mutex, so no reader sees some tables from the old snapshot and some from the new. On
+        an external ClickHouse server, readers between two pairs could (docs/cdc.md)."""
+        staged = self._staged.pop(slot, [])
+        if not staged:
+            return
+        pairs = [
+            (self.names.landing_table(s, t), self.names.snapshot_table(s, t)) for s, t in staged
+        ]
+        self.wh.command(
+            "EXCHANGE TABLES " + ", ".join(f"{landing} AND {staging}" for landing, staging in pairs)
+        )
+        for (schema, table), (_landing, staging) in zip(staged, pairs, strict=True):
             self.wh.command(f"DROP TABLE IF EXISTS {staging} SYNC")
             self._tables.pop((schema, table), None)
 
