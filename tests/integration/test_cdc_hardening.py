@@ -451,3 +451,63 @@ def test_resync_keeps_tables_full_and_switches_all_at_once(
         counts, lsns = row[0::2], row[1::2]
         assert all(c == f for c, f in zip(counts, first[0::2], strict=True)), row
         assert len(set(lsns)) == 1 and lsns[0] in (first[1], after[1]), row
+
+
+# -- point 8: monitoring that works under load ------------------------------------------------
+def test_reconciliation_check_compares_at_one_lsn_under_load(
+    cdc_settings: Settings, cdc_session: WarehouseSession
+) -> None:
+    """With the source busy all along: the check catches the warehouse up to one consistent
+    point and reads the source there, so it is equal without the slot being idle, and a real
+    difference fails it instead of passing as "the slot is busy"; with a stream running, it
+    waits for the stream to pass that point and never takes the slot from it."""
+    from bankde.monitoring.reconcile import reconcile_at_one_lsn
+
+    s = cdc_settings
+    sync(s, cdc_session)
+    stop = threading.Event()
+
+    def busy() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            base.sql(s, f"UPDATE bank.card SET daily_limit = {100 + n % 50} WHERE card_id < 20")
+            time.sleep(0.02)
+
+    writer = threading.Thread(target=busy)
+    writer.start()
+    try:
+        res, info = reconcile_at_one_lsn(s, cdc_session)
+        assert res.equal and info["mode"] == "caught up by the check", res.to_dict()
+        # A real difference: a row lost from the warehouse (not from the source).
+        wh = cdc_session.warehouse(s)
+        wh.command(
+            f"ALTER TABLE {s.wh_prefix}raw.account DELETE WHERE account_id = 3 "
+            "SETTINGS mutations_sync = 2"
+        )
+        res, info = reconcile_at_one_lsn(s, cdc_session)
+        assert [t.table for t in res.differing] == ["bank.account"]
+        assert info["not_comparable"] == []
+        # A stream holds the slot: the check waits for it, never peeks or takes the slot.
+        run_stop = threading.Event()
+        runner = threading.Thread(
+            target=capture.run,
+            args=(s, run_stop, capture.open_sink(s, cdc_session)),
+            kwargs={"show_progress": False},
+        )
+        runner.start()
+        try:
+            deadline = time.monotonic() + 60
+            while not slot_state(s).active and time.monotonic() < deadline:
+                time.sleep(0.2)
+            res, info = reconcile_at_one_lsn(s, cdc_session, timeout=60)
+            assert info["mode"] == "waited for the running stream"
+            assert "bank.account" in [t.table for t in res.differing]
+            assert "bank.account" not in info["not_comparable"]
+            assert runner.is_alive() and slot_state(s).active
+        finally:
+            run_stop.set()
+            runner.join(60)
+    finally:
+        stop.set()
+        writer.join(30)

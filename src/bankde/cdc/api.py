@@ -16,7 +16,7 @@ from bankde.settings import Settings
 if TYPE_CHECKING:
     from bankde.warehouse.session import WarehouseSession
 
-__all__ = ["BatchStats", "SyncResult", "open_sink", "resync", "run", "sync"]
+__all__ = ["BatchStats", "SyncResult", "open_sink", "resync", "run", "sync", "sync_to"]
 
 # How long `cdc sync` keeps retrying a source lost mid-stream before giving up (one that is
 # unreachable at the start fails at once).
@@ -53,6 +53,29 @@ def sync(
         stop=None,
         max_outage=SYNC_RETRY_SECONDS,
         retry_at_start=False,
+    )
+
+
+def sync_to(
+    settings: Settings,
+    sink: Sink,
+    lsn: int,
+    *,
+    engine: str = DEFAULT_ENGINE,
+) -> SyncResult:
+    """Apply exactly the transactions committed before `lsn` (a consistent point), none after:
+    the warehouse then holds the source as of `lsn` (a check compares there). What follows stays
+    unacknowledged in the slot for the next capture."""
+    return _open_and_stream(
+        settings,
+        sink,
+        engine,
+        False,
+        until_lsn=lambda: lsn,
+        stop=None,
+        max_outage=SYNC_RETRY_SECONDS,
+        retry_at_start=False,
+        exact=True,
     )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -327,3 +329,43 @@ class SlotCreationWatch:
                     f"transaction(s) of {what} to end (giving up after {limit:g} s)",
                     soft_wrap=True,
                 )
+
+
+@contextmanager
+def consistent_point(settings: Settings) -> Iterator[tuple[int, str]]:
+    """(LSN, exported snapshot) of one instant: a temporary logical slot's consistent point and
+    the snapshot exported with it, valid inside the block (the slot goes with the connection).
+    Every transaction committed before the LSN is in the snapshot, none after it."""
+    import psycopg2
+    import psycopg2.errors
+    import psycopg2.extras
+
+    from bankde.cdc.envelope import parse_lsn
+    from bankde.source.connection import capture_session_sql
+
+    conn = psycopg2.connect(
+        cdc_info(settings).dsn,
+        connection_factory=psycopg2.extras.LogicalReplicationConnection,
+        connect_timeout=10,
+        application_name="bankde_check",
+    )
+    try:
+        cur = conn.cursor()
+        for stmt in capture_session_sql():
+            cur.execute(stmt)
+        cur.execute("SELECT pg_backend_pid()")
+        pid = int(cur.fetchone()[0])
+        name = f"{settings.cdc_slot[:50]}_chk_{pid}"[:63]
+        with SlotCreationWatch(settings, conn, pid) as watch:
+            try:
+                cur.execute(
+                    f'CREATE_REPLICATION_SLOT "{name}" TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT'
+                )
+            except psycopg2.errors.QueryCanceled:
+                if watch.gave_up:
+                    raise CaptureError(watch.message) from None
+                raise
+        _slot, consistent, snapshot, _plugin = cur.fetchone()
+        yield parse_lsn(consistent), str(snapshot)
+    finally:
+        conn.close()

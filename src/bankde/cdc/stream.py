@@ -115,6 +115,9 @@ class Streamer:
         # Write as soon as the stream has caught up (BANKDE_CDC_BATCH_ADAPTIVE), not only when
         # a batch is full or batch_seconds old.
         self.adaptive = settings.cdc_batch_adaptive
+        # When set: never take a transaction committed at or after this LSN (reached_stop then).
+        self.stop_before: int | None = None
+        self.reached_stop = False
         self.on_batch = on_batch
         self.result = SyncResult(settings.cdc_slot)
         self._batch = ChangeBatch()
@@ -185,6 +188,11 @@ class Streamer:
                 # caught up is written at once instead of after batch_seconds.
                 timeout = min(timeout, ADAPTIVE_POLL_SECONDS)
         txn = engine.poll(timeout)
+        if txn is not None and self.stop_before is not None and txn.commit_lsn >= self.stop_before:
+            # Exact stop (a check comparing at one LSN): this one and everything after it stay
+            # unacknowledged in the slot, for the next capture.
+            self.reached_stop = True
+            txn = None
         if txn is not None:
             self._take(txn)
         elif self._batch_started is None:
