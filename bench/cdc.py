@@ -146,6 +146,9 @@ def main() -> None:
         "load streamed with recording on and off, alternated, at two batch sizes.",
     )
     ap.add_argument("--rounds", type=int, default=3, help="Rounds per setting (--batch-log-cost).")
+    ap.add_argument(
+        "--no-debezium", action="store_true", help="Skip the Debezium engine's run (slow JVM)."
+    )
     args = ap.parse_args()
     if args.batch_log_cost:
         batch_log_cost(args.txns, args.changes, args.rounds)
@@ -179,7 +182,7 @@ def main() -> None:
             for slot in BASELINE_SLOTS:
                 conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
             conn.commit()
-        dbz = debezium_prepare(settings, session)
+        dbz = None if args.no_debezium else debezium_prepare(settings, session)
         made = mixed_load(settings, args.changes)
         # Every change is committed before the clock starts: it runs from the moment they are
         # all available until sync returns (connect and catch-up included) and counts only the
