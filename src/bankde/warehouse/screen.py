@@ -50,8 +50,19 @@ def unfit_text(column: str, values: pa.Array, ch_type: str) -> Unfit | None:
         # (lower case from drivers that print them their own way).
         special = pc.match_substring_regex(values, "^-?[IiNn]")
         mask = pc.fill_null(special, False)
-        # Cheap bound first: only text longer than the digits could carry can overflow.
-        long = pc.fill_null(pc.greater(pc.utf8_length(values), precision + 2), False)
+        # Digits before and after the point, in bulk; the few candidates are checked exactly
+        # (trailing fraction zeros beyond the scale lose nothing).
+        length = pc.utf8_length(values)
+        point = pc.find_substring(values, ".")
+        whole = pc.subtract(
+            pc.if_else(pc.less(point, 0), length, point),
+            pc.starts_with(values, "-").cast(pa.int32()),
+        )
+        frac = pc.if_else(pc.less(point, 0), 0, pc.subtract(pc.subtract(length, point), 1))
+        long = pc.fill_null(
+            pc.or_(pc.greater(whole, precision - scale), pc.greater(frac, scale)), False
+        )
+        long = pc.and_(long, pc.invert(mask))
         if pc.any(long).as_py():
             mask = pc.or_(mask, _decimal_overflow(values, long, precision, scale))
         reason = f"not representable in Decimal({precision}, {scale})"
