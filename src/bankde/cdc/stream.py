@@ -28,8 +28,10 @@ log = logging.getLogger(__name__)
 IDLE_SECONDS = 1.0
 # An idle stream records the position the source may confirm by itself this often at most.
 IDLE_OFFSET_SECONDS = 1.0
-# Adaptive batching: how long a poll waits for more while changes are held.
+# Adaptive batching: how long a poll waits for more while changes are held, and how recent
+# (source commit time vs this host's clock) the newest held change must be to count as caught up.
 ADAPTIVE_POLL_SECONDS = 0.002
+ADAPTIVE_FRESH_MS = 250
 
 
 @dataclass
@@ -204,10 +206,18 @@ class Streamer:
         elif self._batch.rows >= self.batch_rows or due:
             # Hand the batch to the writer and read on; it is acknowledged once written.
             self.flush(wait=False)
-        elif self.adaptive and txn is None and self.holding and not self._writer.busy():
-            # Adaptive batching: nothing more arrived, i.e. the stream has caught up, and the
-            # writer is free: write now. While it writes, what arrives accumulates into the
-            # next batch, so batches grow with the load (bulk catch-up still fills batch_rows).
+        elif (
+            self.adaptive
+            and txn is None
+            and self.holding
+            and time.time() * 1000 - self._commit_ms[-1] < ADAPTIVE_FRESH_MS
+            and not self._writer.busy()
+        ):
+            # Adaptive batching: nothing more arrived and the newest change held committed
+            # moments ago, i.e. the stream has caught up, and the writer is free: write now.
+            # While it writes, what arrives accumulates into the next batch, so batches grow
+            # with the load; a catch-up (old commits) still fills batch_rows, undisturbed by a
+            # source that pauses a few ms now and then.
             self.flush(wait=False)
         else:
             self._acknowledge()
