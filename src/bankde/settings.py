@@ -65,6 +65,12 @@ class Settings(BaseSettings):
     # A transaction with more row changes than this is written in parts as it arrives and made
     # visible at its commit (memory stays bounded however large it is).
     cdc_txn_part_rows: int = Field(100_000, ge=1)
+    # Adaptive batching: write a batch as soon as the stream has caught up and the writer is
+    # free (low latency at a steady rate); full batches still form while catching up.
+    cdc_batch_adaptive: bool = True
+    # Creating a slot waits for every transaction open at that moment to end: how long at most
+    # (it names the blocking pid and transaction age meanwhile).
+    cdc_slot_wait_seconds: float = Field(300.0, gt=0)
 
     # --- warehouse --------------------------------------------------------------------
     # Unset: embedded chDB under $BANKDE_HOME/warehouse. Set: a ClickHouse server.
@@ -75,6 +81,10 @@ class Settings(BaseSettings):
     wh_prefix: str = Field("", pattern=r"^[A-Za-z0-9_]*$", max_length=40)
     # Seconds a process waits for another one to release the embedded warehouse (--wait overrides).
     wh_lock_wait: float = Field(5.0, ge=0)
+    # Landing tables, offsets and rejects fsync each insert (files and part directory) before it
+    # returns, so the slot is acknowledged only for what is on disk. Off only to measure the
+    # cost (bench/cdc.py) or on a throwaway warehouse.
+    wh_fsync: bool = True
     # Port of the served warehouse (ClickHouse HTTP interface on 127.0.0.1); `wh serve --port`.
     wh_http_port: int = Field(8123, ge=0, le=65535)
 

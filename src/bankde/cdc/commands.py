@@ -167,8 +167,16 @@ def status(
         print_json(data)
     else:
         tables = data.pop("tables")
+        rejects = data.pop("rejects", {})
         for k, v in data.items():
             out.print(f"{k:>20}: {v}")
+        out.print(f"{'rejects':>20}: {sum(r['rows'] for r in rejects.values())}")
+        for name, r in rejects.items():
+            out.print(
+                f"  [yellow]{name}: {r['rows']:,} row(s) quarantined in meta.cdc_rejects "
+                f"(last: {r['last_column']}: {r['last_reason']})[/yellow]",
+                soft_wrap=True,
+            )
         if tables:
             out.print(f"{'table':<24} {'source':>12} {'warehouse':>12}")
             for name, c in tables.items():
@@ -195,7 +203,8 @@ def resync(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Snapshot progress bars."),
     wait: WaitOption = None,
 ) -> None:
-    """Drop and recreate the slot and the landing tables, then snapshot again."""
+    """Recreate the slot and snapshot every table again; the landing tables are replaced at once
+    when the new snapshot is complete."""
     from bankde.cdc.api import open_sink
     from bankde.cdc.api import resync as do_resync
     from bankde.cdc.registry import make_engine
@@ -208,7 +217,8 @@ def resync(
     slot_settings = _engine_settings(settings, engine)
     make_engine(settings, engine)  # an engine that cannot run fails before anything is dropped
     if not yes and not typer.confirm(
-        f"drop slot {slot_settings.cdc_slot} and every landing table, then snapshot again?",
+        f"drop slot {slot_settings.cdc_slot} and snapshot every table again (the landing "
+        "tables are replaced when it is complete)?",
         err=True,
     ):
         raise typer.Exit(1)

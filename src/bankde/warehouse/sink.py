@@ -13,13 +13,15 @@ from datetime import datetime, timedelta
 from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bankde.cdc.rejects import Reject, key_text, record_rejects
 from bankde.cdc.version import make_version, sql_make_version, version_lsn
 from bankde.contracts import Changes, ColumnarChanges, Offset, SourceColumn, Truncate
 from bankde.errors import CaptureError
-from bankde.warehouse import ddl
+from bankde.warehouse import ddl, screen
 from bankde.warehouse.client import Warehouse
 from bankde.warehouse.ddl import DbNames, TableInfo
 from bankde.warehouse.types import (
@@ -69,23 +71,35 @@ class ClickHouseSink:
         self._txn_tables: set[tuple[str, str]] = set()
         self._txn_truncates: list[Truncate] = []
         self._to_txn_tables = False
+        self._txn_open = False
+        # Values held back by this call of apply(), written to meta.cdc_rejects before its offset.
+        self._rejects: list[Reject] = []
+        # The slot of the snapshot or stream in progress (snapshot rejects name it).
+        self._slot = warehouse.settings.cdc_slot
         ddl.ensure_schema(warehouse)
 
     # --- contract ------------------------------------------------------------------------
     def apply(self, events: Changes, offset: Offset, truncates: Sequence[Truncate] = ()) -> None:
         with self._mutex, _gc_paused():
             started_us = time.time_ns() // 1000
-            if self._txn_tables or self._txn_truncates:
+            self._slot = offset.slot
+            if self._txn_open:
                 # The final part of a transaction that came in parts: it joins the others, and
-                # then all of them land, each table in one step.
+                # then all of them land, each table in one step (its parts' rejects are held).
                 groups, rest = self._write_changes(events, to_txn_tables=True)
                 self._publish_txn()
                 truncates = [*self._txn_truncates, *truncates]
                 self._txn_truncates = []
+                self._txn_open = False
             else:
+                self._rejects = []
                 groups, rest = self._write_changes(events)
             for schema, table, version in truncates:
                 self.truncate(schema, table, version)
+            if self._rejects:
+                # Before the offset, like the data: a crash in between re-delivers the batch.
+                record_rejects(self.wh, offset.slot, self._rejects)
+                self._rejects = []
             if offset.snapshot_done and self._staged.get(offset.slot):
                 self._publish_snapshot(offset.slot)
             self._write_offset(offset)
@@ -99,6 +113,8 @@ class ClickHouseSink:
         with self._mutex, _gc_paused():
             if part == 0:
                 self._discard_txn_tables()
+                self._rejects = []
+            self._txn_open = True
             self._write_changes(events, to_txn_tables=True)
             # Truncates hide older rows of the landing table, the parts' rows included: they
             # run once the parts have landed.
@@ -167,6 +183,7 @@ class ClickHouseSink:
             )
         self._txn_tables.clear()
         self._txn_truncates = []
+        self._txn_open = False
 
     # --- tables copied again while streaming (contracts.SnapshotsTables) -------------------
     def request_table_snapshots(self, tables: Sequence[tuple[str, str]], reason: str) -> None:
@@ -260,6 +277,7 @@ class ClickHouseSink:
             # A new incarnation of the slot starts here: offsets are versioned by LSN, so the
             # old incarnation's rows must not outlive it (see meta.cdc_offsets in the schema).
             self._forget_offset(slot)
+            self._slot = slot
             staged = []
             for schema, table in tables:
                 info = self._find_info(schema, table)
@@ -280,6 +298,10 @@ class ClickHouseSink:
             if n == 0:
                 return 0
             info = self._snapshot_columns(schema, table, rows.schema)
+            rows = self._screen_snapshot(schema, table, info, rows, snapshot_lsn)
+            n = rows.num_rows
+            if n == 0:
+                return 0
             target = info.name
             types = info.column_types
             arrays, columns, exprs = [], [], []
@@ -315,14 +337,22 @@ class ClickHouseSink:
 
     def reset(self, slot: str) -> None:
         with self._mutex:
-            ddl.recreate_tables(self.wh)
+            # The landing tables stay as they are, readable, until the new snapshot replaces
+            # them all at once (reset_for_snapshot stages it, _publish_snapshot swaps it in).
             self._forget_offset(slot)
             self._tables.clear()
             self._staged.clear()
-            self._txn_tables.clear()
-            self._txn_truncates = []
+            self._discard_txn_tables()
 
     # --- beyond the contract ---------------------------------------------------------------
+    def quarantine(self, slot: str, rejects: Sequence[Reject]) -> int:
+        """Record rows held back from the landing tables in meta.cdc_rejects (idempotent).
+
+        Engines whose records carry more than the envelope (Kafka topic, partition, offset) call
+        it with those filled; call it before the offset covering the rows is written."""
+        with self._mutex:
+            return record_rejects(self.wh, slot, rejects)
+
     def truncate(self, schema: str, table: str, version: int) -> None:
         """Hide every row of the table older than `version` (a source TRUNCATE), by tombstones.
 
@@ -427,7 +457,7 @@ class ClickHouseSink:
             pa.array([t or 0 for t in map(_TX, events)], pa.uint64()),
             pa.array(map(_TS, events), pa.int64(), size=len(events)),
         ]
-        self._insert_text(self._row_target(schema, table, info), info, names, arrays)
+        self._insert_text(schema, table, info, names, arrays)
 
     def _write_columns(self, cols: ChangeColumns) -> None:
         """One table's changes already in Arrow text columns: one INSERT ... SELECT."""
@@ -454,12 +484,19 @@ class ClickHouseSink:
             pa.array(cols.tx_id, pa.uint64()),
             pa.array(cols.ts_ms, pa.int64()),
         ]
-        self._insert_text(self._row_target(schema, table, info), info, names, arrays)
+        self._insert_text(schema, table, info, names, arrays)
 
     def _insert_text(
-        self, target: str, info: TableInfo, names: list[str], arrays: list[pa.Array]
+        self, schema: str, table: str, info: TableInfo, names: list[str], arrays: list[pa.Array]
     ) -> None:
-        """INSERT text columns c0.. plus the metadata columns, cast by the engine."""
+        """INSERT text columns c0.. plus the metadata columns, cast by the engine; rows holding
+        a value the warehouse cannot keep exactly are held back (self._rejects) instead."""
+        n = len(names)
+        keep = self._screen_text(schema, table, info, names, arrays[:n], arrays[n], arrays[n + 2])
+        if keep is not None:
+            arrays = [pc.filter(a, keep) for a in arrays]
+            if not len(arrays[0]):
+                return
         data = pa.Table.from_arrays(
             arrays,
             names=[f"c{i}" for i in range(len(names))]
@@ -476,7 +513,101 @@ class ClickHouseSink:
             "fromUnixTimestamp64Milli(m_ts, 'UTC')",
             "now64(3)",
         ]
+        target = self._row_target(schema, table, info)
         self.wh.insert_select(target, [*names, *_META_INSERT], exprs, data)
+
+    def _screen_text(
+        self,
+        schema: str,
+        table: str,
+        info: TableInfo,
+        names: list[str],
+        values: list[pa.Array],
+        lsn: pa.Array,
+        deleted: pa.Array,
+    ) -> pa.Array | None:
+        """Keep-mask of the rows whose every value fits its warehouse type (None: all do); the
+        others become Rejects. Tombstones are not screened: only their key is ever read."""
+        types = info.column_types
+        unfits = []
+        for i, name in enumerate(names):
+            if screen.checked(types[name]):
+                u = screen.unfit_text(name, values[i], types[name])
+                if u is not None:
+                    mask = pc.and_(u.mask, pc.equal(deleted, 0))
+                    if pc.any(mask).as_py():
+                        unfits.append((i, u, mask))
+        if not unfits:
+            return None
+        key_at = [names.index(k) for k in info.key]
+        bad = unfits[0][2]
+        for i, u, mask in unfits:
+            bad = pc.or_(bad, mask)
+            for row in np.flatnonzero(mask.to_numpy(zero_copy_only=False)):
+                r = int(row)
+                key = {names[k]: values[k][r].as_py() for k in key_at}
+                self._rejects.append(
+                    Reject(
+                        f"{schema}.{table}",
+                        key_text(key),
+                        int(lsn[r].as_py()),
+                        u.column,
+                        values[i][r].as_py(),
+                        u.reason,
+                    )
+                )
+        log.warning(
+            "%s.%s: %d row(s) held back in meta.cdc_rejects (values the warehouse cannot hold)",
+            schema,
+            table,
+            int(pc.sum(bad.cast(pa.int64())).as_py() or 0),
+        )
+        return pc.invert(bad)
+
+    def _screen_snapshot(
+        self, schema: str, table: str, info: TableInfo, rows: pa.RecordBatch | pa.Table, lsn: int
+    ) -> pa.RecordBatch | pa.Table:
+        """Snapshot rows whose every value fits (the others recorded in meta.cdc_rejects now:
+        the snapshot's offset comes only after every table, and a redo records them again)."""
+        types = info.column_types
+        unfits = []
+        for i, field in enumerate(rows.schema):
+            ch = types.get(field.name)
+            if ch is not None and screen.checked(ch):
+                col = rows.column(i)
+                arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+                u = screen.unfit_typed(field.name, arr, ch)
+                if u is not None:
+                    unfits.append((arr, u))
+        if not unfits:
+            return rows
+        names = rows.schema.names
+        key_cols = []
+        for k in info.key:
+            col = rows.column(names.index(k))
+            key_cols.append((k, col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col))
+        bad = unfits[0][1].mask
+        rejects = []
+        for arr, u in unfits:
+            bad = pc.or_(bad, u.mask)
+            for row in np.flatnonzero(u.mask.to_numpy(zero_copy_only=False)):
+                r = int(row)
+                key = {k: screen.typed_text(c, r) for k, c in key_cols}
+                rejects.append(
+                    Reject(
+                        f"{schema}.{table}",
+                        key_text(key),
+                        lsn,
+                        u.column,
+                        screen.typed_text(arr, r),
+                        u.reason,
+                    )
+                )
+        record_rejects(self.wh, self._slot, rejects)
+        log.warning(
+            "%s.%s: %d snapshot row(s) held back in meta.cdc_rejects", schema, table, len(rejects)
+        )
+        return rows.filter(pc.invert(bad))
 
     @staticmethod
     def _text_columns(
@@ -609,11 +740,22 @@ class ClickHouseSink:
         return found
 
     def _publish_snapshot(self, slot: str) -> None:
-        """Swap every staged snapshot table in (EXCHANGE is atomic per table), drop the old data."""
-        for schema, table in self._staged.pop(slot, []):
-            staging = self.names.snapshot_table(schema, table)
-            landing = self.names.landing_table(schema, table)
-            self.wh.command(f"EXCHANGE TABLES {landing} AND {staging}")
+        """Swap every staged snapshot table in with ONE statement, then drop the old data.
+
+        Each pair's EXCHANGE is atomic; the pairs run one after another inside the statement,
+        and every statement on the embedded (or served) warehouse runs under the engine's
+        mutex, so no reader sees some tables from the old snapshot and some from the new. On
+        an external ClickHouse server, readers between two pairs could (docs/cdc.md)."""
+        staged = self._staged.pop(slot, [])
+        if not staged:
+            return
+        pairs = [
+            (self.names.landing_table(s, t), self.names.snapshot_table(s, t)) for s, t in staged
+        ]
+        self.wh.command(
+            "EXCHANGE TABLES " + ", ".join(f"{landing} AND {staging}" for landing, staging in pairs)
+        )
+        for (schema, table), (_landing, staging) in zip(staged, pairs, strict=True):
             self.wh.command(f"DROP TABLE IF EXISTS {staging} SYNC")
             self._tables.pop((schema, table), None)
 
