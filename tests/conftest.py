@@ -72,14 +72,21 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "embedded_only: in a served_too module, run once (its served path is covered)"
     )
+    config.addinivalue_line(
+        "markers",
+        "served_only: run only against the served warehouse (the test looks into it "
+        "while another process writes)",
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     definition = metafunc.definition
-    if (
-        "warehouse_mode" in metafunc.fixturenames
-        and definition.get_closest_marker("served_too")
-        and not definition.get_closest_marker("embedded_only")
+    if "warehouse_mode" not in metafunc.fixturenames:
+        return
+    if definition.get_closest_marker("served_only"):
+        metafunc.parametrize("warehouse_mode", ("served",), indirect=True)
+    elif definition.get_closest_marker("served_too") and not definition.get_closest_marker(
+        "embedded_only"
     ):
         metafunc.parametrize("warehouse_mode", WAREHOUSE_MODES, indirect=True)
 

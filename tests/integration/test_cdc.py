@@ -807,19 +807,19 @@ def test_a_transaction_larger_than_a_part_lands_whole(
     assert diff(s, cdc_session) == []
 
 
-# Its served path (parts held and attached over HTTP) is covered by the test above.
-@pytest.mark.embedded_only
+# Served: the test watches the warehouse while `cdc run` in another process writes the parts,
+# and kills it at a random moment while they are held.
+@pytest.mark.served_only
 def test_kill_dash_nine_inside_a_large_transaction(
     cdc_settings: Settings, cli_home: tuple[Path, dict[str, str]]
 ) -> None:
-    """`bankde cdc run` killed with SIGKILL while it writes the parts of one large transaction:
+    """`bankde cdc run` killed with SIGKILL while it holds the parts of one large transaction:
     the slot was not acknowledged past it, and the rerun lands it once, equal to the source."""
+    from bankde.warehouse.session import open_session
+
     s = cdc_settings
-    env = {
-        **cli_home[1],
-        "BANKDE_WH_PREFIX": s.wh_prefix + "k_",
-        "BANKDE_CDC_TXN_PART_ROWS": "1000",
-    }
+    prefix = s.wh_prefix + "k_"
+    env = {**cli_home[1], "BANKDE_WH_PREFIX": prefix, "BANKDE_CDC_TXN_PART_ROWS": "500"}
     sql(
         s,
         """INSERT INTO bank.transaction (txn_id, account_id, card_id, terminal_id, txn_type,
@@ -830,41 +830,34 @@ def test_kill_dash_nine_inside_a_large_transaction(
     )
     done = bankde(env, "cdc", "sync", "--no-progress", timeout=300)
     assert done.returncode == 0, done.stderr
-    mid_txn = 0
     rng = random.Random(5)
-    meta = f"{env['BANKDE_WH_PREFIX']}meta"
-    for _ in range(5):
-        sql(s, BULK[0])
-        spawned = time.time()
-        proc = subprocess.Popen(
-            [BANKDE, "cdc", "run", "--no-progress"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        wait_slot_taken(s, s.cdc_slot, proc, since=spawned, timeout=120)
-        time.sleep(rng.uniform(1.0, 4.0))
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        # Parts held in meta.txn__ tables at the kill: it landed inside the transaction.
-        held = bankde(
-            env,
-            "wh",
-            "sql",
-            "--format",
-            "csv",
-            f"SELECT count() FROM system.tables WHERE database = '{meta}' "
-            "AND startsWith(name, 'txn__')",
-        )
-        assert held.returncode == 0, held.stderr
-        mid_txn += int(held.stdout.strip().splitlines()[-1]) > 0
-        done = bankde(env, "cdc", "sync", "--no-progress", timeout=300)
-        assert done.returncode == 0, done.stderr
-        if mid_txn:
-            break
-    assert mid_txn, "no kill landed inside the large transaction"
+    held_at_kill = []
+    with open_session(s.model_copy(update={"wh_prefix": prefix})) as session:
+        for _ in range(2):
+            sql(s, BULK[0])
+            proc = subprocess.Popen(
+                [BANKDE, "cdc", "run", "--no-progress"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            deadline = time.monotonic() + 180
+            while not _txn_tables(s.model_copy(update={"wh_prefix": prefix}), session):
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline, "no part of the transaction was ever held"
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 0.3))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            held_at_kill.append(
+                len(_txn_tables(s.model_copy(update={"wh_prefix": prefix}), session))
+            )
+            done = bankde(env, "cdc", "sync", "--no-progress", timeout=300)
+            assert done.returncode == 0, done.stderr
+            assert _txn_tables(s.model_copy(update={"wh_prefix": prefix}), session) == []
+    # Killed while parts were held (not after they were attached, which drops their tables).
+    assert all(held_at_kill), held_at_kill
     dump = subprocess.run(
         [
             sys.executable,
