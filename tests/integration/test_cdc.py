@@ -438,8 +438,14 @@ def test_kill_dash_nine_at_random_points(
     # Catch up after the last kill, then compare in a process that owns that warehouse.
     done = bankde(env, "cdc", "sync", "--json", "--no-progress", timeout=180)
     assert done.returncode == 0, done.stderr
-    src = source_state(s)
-    cols = {k: list(v.pop("__cols__")) for k, v in src.items()}
+    problems = diff_in_subprocess(s, env)
+    assert problems == [], problems
+
+
+def diff_in_subprocess(settings: Settings, env: dict[str, str]) -> list[str]:
+    """diff() against the warehouse of `env`, read by a process of its own (an embedded
+    warehouse opens in one process only)."""
+    cols = {k: list(v.pop("__cols__")) for k, v in source_state(settings).items()}
     dump = subprocess.run(
         [
             sys.executable,
@@ -454,12 +460,10 @@ def test_kill_dash_nine_at_random_points(
         timeout=120,
     )
     assert dump.returncode == 0, dump.stderr
-    raw = json.loads(dump.stdout)
     got: dict[str, Any] = {}
-    for name, value in raw.items():
+    for name, value in json.loads(dump.stdout).items():
         got[name] = value if name.endswith(":dups") else {r[0]: tuple(r) for r in value}
-    problems = diff(s, None, got)
-    assert problems == [], problems
+    return diff(settings, None, got)
 
 
 def _dump_main() -> None:
@@ -858,24 +862,7 @@ def test_kill_dash_nine_inside_a_large_transaction(
             assert _txn_tables(s.model_copy(update={"wh_prefix": prefix}), session) == []
     # Killed while parts were held (not after they were attached, which drops their tables).
     assert all(held_at_kill), held_at_kill
-    dump = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import sys, json; from tests.integration.test_cdc import _dump_main; _dump_main()",
-        ],
-        input=json.dumps({k: list(v.pop("__cols__")) for k, v in source_state(s).items()}),
-        env={**env, "PYTHONPATH": str(REPO)},
-        cwd=str(REPO),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert dump.returncode == 0, dump.stderr
-    got: dict[str, Any] = {}
-    for name, value in json.loads(dump.stdout).items():
-        got[name] = value if name.endswith(":dups") else {r[0]: tuple(r) for r in value}
-    assert diff(s, None, got) == []
+    assert diff_in_subprocess(s, env) == []
 
 
 # -- tables copied again while streaming -------------------------------------------------------
