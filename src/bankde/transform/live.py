@@ -200,9 +200,7 @@ class LiveAlerts:
             f"intDiv(toUnixTimestamp64Micro(triggered_at), 1000) FROM {m}.fraud_alerts_live FINAL "
             f"WHERE _version = toUInt128('{high}') AND visible_at >= toDateTime64('{mark}', 3, 'UTC')"
         )
-        self._command(
-            f"INSERT INTO {m}.fraud_alerts_live_progress (cdc_version) VALUES ('{high}')"
-        )
+        self._command(f"INSERT INTO {m}.fraud_alerts_live_progress (cdc_version) VALUES ('{high}')")
         return Evaluation(
             low,
             high,
