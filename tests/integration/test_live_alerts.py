@@ -220,3 +220,38 @@ def test_late_out_of_order_and_deleted_rows_leave_no_stale_alert(live: Live) -> 
     for rule, (precision, recall) in batch_scores.items():
         assert abs(live_scores[rule][0] - precision) <= 0.02, rule
         assert abs(live_scores[rule][1] - recall) <= 0.02, rule
+
+
+def test_build_selects_only_what_changed_and_equals_a_full_rebuild(live: Live) -> None:
+    """Issue 12.3 at test size: after transaction changes only the nodes downstream of
+    bank.transaction run (no customer/card snapshot), nothing runs without changes, and the
+    result equals a --full-refresh build."""
+    from bankde.transform.changed import build_selection, landed_version
+    from bankde.transform.runner import run_dbt
+    from tests.integration.test_dbt import _fingerprints
+
+    s, session = live.settings, live.session
+    wh = session.warehouse(s)
+    since = landed_version(wh)
+    assert _build(s, session)
+    assert build_selection(wh, since) == [], "nothing changed, yet a build was selected"
+    _psql(
+        s,
+        "update bank.transaction set status = 'reversed', updated_at = now() where txn_id in "
+        "(select txn_id from bank.transaction where status = 'approved' order by txn_id desc "
+        "limit 40); delete from bank.transaction where txn_id in (select txn_id from "
+        "bank.transaction t where not exists (select 1 from truth.fraud_label l where "
+        "l.txn_id = t.txn_id) order by txn_id limit 30)",
+    )
+    _sync(s, session)
+    selection = build_selection(wh, since)
+    assert selection == ["--select", "source:bank.transaction+"]
+    res = run_dbt(["build", *selection], s, session, quiet=True)
+    assert res.success, res.failed
+    ran = {name for name, _, _ in res.nodes}
+    assert "fct_transactions" in ran and "fct_fraud_alerts" in ran
+    assert not {n for n in ran if n.startswith("snap_") or n in ("ods_customers", "ods_cards")}
+    assert len(ran) < 100
+    selected = _fingerprints(s, session)
+    assert _build(s, session, "--full-refresh"), "full-refresh dbt build failed"
+    assert _fingerprints(s, session) == selected

@@ -35,6 +35,10 @@ class RunState:
     lag_bytes: int | None = None
     recent: list[tuple[float, int]] = field(default_factory=list)  # (when, events) per batch
     dbt_runs: int = 0
+    # Landing tables' highest version when the last successful build chose its nodes: the next
+    # build selects only what changed above it (None: build everything).
+    built_version: int | None = None
+    dbt_skipped: int = 0
     dbt_failures: int = 0
     last_dbt_at: float | None = None
     last_dbt_seconds: float | None = None
@@ -344,23 +348,34 @@ def _watch_lag(settings: Settings, stop: threading.Event, state: RunState) -> No
 
 def _build(settings: Settings, session: WarehouseSession, state: RunState) -> None:
     from bankde.orchestration.summary import alerts_by_rule
+    from bankde.transform.changed import build_selection, landed_version
     from bankde.transform.runner import run_dbt
 
     started = time.monotonic()
+    wh = session.warehouse(settings)
+    # Only the nodes downstream of the landing tables that changed since the last good build
+    # (their snapshots only when their source changed); nothing when nothing changed.
+    seen = landed_version(wh)
+    selection = build_selection(wh, state.built_version)
+    if selection == []:
+        state.dbt_skipped += 1
+        return
     # A failed build is reported and retried at the next interval; capture keeps streaming.
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            res = run_dbt(["build"], settings, session, quiet=True)
+            res = run_dbt(["build", *(selection or [])], settings, session, quiet=True)
         ok, failed = res.success, res.failed
     except BankdeError as exc:
         ok, failed = False, [str(exc)]
     state.dbt_runs += 1
     state.last_dbt_at = time.monotonic()
     state.last_dbt_seconds = state.last_dbt_at - started
-    if not ok:
+    if ok:
+        state.built_version = seen
+    else:
         state.dbt_failures += 1
         err.print(f"[red]dbt build failed: {', '.join(failed) or 'see dbt logs'}[/red]")
-    state.alerts = alerts_by_rule(settings, session.warehouse(settings))
+    state.alerts = alerts_by_rule(settings, wh)
     if state.metrics is not None:  # [report hook] issue 11
         state.metrics.on_dbt(state.last_dbt_at - started, ok, state.alerts)
 
