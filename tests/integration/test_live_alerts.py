@@ -80,9 +80,9 @@ def _scores(live: Live, table: str, final: bool) -> dict[str, tuple[float, float
     rows = live.session.warehouse(live.settings).query(
         f"with a as (select distinct rule, txn_id from `{p}marts`.{table}{where}), "
         f"l as (select txn_id, scenario from `{p}stg`.stg_fraud_labels) "
-        "select rule, "
-        "countIf(txn_id in (select txn_id from l where l.scenario = replaceRegexpOne(rule, "
-        "'^fraud_', ''))) / count(), count() from a group by rule"
+        "select a.rule, countIf(l.txn_id != 0) / count(), count() from a left join l "
+        "on a.txn_id = l.txn_id and replaceRegexpOne(a.rule, '^fraud_', '') = l.scenario "
+        "group by a.rule"
     )
     labelled = dict(
         live.session.warehouse(live.settings).query(
