@@ -30,7 +30,9 @@ scoped_transactions as (
 
 live_facts as (
 
-    {{ transaction_facts('scoped_transactions', ref('stg_accounts'), ref('stg_cards'), ref('stg_terminals')) }}
+    {{ transaction_facts(
+        'scoped_transactions', ref('stg_accounts'), ref('stg_cards'), ref('stg_terminals')
+    ) }}
 
 ),
 
