@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import sys
 import threading
@@ -99,7 +100,7 @@ class RunState:
                 for r, n in sorted(self.live_alerts.items())
             )
             recent = self.alert_latency_ms[-200:]
-            p95 = sorted(recent)[int(0.95 * (len(recent) - 1))] / 1000 if recent else 0.0
+            p95 = sorted(recent)[math.ceil(0.95 * len(recent)) - 1] / 1000 if recent else 0.0
             alerts = f"live alerts {per_rule or '0'} (p95 {p95:.1f}s)"
         lag_b = "-" if self.lag_bytes is None else f"{self.lag_bytes:,} B"
         return (
