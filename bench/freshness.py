@@ -109,15 +109,13 @@ def latency(args: argparse.Namespace, settings: Settings, session: WarehouseSess
 
 
 def _stream(
-    settings: Settings, session: WarehouseSession, detector: LiveAlerts | None
+    settings: Settings, session: WarehouseSession, detector: LiveAlerts | None, changes: int
 ) -> tuple[int, float]:
-    """Stream the backlog up to the current WAL position; live detection after each batch when
-    a detector is given. Returns (changes applied, seconds)."""
+    """Stream the backlog (`changes` changes) until all are applied; live detection after each
+    batch when a detector is given. Returns (changes applied, seconds)."""
     from bankde.cdc import api as capture
-    from bankde.cdc.slot import current_wal_lsn
     from bankde.transform.live import run_live_alerts
 
-    target = current_wal_lsn(settings)
     stop, wake, done = threading.Event(), threading.Event(), threading.Event()
     count = [0]
     live_thread = None
@@ -127,17 +125,28 @@ def _stream(
         )
         live_thread.start()
 
+    last = [time.perf_counter()]
+
     def on_batch(stats: BatchStats) -> None:
         count[0] += stats.events
+        last[0] = time.perf_counter()
         wake.set()
-        if stats.last_lsn >= target:
+        if count[0] >= changes:
             stop.set()
+
+    def idle() -> None:
+        # A delete of a key already gone is no change: stop 3 s after the last batch then.
+        while not stop.wait(0.5):
+            if count[0] and time.perf_counter() - last[0] > 3.0:
+                stop.set()
+
+    threading.Thread(target=idle, daemon=True).start()
 
     t0 = time.perf_counter()
     capture.run(
         settings, stop, capture.open_sink(settings, session), on_batch=on_batch, show_progress=False
     )
-    took = time.perf_counter() - t0
+    took = last[0] - t0  # to the last batch applied, not the idle wait
     done.set()
     if live_thread is not None:
         live_thread.join()
@@ -154,8 +163,8 @@ def throughput(args: argparse.Namespace, settings: Settings, session: WarehouseS
     for r in range(args.rounds):
         rates = {}
         for mode in ("on", "off") if r % 2 == 0 else ("off", "on"):
-            mixed_load(settings, args.changes)
-            events, took = _stream(settings, session, detector if mode == "on" else None)
+            backlog = mixed_load(settings, args.changes)
+            events, took = _stream(settings, session, detector if mode == "on" else None, backlog)
             spent[mode] += took
             applied[mode] += events
             rates[mode] = events / took
