@@ -147,6 +147,7 @@ def apply_changes(
     n_cust: int,
     n_term: int,
     base: int = CHANGE_VERSION_BASE,
+    card_seed: int | None = None,
 ) -> dict[str, int]:
     """Land n_changes CDC changes as a day of a bank's activity would: 70% inserts of new
     transactions (the day after the bulk), 25% updates (reversals) and 5% deletes of
@@ -163,7 +164,8 @@ def apply_changes(
         n_cust,
         n_term,
         base,
-        card_seed=seed,
+        # The cards (and their closes) are the bulk load's: a later round keeps its seed.
+        card_seed=seed if card_seed is None else card_seed,
         after_as_of=True,
     )
     for kind, count, offset in (("u", updates, inserts), ("d", deletes, inserts + updates)):
@@ -272,6 +274,7 @@ def main() -> int:
             counts["customers"],
             counts["terminals"],
             base=CHANGE_VERSION_BASE + 2 * (opts.txns + opts.changes),
+            card_seed=opts.seed,
         )
         t = time.perf_counter()
         selection = build_selection(client, since)
