@@ -182,6 +182,10 @@ def throughput(args: argparse.Namespace, settings: Settings, session: WarehouseS
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--txns", type=int, default=50_000, help="Source transactions filled first.")
+    # A world sized for the rate: 1k txns/s over a few hundred cards is every card in a burst,
+    # so every rule fires on normal use (measured: 19 % of transactions alerted with 1,000).
+    ap.add_argument("--customers", type=int, default=200_000, help="Customers filled first.")
+    ap.add_argument("--terminals", type=int, default=20_000, help="Terminals filled first.")
     ap.add_argument("--rate", type=float, default=1000.0, help="Live filler transactions/s.")
     ap.add_argument("--dbt-every", type=float, default=30.0, help="Seconds between dbt builds.")
     ap.add_argument("--duration", type=float, default=180.0, help="Seconds of `bankde run`.")
@@ -198,7 +202,17 @@ def main() -> None:
     print(f"load average at start: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     try:
         init_source(settings)
-        fill(settings, load_fill_config({"n_new_txns": args.txns, "seed": 1}))
+        fill(
+            settings,
+            load_fill_config(
+                {
+                    "n_new_txns": args.txns,
+                    "customers": args.customers,
+                    "terminals": args.terminals,
+                    "seed": 1,
+                }
+            ),
+        )
         with open_session(settings) as session:
             latency(args, settings, session)
             throughput(args, settings, session)

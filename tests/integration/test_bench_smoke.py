@@ -16,7 +16,8 @@ CASES = {
     "sink": ["--events", "5000", "--batch", "1000", "--snapshot-rows", "5000", "--passes", "1"],
     "dbt": ["--txns", "20000", "--changes", "2000"],
     "freshness": [
-        *("--txns", "3000", "--rate", "500", "--duration", "45", "--dbt-every", "10"),
+        *("--txns", "3000", "--customers", "300", "--terminals", "100", "--rate", "200"),
+        *("--duration", "45", "--dbt-every", "10"),
         *("--changes", "2000", "--rounds", "2"),
     ],
     "served": [
