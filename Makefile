@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 AIRFLOW_STAMP := $(VENV)/.installed-airflow
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo airflow test lint lint-sql typecheck pytest bench-fill bench-sink bench-dbt bench-served bench-hugetx bench venv clean
+.PHONY: demo airflow test lint lint-sql typecheck pytest bench-fill bench-sink bench-dbt bench-served bench-hugetx bench-freshness bench venv clean
 
 # The package alone: enough for `make demo`.
 $(STAMP): pyproject.toml
@@ -72,6 +72,9 @@ bench-served: $(STAMP)
 
 bench-hugetx: $(STAMP)
 	$(BIN)/python bench/hugetx.py
+
+bench-freshness: $(STAMP)
+	$(BIN)/python bench/freshness.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

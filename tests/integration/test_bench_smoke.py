@@ -16,6 +16,11 @@ CASES = {
     "sink": ["--events", "5000", "--batch", "1000", "--snapshot-rows", "5000", "--passes", "1"],
     "dbt": ["--txns", "20000", "--changes", "2000"],
     "hugetx": ["--rows", "3000", "--baseline-rows", "1000", "--part-rows", "1000"],
+    "freshness": [
+        *("--txns", "3000", "--customers", "300", "--terminals", "100", "--rate", "200"),
+        *("--duration", "45", "--dbt-every", "10"),
+        *("--changes", "2000", "--rounds", "2"),
+    ],
     "served": [
         "--rows",
         "20000",
@@ -34,7 +39,8 @@ EXPECT = {
     "fill": ["txns/s", "ceiling", "ratio"],
     "cdc": ["snapshot:", "stream:", "latency", "peak RSS"],
     "sink": ["events/s", "baseline", "rows/s"],
-    "dbt": ["full dbt build", "incremental dbt build", "target < 60s"],
+    "dbt": ["full dbt build", "incremental dbt build", "target < 60s", "selected dbt build"],
+    "freshness": ["live detection:", "baseline dbt every", "CDC throughput", "load average"],
     "served": ["as Arrow: HTTP", "insert_arrow", "CDC stream", "baseline"],
     "hugetx": ["in parts of 1,000", "captured whole", "peak RSS"],
 }
@@ -83,6 +89,12 @@ FIGURES = {
         rf"full build {_N}s \(target < 60s, ratio {_N}\)",
         rf"incremental build {_N}s \(target < 10s, ratio {_N}\)",
         rf"full/incremental = {_N}x",
+        rf"selected dbt build after .*: {_N}s wall, {_N}s CPU",
+        rf"selected build {_N}s \(target < 5s, ratio {_N}\)",
+    ],
+    "freshness": [
+        rf"live detection: p50 [0-9.]+s p95 [0-9.]+s p99 [0-9.]+s \(n={_N}\)",
+        rf"live detection on {_N} changes/s \| baseline off {_N} changes/s \| ratio {_N}",
     ],
     "hugetx": [
         rf"captured in {_N}s \({_N} rows/s\), capture peak RSS {_N} MiB",

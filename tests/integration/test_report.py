@@ -253,6 +253,8 @@ def test_run_serves_live_metrics_and_rewrites_the_report(pipeline: Pipeline) -> 
                 > _total(first, "bankde_cdc_changes_applied_total")
                 and _total(s, "bankde_dbt_runs_total") >= 1
                 and _total(s, "bankde_cdc_lag_bytes") > 0
+                # Live alerts: evaluated after batches once the first build made the views.
+                and s.get("bankde_fraud_live_evaluation_seconds_count{}", 0) >= 2
             ),
             240,
             proc,
@@ -269,6 +271,9 @@ def test_run_serves_live_metrics_and_rewrites_the_report(pipeline: Pipeline) -> 
         assert "bankde_dbt_failures_total{}" in second
         alerts = {k: v for k, v in second.items() if k.startswith("bankde_fraud_alerts{")}
         assert len(alerts) >= 5 and sum(alerts.values()) > 0, alerts
+        live = {k: v for k, v in second.items() if k.startswith("bankde_fraud_live_alerts{")}
+        assert len(live) >= 5 and sum(live.values()) > 0, live
+        assert "bankde_fraud_alert_latency_seconds_count{}" in second
         # The report is rewritten right after the build the metrics counted.
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and report.stat().st_mtime <= before:

@@ -74,3 +74,26 @@ def test_served_on_loopback_then_gone() -> None:
 def test_off_by_default() -> None:
     with serving(None) as m:
         assert m is None
+
+
+def test_live_evaluations_move_the_alert_metrics_and_the_status_line() -> None:
+    from bankde.orchestration.runloop import RunState
+    from bankde.transform.live import Evaluation
+
+    m = PipelineMetrics()
+    state = RunState(metrics=m)
+    counts = {"fraud_card_testing": 5, "fraud_rapid_withdrawals": 4}
+    # The first evaluation takes in history: its alerts count, their latency does not.
+    state.on_live(Evaluation(0, 10, 0.5, (("fraud_card_testing", 86_400_000),)), counts)
+    state.on_live(
+        Evaluation(10, 20, 0.2, (("fraud_card_testing", 800), ("fraud_rapid_withdrawals", 1900))),
+        counts,
+    )
+    s = _samples(m.text())
+    assert s[("bankde_fraud_live_alerts", (("rule", "fraud_card_testing"),))] == 5
+    assert s[("bankde_fraud_live_alerts_raised_total", (("rule", "fraud_card_testing"),))] == 1
+    assert s[("bankde_fraud_alert_latency_seconds_count", ())] == 2
+    assert s[("bankde_fraud_alert_latency_seconds_sum", ())] == pytest.approx(2.7)
+    assert s[("bankde_fraud_live_evaluation_seconds_count", ())] == 2
+    line = state.line()
+    assert "live alerts ct 5 rw 4 (p95 1.9s)" in line, line

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Protocol
 
@@ -20,6 +20,8 @@ METRICS_HOST = "127.0.0.1"
 SLOT_POLL_SECONDS = 2.0
 # Batch write latency: a few ms (idle stream) to tens of seconds (a large catch-up batch).
 BATCH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Source commit to live alert visible: sub-second to the dbt interval when detection is off.
+ALERT_LATENCY_BUCKETS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 120.0)
 DBT_BUCKETS = (1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 
 
@@ -98,6 +100,43 @@ class PipelineMetrics:
             ["rule"],
             registry=r,
         )
+
+        self.live_alerts = Gauge(
+            "bankde_fraud_live_alerts",
+            "Live alerts (marts.fraud_alerts_live, re-evaluated after CDC batches) per rule.",
+            ["rule"],
+            registry=r,
+        )
+        self.live_new = Counter(
+            "bankde_fraud_live_alerts_raised",
+            "Live alerts that became visible, per rule.",
+            ["rule"],
+            registry=r,
+        )
+        self.alert_latency = Histogram(
+            "bankde_fraud_alert_latency_seconds",
+            "Source commit of the change that decided a live alert to the alert being visible.",
+            buckets=ALERT_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.live_seconds = Histogram(
+            "bankde_fraud_live_evaluation_seconds",
+            "Wall time of one live evaluation (the rules on the cards the batches touched).",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+
+    def on_live(
+        self, seconds: float, new_alerts: Iterable[tuple[str, int]], counts: Mapping[str, int]
+    ) -> None:
+        """One live evaluation: its duration, the alerts it raised (rule, latency ms), the
+        alerts per rule now."""
+        self.live_seconds.observe(seconds)
+        for rule, ms in new_alerts:
+            self.live_new.labels(rule=rule).inc()
+            self.alert_latency.observe(max(ms, 0) / 1000)
+        for rule, n in counts.items():
+            self.live_alerts.labels(rule=rule).set(n)
 
     def on_batch(self, batch: AppliedBatch) -> None:
         for table, n in batch.tables.items():

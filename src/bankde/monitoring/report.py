@@ -651,6 +651,56 @@ def _rules(page: _Page, data: _Data) -> None:
     )
 
 
+def _live_alerts(page: _Page, data: _Data) -> None:
+    """Commit-to-visible latency of the live alerts (bankde run, bankde.transform.live)."""
+    if not data.has("marts", "fraud_alerts_live"):
+        return
+    sec = page.section(
+        "live-alerts",
+        "Live alerts: commit to visible",
+        "Alerts of marts.fraud_alerts_live, which bankde run re-evaluates after CDC batches: the "
+        "time from the source commit of the change that decided an alert to the alert being "
+        "visible, per minute of visibility (p50, p95, p99).",
+    )
+    rows = data.rows(
+        "SELECT toStartOfMinute(visible_at) AS minute, count(), "
+        "quantilesExact(0.5, 0.95, 0.99)((toUnixTimestamp64Milli(visible_at) - "
+        "intDiv(toUnixTimestamp64Micro(triggered_at), 1000)) / 1000) "
+        f"FROM {data.marts}.fraud_alerts_live FINAL WHERE _is_deleted = 0 "
+        "AND visible_at >= now() - INTERVAL 1 DAY GROUP BY minute ORDER BY minute"
+    )
+    if not rows:
+        page.note(sec, "no live alert in the last day.")
+        return
+    fig = Fig()
+    minutes = [r[0] for r in rows]
+    for i, name in enumerate(("p50", "p95", "p99")):
+        fig.add_scatter(
+            x=minutes,
+            y=[max(float(r[2][i]), 0.0) for r in rows],
+            name=name,
+            mode="lines+markers",
+            marker_color=_colour(i),
+        )
+    page.chart(
+        sec,
+        _layout(fig, "Live alert latency (commit → visible)", "minute (UTC)", "seconds"),
+    )
+    per_rule = data.rows(
+        "SELECT rule, count(), quantilesExact(0.5, 0.95, 0.99)((toUnixTimestamp64Milli("
+        "visible_at) - intDiv(toUnixTimestamp64Micro(triggered_at), 1000)) / 1000) "
+        f"FROM {data.marts}.fraud_alerts_live FINAL WHERE _is_deleted = 0 GROUP BY rule "
+        "ORDER BY rule"
+    )
+    sec.blocks.append(
+        _table(
+            ("rule", "live alerts", "p50 (s)", "p95 (s)", "p99 (s)"),
+            [(r, n, *(round(float(q), 2) for q in qs)) for r, n, qs in per_rule],
+            numeric={1, 2, 3, 4},
+        )
+    )
+
+
 def _bucket_seconds(span_s: float) -> int:
     for width in RATE_BUCKETS:
         if span_s / width <= MAX_RATE_POINTS:
@@ -1040,6 +1090,7 @@ def build_report(
         lambda: _traffic(page, data),
         lambda: _fraud(page, data),
         lambda: _rules(page, data),
+        lambda: _live_alerts(page, data),
         lambda: _cdc(page, data, with_source, with_reconcile),
         lambda: _lifecycle(page, data),
     ]

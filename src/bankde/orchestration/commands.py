@@ -73,6 +73,11 @@ def run(
         "--serve/--no-serve",
         help="Serve the warehouse over ClickHouse's HTTP interface while running.",
     ),
+    live: bool = typer.Option(
+        True,
+        "--live/--no-live",
+        help="Re-evaluate the fraud rules on the cards each CDC batch touched (live alerts).",
+    ),
     wait: WaitOption = None,
 ) -> None:
     """Continuous mode: live filler, CDC streaming, dbt every --dbt-every seconds; Ctrl-C stops.
@@ -89,6 +94,7 @@ def run(
         duration=duration,
         metrics_port=metrics_port,  # [report hook] issue 11
         serve=serve,
+        live=live,
     )
     if metrics_port is not None:
         from bankde.console import err
@@ -101,7 +107,8 @@ def run(
     out.print(
         f"stopped cleanly: {state.changes:,} changes applied in {state.batches:,} batches, "
         f"{state.dbt_runs} dbt builds ({state.dbt_failures} failed), "
-        f"alerts {sum(state.alerts.values()):,}",
+        f"alerts {sum(state.alerts.values()):,}"
+        + (f", live alerts {sum(state.live_alerts.values()):,}" if live else ""),
         soft_wrap=True,
     )
 

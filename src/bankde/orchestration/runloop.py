@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import sys
 import threading
@@ -20,6 +21,7 @@ from bankde.settings import Settings
 if TYPE_CHECKING:
     from bankde.contracts import Sink
     from bankde.monitoring.metrics import PipelineMetrics
+    from bankde.transform.live import Evaluation
     from bankde.warehouse.session import WarehouseSession
 
 
@@ -34,10 +36,21 @@ class RunState:
     lag_bytes: int | None = None
     recent: list[tuple[float, int]] = field(default_factory=list)  # (when, events) per batch
     dbt_runs: int = 0
+    # Landing tables' highest version when the last successful build chose its nodes: the next
+    # build selects only what changed above it (None: build everything).
+    built_version: int | None = None
+    dbt_skipped: int = 0
     dbt_failures: int = 0
     last_dbt_at: float | None = None
     last_dbt_seconds: float | None = None
     alerts: dict[str, int] = field(default_factory=dict)
+    # Live detection (bankde.transform.live): alerts per rule, evaluations, and the
+    # commit-to-visible latency (ms) of the alerts raised, newest last.
+    live_alerts: dict[str, int] = field(default_factory=dict)
+    live_evaluations: int = 0
+    alert_latency_ms: list[int] = field(default_factory=list)
+    # Set by each applied batch: wakes the live detection (batches coalesce while it runs).
+    live_wake: threading.Event = field(default_factory=threading.Event)
     phase: str = "starting"
     errors: list[str] = field(default_factory=list)
     mutex: threading.Lock = field(default_factory=threading.Lock)
@@ -54,6 +67,18 @@ class RunState:
             self.lag_ms = int(stats.lag_ms)
             self.recent.append((now, int(stats.events)))
             self.recent = [(t, n) for t, n in self.recent if now - t <= 10.0]
+        self.live_wake.set()
+
+    def on_live(self, evaluation: Evaluation, counts: dict[str, int]) -> None:
+        if self.metrics is not None:
+            raised = evaluation.new_alerts if evaluation.low > 0 else ()
+            self.metrics.on_live(evaluation.seconds, raised, counts)
+        with self.mutex:
+            self.live_evaluations += 1
+            self.live_alerts = counts
+            if evaluation.low > 0:  # the first evaluation takes in history: no latency there
+                self.alert_latency_ms.extend(ms for _, ms in evaluation.new_alerts)
+            del self.alert_latency_ms[:-10_000]
 
     def changes_per_s(self) -> float:
         now = time.monotonic()
@@ -67,12 +92,21 @@ class RunState:
         if self.last_dbt_at is not None:
             ago = time.monotonic() - self.last_dbt_at
             dbt = f"{ago:.0f}s ago ({self.last_dbt_seconds:.1f}s)"
-        alerts = sum(self.alerts.values())
+        alerts = f"alerts {sum(self.alerts.values()):,}"
+        if self.live_evaluations:
+            # Per rule, as they appear: rapid_withdrawals -> rw, account_takeover -> at, ...
+            per_rule = " ".join(
+                f"{''.join(w[0] for w in r.removeprefix('fraud_').split('_'))} {n:,}"
+                for r, n in sorted(self.live_alerts.items())
+            )
+            recent = self.alert_latency_ms[-200:]
+            p95 = sorted(recent)[math.ceil(0.95 * len(recent)) - 1] / 1000 if recent else 0.0
+            alerts = f"live alerts {per_rule or '0'} (p95 {p95:.1f}s)"
         lag_b = "-" if self.lag_bytes is None else f"{self.lag_bytes:,} B"
         return (
             f"{self.phase:<8} | {self.changes_per_s():8.0f} changes/s | {self.changes:,} applied | "
             f"lag {self.lag_ms / 1000:.2f}s / {lag_b} | dbt {dbt}, {self.dbt_runs} runs | "
-            f"alerts {alerts:,}"
+            f"{alerts}"
         )
 
 
@@ -91,6 +125,9 @@ class RunOptions:
     # Serve the warehouse over ClickHouse's HTTP interface while the run owns it; the port is
     # BANKDE_WH_HTTP_PORT, or any free one when that is taken (the lock file names it).
     serve: bool = True
+    # Live fraud alerts: the rules re-evaluated after CDC batches on their own thread and chDB
+    # handle (bankde.transform.live), besides the dbt builds.
+    live: bool = True
 
 
 @contextmanager
@@ -164,6 +201,9 @@ def run_pipeline(
             # One stream for the whole run: a build never pauses capture, so readers and the
             # lag see CDC keep up while dbt works (it ends with the run, cleanly, on `stop`).
             cdc = _start(_cdc_stream, "cdc", cdc_run, settings, sink, stop, state)
+            if options.live:
+                threads.append(_start(_live, "live", settings, session, stop, state))
+                state.live_wake.set()
             built_at, build_started = 0, time.monotonic()
             while not stop.is_set():
                 # Every `dbt_every` seconds from one build's start to the next's (back to back
@@ -199,6 +239,8 @@ def run_pipeline(
                 state.phase = "catch-up"
                 res = cdc_sync(settings, sink, show_progress=False)
                 state.changes += res.changes
+                if options.live and state.live_evaluations:
+                    _live_once(settings, session, state)
         finally:
             if server is not None:
                 server.stop()
@@ -255,6 +297,45 @@ def _cdc_stream(
         state.errors.append(f"CDC stopped: {exc}")
 
 
+def _live(
+    settings: Settings, session: WarehouseSession, stop: threading.Event, state: RunState
+) -> None:
+    """Live fraud alerts after CDC batches, until `stop`; an error is shown, never fatal."""
+    from bankde.transform.live import LiveAlerts, run_live_alerts
+
+    detector = LiveAlerts(settings, session)
+    last_error: list[str] = []
+
+    def evaluated(evaluation: Evaluation) -> None:
+        if evaluation.high > evaluation.low:
+            state.on_live(evaluation, detector.counts())
+
+    def failed(message: str) -> None:
+        if not last_error or last_error[-1] != message:  # once per distinct error
+            err.print(f"[yellow]{message}[/yellow]")
+        last_error.append(message)
+
+    try:
+        run_live_alerts(detector, state.live_wake, stop, evaluated, failed)
+    finally:
+        detector.close()
+
+
+def _live_once(settings: Settings, session: WarehouseSession, state: RunState) -> None:
+    """The final commits' live alerts, after the last sync."""
+    from bankde.transform.live import LiveAlerts
+
+    detector = LiveAlerts(settings, session)
+    try:
+        evaluation = detector.evaluate()
+        if evaluation.high > evaluation.low:
+            state.on_live(evaluation, detector.counts())
+    except Exception as exc:
+        err.print(f"[yellow]live alerts: {exc}[/yellow]")
+    finally:
+        detector.close()
+
+
 def _watch_lag(settings: Settings, stop: threading.Event, state: RunState) -> None:
     """Slot lag in bytes from the source, every 2 s (Postgres only; never the warehouse)."""
     from bankde.cdc.slot import slot_state
@@ -268,23 +349,34 @@ def _watch_lag(settings: Settings, stop: threading.Event, state: RunState) -> No
 
 def _build(settings: Settings, session: WarehouseSession, state: RunState) -> None:
     from bankde.orchestration.summary import alerts_by_rule
+    from bankde.transform.changed import build_selection, landed_version
     from bankde.transform.runner import run_dbt
 
     started = time.monotonic()
+    wh = session.warehouse(settings)
+    # Only the nodes downstream of the landing tables that changed since the last good build
+    # (their snapshots only when their source changed); nothing when nothing changed.
+    seen = landed_version(wh)
+    selection = build_selection(wh, state.built_version)
+    if selection == []:
+        state.dbt_skipped += 1
+        return
     # A failed build is reported and retried at the next interval; capture keeps streaming.
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            res = run_dbt(["build"], settings, session, quiet=True)
+            res = run_dbt(["build", *(selection or [])], settings, session, quiet=True)
         ok, failed = res.success, res.failed
     except BankdeError as exc:
         ok, failed = False, [str(exc)]
     state.dbt_runs += 1
     state.last_dbt_at = time.monotonic()
     state.last_dbt_seconds = state.last_dbt_at - started
-    if not ok:
+    if ok:
+        state.built_version = seen
+    else:
         state.dbt_failures += 1
         err.print(f"[red]dbt build failed: {', '.join(failed) or 'see dbt logs'}[/red]")
-    state.alerts = alerts_by_rule(settings, session.warehouse(settings))
+    state.alerts = alerts_by_rule(settings, wh)
     if state.metrics is not None:  # [report hook] issue 11
         state.metrics.on_dbt(state.last_dbt_at - started, ok, state.alerts)
 
