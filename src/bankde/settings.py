@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     cdc_publication: str = Field("bankde_pub", pattern=r"^[a-z0-9_]{1,63}$")
     cdc_batch_rows: int = Field(50_000, ge=1)
     cdc_batch_seconds: float = Field(0.5, gt=0)
+    # The kafka engine: brokers holding the Debezium topics, and its consumer group (several
+    # `cdc run --engine kafka` processes in one group share the partitions).
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_group: str = Field("bankde-cdc", pattern=r"^[A-Za-z0-9._-]{1,200}$")
 
     # --- warehouse --------------------------------------------------------------------
     # Unset: embedded chDB under $BANKDE_HOME/warehouse. Set: a ClickHouse server.

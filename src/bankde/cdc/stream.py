@@ -14,7 +14,9 @@ from bankde.cdc.envelope import Relation, format_lsn
 from bankde.contracts import (
     CapturedTransaction,
     CaptureEngine,
+    CommitsPositions,
     Offset,
+    PositionedTransaction,
     ProgressFn,
     Sink,
     SourceColumn,
@@ -114,8 +116,14 @@ class Streamer:
         self._txns = 0
         self._first_lsn = 0
         self._end_lsn = 0  # end LSN of the last complete transaction held or written
-        self._submitted = 0  # end LSN of the last batch handed to the writer
+        # Transactions are counted: the bookkeeping of what is submitted, written and
+        # acknowledged goes by this count, since an engine's end LSN may stay put across
+        # transactions (kafka: the consistent cut moves only when every partition passed it).
+        self._taken = 0
+        self._submitted = 0  # count of transactions handed to the writer
         self._acked = 0
+        self._acked_lsn = 0
+        self._positions: dict[tuple[str, int], int] = {}
         self._writer = _Writer(self._write, sink.flush_log)
         self._batch_started: float | None = None
         # Per table, the columns last ensured in the warehouse: (name, type OID, typmod) each.
@@ -135,7 +143,8 @@ class Streamer:
             self.result.snapshot_seconds = self.engine.snapshot_seconds
         self._reset_buffer()
         self._writer.reset(offset.lsn)
-        self._submitted = self._acked = self._end_lsn = offset.lsn
+        self._taken = self._submitted = self._acked = 0
+        self._acked_lsn = self._end_lsn = offset.lsn
         self.result.lsn = offset.lsn
         self._columns.clear()
         return offset
@@ -162,6 +171,7 @@ class Streamer:
         self._txns = 0
         self._first_lsn = 0
         self._batch_started = None
+        self._positions = {}
 
     # -- the loop -----------------------------------------------------------------------
     def step(self, timeout: float) -> CapturedTransaction | None:
@@ -196,6 +206,9 @@ class Streamer:
         self._txns += 1
         self._commit_ms.append(txn.ts_ms)
         self._end_lsn = txn.end_lsn
+        self._taken += 1
+        if isinstance(txn, PositionedTransaction):
+            self._positions.update(txn.positions)
 
     def _ensure_columns(self, relations: list[Relation]) -> None:
         """A table described with columns we have not ensured yet (a new name, or a type or
@@ -220,18 +233,20 @@ class Streamer:
         """Hand what is held (complete transactions) with its offset to the writer; with `wait`,
         also wait until everything handed over is written. Then acknowledge what is written."""
         assert self.engine is not None
-        if self._end_lsn > self._submitted:
+        if self._taken > self._submitted:
+            positions = tuple(sorted(self._positions.items()))
             job = _Job(
                 self._batch,
-                Offset(self.settings.cdc_slot, self._end_lsn, True),
+                Offset(self.settings.cdc_slot, self._end_lsn, True, positions),
                 self._txns,
                 self._first_lsn,
                 self._commit_ms,
+                self._taken,
             )
             # Blocks while the previous batch is still being written: at most two batches
             # (one being written, one being filled) are ever held.
             self._writer.submit(job)
-            self._submitted = self._end_lsn
+            self._submitted = self._taken
             self._reset_buffer()
         if wait:
             self._writer.wait()
@@ -242,13 +257,17 @@ class Streamer:
         writer has durably written, offset included."""
         engine = self.engine
         assert engine is not None
-        written = self._writer.written()
-        if written > self._acked:
+        count, written = self._writer.written()
+        if count > self._acked:
             engine.acknowledge(written)
-            self._acked = written
+            self._acked = count
+            self._acked_lsn = written
             self.result.lsn = written
+            positions = self._writer.take_positions()
+            if positions and isinstance(engine, CommitsPositions):
+                engine.commit_positions(positions)
         elif engine.must_flush and self._submitted <= self._acked:
-            engine.acknowledge(self._acked)
+            engine.acknowledge(self._acked_lsn)
 
     def _write(self, job: _Job) -> None:
         """The writer thread's work: one batch and its offset into the sink."""
@@ -256,7 +275,7 @@ class Streamer:
         batch = job.batch
         # Rows of a table older than a truncate are hidden; later events stay.
         truncates = batch.truncates()
-        if batch.rows or truncates:
+        if batch.rows or truncates or job.offset.positions:
             self.sink.apply(batch, job.offset, truncates)
         # A transaction with no captured rows needs no write: acknowledging it is enough.
         self._record(job, started)
@@ -293,7 +312,8 @@ class Streamer:
         already being written finishes first, so a reconnect resumes from a settled offset."""
         self._writer.wait()
         self._reset_buffer()
-        self._end_lsn = self._submitted = self._writer.written()
+        self._taken = self._submitted
+        self._end_lsn = self._writer.written()[1]
 
 
 @dataclass
@@ -303,13 +323,15 @@ class _Job:
     txns: int
     first_lsn: int
     commit_ms: list[int]
+    count: int = 0  # the streamer's count of transactions up to this batch's last
 
 
 class _Writer:
     """One thread writing batches to the sink in order, one at a time, while the caller reads
     on (the warehouse insert and most of the bulk decoding release the GIL).
 
-    `written()` is the end LSN of the newest batch fully written (rows and offset); a failed
+    `written()` is (transaction count, end LSN) of the newest batch fully written (rows and
+    offset); `take_positions()` the topic-partition positions written since last asked. A failed
     write is raised to the caller at its next submit/wait, and nothing after it is written.
     """
 
@@ -318,7 +340,8 @@ class _Writer:
         self._idle = idle  # called on this thread after IDLE_SECONDS without a job
         self._cond = threading.Condition()
         self._job: _Job | None = None
-        self._written = 0
+        self._written = (0, 0)
+        self._positions: dict[tuple[str, int], int] = {}
         self._error: BaseException | None = None
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -326,12 +349,18 @@ class _Writer:
     def reset(self, lsn: int) -> None:
         self.wait()
         with self._cond:
-            self._written = lsn
+            self._written = (0, lsn)
+            self._positions = {}
 
-    def written(self) -> int:
+    def written(self) -> tuple[int, int]:
         with self._cond:
             self._raise()
             return self._written
+
+    def take_positions(self) -> dict[tuple[str, int], int]:
+        with self._cond:
+            positions, self._positions = self._positions, {}
+            return positions
 
     def submit(self, job: _Job) -> None:
         with self._cond:
@@ -389,7 +418,8 @@ class _Writer:
                     self._cond.notify_all()
                 return
             with self._cond:
-                self._written = job.offset.lsn
+                self._written = (job.count, job.offset.lsn)
+                self._positions.update(job.offset.positions)
                 self._job = None
                 self._cond.notify_all()
 

@@ -1,0 +1,464 @@
+"""The kafka capture engine: Debezium change events read from Kafka topics into the one sink."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+
+from bankde.cdc.engines.debezium.convert import (
+    TableInfo,
+    change_event,
+    parse_txn_id,
+    table_for,
+)
+from bankde.cdc.envelope import ChangeEvent, Relation, Source
+from bankde.cdc.stream import source_columns
+from bankde.contracts import Offset, ProgressFn, Sink, StoresPositions
+from bankde.errors import CaptureError, ConfigError, SourceUnavailable
+from bankde.settings import Settings
+from bankde.source.catalog import catalog_tables
+from bankde.source.connection import cdc_info, connect
+
+log = logging.getLogger(__name__)
+
+# Topic names as the repo's debezium/*.json make them: topic.prefix "bankde", data topics
+# <prefix>.<schema>.<table>; each connector routes its logical-decoding messages (markers and
+# heartbeats) to <prefix>.marker.<connector>, so a marker says which connector delivered it.
+TOPIC_PREFIX = "bankde"
+MARKER_PREFIX = "bankde_marker"
+NAME_SUFFIX = "_kafka"
+# Messages taken per consume() call: one pseudo-transaction of the stream.
+CONSUME_BATCH = 20_000
+# How often the consistent cut is re-checked against the stored positions while markers wait.
+CUT_CHECK_SECONDS = 0.5
+_DATA_TOPIC = re.compile(rf"^{TOPIC_PREFIX}\.(bank|truth)\.[A-Za-z0-9_]+$")
+_MARKER_TOPIC = re.compile(rf"^{TOPIC_PREFIX}\.marker\.([A-Za-z0-9_-]+)$")
+
+
+def engine_settings(settings: Settings) -> Settings:
+    """Its own offset row (slot name): the connectors' slots belong to Kafka Connect."""
+    slot = settings.cdc_slot
+    if not slot.endswith(NAME_SUFFIX):
+        slot = slot[: 63 - len(NAME_SUFFIX)] + NAME_SUFFIX
+    return settings.model_copy(update={"cdc_slot": slot})
+
+
+@dataclass
+class KafkaBatch:
+    """One consume() call's changes as a CapturedTransaction (contracts.PositionedTransaction).
+
+    Not a source transaction: its events come from many transactions and partitions, each
+    versioned by its own commit LSN and position (from the envelope's `transaction` block), so
+    per-key order holds whatever the interleaving. `end_lsn` is the consistent cut known when it
+    was read (the commit LSN every connector is fully applied up to), which may stay put.
+    """
+
+    xid: int
+    commit_lsn: int
+    end_lsn: int
+    ts_ms: int
+    relations: list[Relation] = field(default_factory=list)
+    events: list[ChangeEvent] = field(default_factory=list)
+    truncates: list[tuple[str, str, int]] = field(default_factory=list)
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return len(self.events)
+
+
+@dataclass
+class _Marker:
+    """A connector's marker at `lsn`: once every data partition is applied up to `targets`
+    (the end offsets read after the marker arrived), that connector is applied up to `lsn`."""
+
+    connector: str
+    lsn: int
+    targets: dict[tuple[str, int], int]
+
+
+class KafkaEngine:
+    """Consumes the Debezium topics as a member of a consumer group and hands out batches.
+
+    Positions: the sink stores each partition's next offset in the warehouse after the rows
+    (meta.cdc_kafka_offsets); on every assignment the consumer seeks there (not to the group's
+    committed offsets, which are only committed afterwards for lag monitoring). Whatever is
+    read again after a crash or a rebalance carries the same versions and changes nothing.
+    """
+
+    name = "kafka"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = engine_settings(settings)
+        self.slot = self.settings.cdc_slot
+        self.snapshot_rows: dict[str, int] = {}
+        self.snapshot_seconds = 0.0
+        self._tables: dict[tuple[str, str], TableInfo] = {}
+        self._described: set[tuple[str, str]] = set()
+        self._consumer: Any = None
+        self._sink: Sink | None = None
+        self._stored: StoresPositions | None = None
+        self._assigned: set[tuple[str, int]] = set()
+        self._error: BaseException | None = None
+        self._cut = 0  # commit LSN every connector is fully applied up to
+        self._connector_lsn: dict[str, int] = {}
+        self._markers: list[_Marker] = []
+        self._cut_checked = 0.0
+        self._held: list[Message] = []
+        self._targets: dict[tuple[str, int], int] | None = None
+        self._rejected: list[dict[str, Any]] = []
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def open(self, sink: Sink, progress: ProgressFn | None = None) -> Offset:
+        if not isinstance(sink, StoresPositions):
+            raise ConfigError("the kafka engine needs a sink that stores topic positions")
+        self._sink = sink
+        self._stored = sink
+        self._load_tables()
+        for (schema, table), info in self._tables.items():
+            sink.ensure_columns(schema, table, source_columns(info.relation))
+        offset = sink.load_offset(self.slot)
+        if offset is None:
+            # Debezium's own initial snapshot arrives through the topics as 'r' events, versioned
+            # at its consistent point like the native snapshot: nothing to stage here.
+            offset = Offset(self.slot, 0, True)
+            sink.apply([], offset)
+        self._cut = offset.lsn
+        loaded = getattr(sink, "load_connector_lsns", None)
+        if loaded is not None:
+            self._connector_lsn = dict(loaded(self.slot))
+        self._consumer = self._connect()
+        return offset
+
+    def _connect(self) -> Any:
+        conf = {
+            "bootstrap.servers": self.settings.kafka_bootstrap,
+            "group.id": self.settings.kafka_group,
+            "client.id": f"bankde-{self.slot}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+            # Rebalances hand partitions over one at a time, not all at once.
+            "partition.assignment.strategy": "cooperative-sticky",
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 1_000,
+            "topic.metadata.refresh.interval.ms": 5_000,
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "max.partition.fetch.bytes": 16 * 1024 * 1024,
+            "queued.max.messages.kbytes": 256 * 1024,
+            "error_cb": self._on_error,
+        }
+        try:
+            consumer = Consumer(conf)
+            consumer.subscribe(
+                [_DATA_TOPIC.pattern, _MARKER_TOPIC.pattern],
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_revoke,
+            )
+        except KafkaException as exc:
+            raise SourceUnavailable(f"kafka at {self.settings.kafka_bootstrap}: {exc}") from None
+        return consumer
+
+    def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            try:
+                consumer.close()
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("kafka consumer close: %s", exc)
+
+    # -- catalog ------------------------------------------------------------------------
+    def _load_tables(self, only: tuple[str, str] | None = None) -> None:
+        found = catalog_tables(cdc_info(self.settings), None if only is None else [only])
+        for key, table in found.items():
+            cols = [(c.name, c.type_oid, c.typmod, c.type_name) for c in table.columns]
+            self._tables[key] = TableInfo.build(table.oid, key[0], key[1], cols, table.key)
+
+    def _refresh_table(self, schema: str, table: str) -> TableInfo:
+        self._load_tables((schema, table))
+        info = self._tables.get((schema, table))
+        if info is None:
+            raise CaptureError(f"kafka sent changes of {schema}.{table}, unknown to the catalog")
+        return info
+
+    # -- consumer callbacks (run inside consume()) --------------------------------------
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._error = CaptureError(f"kafka consumer failed: {err.str()}")
+        else:
+            # Broker down, connection refused...: librdkafka reconnects by itself.
+            log.info("kafka: %s", err.str())
+
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        """Seek every newly assigned partition to the offset the warehouse holds for it."""
+        assert self._stored is not None
+        stored = self._stored.load_positions(self.slot)
+        for tp in partitions:
+            at = stored.get((tp.topic, tp.partition))
+            tp.offset = at if at is not None else OFFSET_BEGINNING
+            self._assigned.add((tp.topic, tp.partition))
+        consumer.incremental_assign(partitions)
+
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._assigned.discard((tp.topic, tp.partition))
+        # Messages of those partitions not handed out yet: the new owner reads them.
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._held = [m for m in self._held if (m.topic(), m.partition()) not in gone]
+        consumer.incremental_unassign(partitions)
+
+    # -- the capture contract -------------------------------------------------------------
+    @property
+    def must_flush(self) -> bool:
+        return False
+
+    def poll(self, timeout: float) -> KafkaBatch | None:
+        consumer = self._consumer
+        assert consumer is not None
+        self._raise_if_failed()
+        if self._held:
+            messages, self._held = self._held, []
+        else:
+            try:
+                messages = consumer.consume(CONSUME_BATCH, timeout)
+            except KafkaException as exc:
+                raise SourceUnavailable(f"kafka: {exc}") from None
+            self._raise_if_failed()
+        if not messages:
+            self._check_cut()
+            return self._idle_positions()
+        return self._batch(messages)
+
+    def _batch(self, messages: list[Message]) -> KafkaBatch:
+        batch = KafkaBatch(0, self._cut, self._cut, 0)
+        events = batch.events
+        positions = batch.positions
+        tables = self._tables
+        for i, msg in enumerate(messages):
+            err = msg.error()
+            topic = msg.topic()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    continue
+                if err.fatal() or not err.retriable():
+                    raise CaptureError(f"kafka {topic}: {err.str()}")
+                continue
+            part = msg.partition()
+            raw = msg.value()
+            if raw is None:  # a tombstone (tombstones.on.delete is off; compaction leftovers)
+                positions[(topic, part)] = msg.offset() + 1
+                continue
+            try:
+                value = orjson.loads(raw)
+                src = value["source"]
+                op = value["op"]
+                if op == "m":
+                    self._marker(topic, int(src["lsn"]))
+                    positions[(topic, part)] = msg.offset() + 1
+                    continue
+                key = (src["schema"], src["table"])
+                if op == "t":
+                    if events or batch.truncates:
+                        # A truncate is versioned through its batch's commit LSN: it ends one.
+                        self._held = messages[i:]
+                        break
+                    xid, lsn = parse_txn_id(value["transaction"]["id"])
+                    batch.commit_lsn = lsn
+                    batch.truncates.append((key[0], key[1], int(value["transaction"]["total_order"])))
+                    positions[(topic, part)] = msg.offset() + 1
+                    continue
+                info = tables.get(key)
+                if info is None or not info.names.issuperset(value.get("after") or value.get("before") or ()):
+                    info, refreshed = table_for(tables, self._refresh_table, key, value)
+                    if refreshed:
+                        self._described.discard(key)
+                if key not in self._described:
+                    batch.relations.append(info.relation)
+                    self._described.add(key)
+                if op == "r":
+                    lsn, pos, xid = int(src["lsn"]), 0, int(src.get("txId") or 0)
+                else:
+                    txn = value["transaction"]
+                    xid, lsn = parse_txn_id(txn["id"])
+                    pos = int(txn["total_order"])
+                ts = int(src["ts_ms"])
+                events.append(
+                    change_event(
+                        info,
+                        op,
+                        value.get("before"),
+                        value.get("after"),
+                        Source(lsn, xid, ts, key[0], key[1], op == "r"),
+                        pos,
+                    )
+                )
+                if ts > batch.ts_ms:
+                    batch.ts_ms = ts
+            except CaptureError:
+                raise
+            except Exception as exc:
+                self._reject(msg, raw, exc)
+            positions[(topic, part)] = msg.offset() + 1
+        batch.end_lsn = self._cut
+        return batch
+
+    def _reject(self, msg: Message, raw: bytes, exc: Exception) -> None:
+        """An event the sink cannot take: quarantined with where it came from, never skipped."""
+        from bankde.cdc import kafka_rejects
+
+        kafka_rejects.record(self._sink, self.slot, msg, raw, exc)
+
+    def _idle_positions(self) -> KafkaBatch | None:
+        """Nothing to read: positions past transaction control records (no message tells of
+        them) and a moved cut, as a batch without rows, so both reach the warehouse."""
+        consumer = self._consumer
+        if not self._assigned:
+            return None
+        tps = [TopicPartition(t, p) for t, p in self._assigned]
+        try:
+            now = consumer.position(tps)
+        except KafkaException:
+            return None
+        positions = {
+            (tp.topic, tp.partition): tp.offset for tp in now if tp.offset not in (OFFSET_INVALID,) and tp.offset >= 0
+        }
+        last = self._last_positions
+        moved = {k: v for k, v in positions.items() if last.get(k, -1) < v}
+        if not moved and self._cut <= self._written_cut:
+            return None
+        batch = KafkaBatch(0, self._cut, self._cut, 0, positions=moved)
+        self._written_cut = self._cut
+        return batch
+
+    _last_positions: dict[tuple[str, int], int] = {}
+    _written_cut = 0
+
+    def acknowledge(self, lsn: int) -> None:
+        # Positions, not LSNs, say how far the warehouse is: see commit_positions.
+        return
+
+    def commit_positions(self, positions: dict[tuple[str, int], int]) -> None:
+        """The warehouse holds these positions: commit them to the group (lag monitoring)."""
+        self._last_positions = {**self._last_positions, **positions}
+        mine = [
+            TopicPartition(t, p, o) for (t, p), o in positions.items() if (t, p) in self._assigned
+        ]
+        if mine and self._consumer is not None:
+            try:
+                self._consumer.commit(offsets=mine, asynchronous=True)
+            except KafkaException as exc:
+                # A rebalance in progress: the next batch commits again.
+                log.info("kafka commit: %s", exc)
+
+    def caught_up(self, target_lsn: int) -> bool:
+        """Drained to the end offsets every partition had when first asked (`cdc sync`)."""
+        consumer = self._consumer
+        if self._targets is None:
+            self._targets = self._end_offsets()
+        if self._held:
+            return False
+        if not self._targets:
+            return True
+        if not self._assigned:
+            return False
+        stored = self._last_positions
+        try:
+            now = consumer.position([TopicPartition(t, p) for t, p in self._assigned])
+        except KafkaException:
+            return False
+        current = {(tp.topic, tp.partition): tp.offset for tp in now}
+        for key, end in self._targets.items():
+            at = max(current.get(key, -1), stored.get(key, -1))
+            if key in self._assigned and at < end:
+                return False
+            if key not in self._assigned and at < end:
+                # Another member owns it (or nobody yet): wait for the warehouse to show it.
+                assert self._stored is not None
+                if self._stored.load_positions(self.slot).get(key, -1) < end:
+                    return False
+        # Rows read are written before the loop stops; the cut follows them.
+        return stored_all(self._last_positions, current)
+
+    def _end_offsets(self) -> dict[tuple[str, int], int]:
+        consumer = self._consumer
+        try:
+            meta = consumer.list_topics(timeout=10)
+        except KafkaException as exc:
+            raise SourceUnavailable(f"kafka at {self.settings.kafka_bootstrap}: {exc}") from None
+        ends: dict[tuple[str, int], int] = {}
+        for name, topic in meta.topics.items():
+            if not (_DATA_TOPIC.match(name) or _MARKER_TOPIC.match(name)):
+                continue
+            for p in topic.partitions:
+                _low, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)
+                if high > 0:
+                    ends[(name, p)] = high
+        return ends
+
+    # -- the consistent cut -----------------------------------------------------------------
+    def _marker(self, topic: str, lsn: int) -> None:
+        """A connector delivered a logical-decoding message at `lsn`: every change it captured
+        before is in Kafka (read_committed shows a transaction whole). Once every data
+        partition is applied up to the end offsets read now, the connector is applied to `lsn`."""
+        match = _MARKER_TOPIC.match(topic)
+        if match is None:
+            return
+        connector = match.group(1)
+        if lsn <= self._connector_lsn.get(connector, 0):
+            return
+        self._markers.append(_Marker(connector, lsn, self._data_ends()))
+
+    def _data_ends(self) -> dict[tuple[str, int], int]:
+        return {k: v for k, v in self._end_offsets().items() if _DATA_TOPIC.match(k[0])}
+
+    def _check_cut(self) -> None:
+        if not self._markers or time.monotonic() - self._cut_checked < CUT_CHECK_SECONDS:
+            return
+        self._cut_checked = time.monotonic()
+        assert self._stored is not None
+        stored = self._stored.load_positions(self.slot)
+        done: dict[str, int] = {}
+        waiting = []
+        for m in self._markers:
+            if all(stored.get(k, 0) >= end for k, end in m.targets.items()):
+                done[m.connector] = max(done.get(m.connector, 0), m.lsn)
+            else:
+                waiting.append(m)
+        self._markers = waiting
+        if not done:
+            return
+        self._connector_lsn.update(done)
+        writer = getattr(self._sink, "write_connector_lsns", None)
+        if writer is not None:
+            writer(self.slot, done)
+        self._cut = max(self._cut, min(self._connector_lsn.values()))
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+
+def stored_all(written: dict[tuple[str, int], int], current: dict[tuple[str, int], int]) -> bool:
+    """Every position the consumer stands at is written to the warehouse."""
+    return all(written.get(k, -1) >= v for k, v in current.items() if v >= 0)
+
+
+# The registry's entry point (cdc/registry.py).
+Engine = KafkaEngine
