@@ -258,3 +258,21 @@ ENGINE = MergeTree
 ORDER BY (slot, finished_at)
 TTL toDateTime(finished_at) + INTERVAL 30 DAY
 COMMENT 'One row per applied CDC batch: sizes, LSN range, and commit-to-warehouse lag';
+
+CREATE TABLE IF NOT EXISTS meta.cdc_rejects
+(
+    slot        String,
+    `table`     String,
+    `key`       String,
+    lsn         UInt64,
+    `column`    String,
+    source_text Nullable(String),
+    reason      String,
+    topic       Nullable(String),
+    `partition` Nullable(Int32),
+    `offset`    Nullable(Int64),
+    recorded_at DateTime64(6, 'UTC') DEFAULT now64(6)
+)
+ENGINE = ReplacingMergeTree(recorded_at)
+ORDER BY (slot, `table`, lsn, `key`, `column`)
+COMMENT 'Quarantined CDC rows: a value the warehouse type cannot hold exactly (the row is not landed)';

@@ -167,8 +167,16 @@ def status(
         print_json(data)
     else:
         tables = data.pop("tables")
+        rejects = data.pop("rejects", {})
         for k, v in data.items():
             out.print(f"{k:>20}: {v}")
+        out.print(f"{'rejects':>20}: {sum(r['rows'] for r in rejects.values())}")
+        for name, r in rejects.items():
+            out.print(
+                f"  [yellow]{name}: {r['rows']:,} row(s) quarantined in meta.cdc_rejects "
+                f"(last: {r['last_column']}: {r['last_reason']})[/yellow]",
+                soft_wrap=True,
+            )
         if tables:
             out.print(f"{'table':<24} {'source':>12} {'warehouse':>12}")
             for name, c in tables.items():

@@ -38,6 +38,8 @@ def status(
     superuser or pg_read_all_stats; a peek slower than PEEK_TIMEOUT_MS), 0 without unconfirmed
     WAL, else the time since the last applied batch.
     None before any of that is known (no slot, nothing applied yet).
+    rejects: per source table, the rows this slot's capture quarantined in meta.cdc_rejects
+    (values the warehouse type cannot hold exactly), {} when none.
     When another process owns the embedded warehouse, the warehouse part names it instead.
     Read-only: `warehouse` is never written; the error that kept the caller from opening it
     (another process owns it, say) is reported in its place.
@@ -61,6 +63,7 @@ def status(
         "last_batch_at": None,
         "changes_per_s": None,
         "tables": {},
+        "rejects": {},
         "warehouse": "ok",
     }
     if st.lost:
@@ -82,6 +85,10 @@ def status(
         if counts:
             data["tables"] = table_counts(settings, wh)
         return data
+    from bankde.cdc.rejects import reject_summary
+
+    # Rows held back in meta.cdc_rejects by this slot's capture, per source table.
+    data["rejects"] = {t: r.to_dict() for t, r in reject_summary(wh, settings.cdc_slot).items()}
     offset = load_offset(wh, settings.cdc_slot)
     if offset is not None:
         data["offset_lsn"] = format_lsn(offset.lsn)

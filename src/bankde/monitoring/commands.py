@@ -55,6 +55,9 @@ def reconcile_command(
                 out.print(f"{t.table}: {problem}")
             for diff in t.sample:
                 out.print(f"{t.table}: {diff.key}: {diff.problem}")
+        for t in result.tables:
+            if t.quarantine_note:
+                out.print(f"[yellow]{t.quarantine_note}[/yellow]", soft_wrap=True)
         verdict = "equal" if result.equal else f"{len(result.differing)} table(s) differ"
         out.print(f"{verdict} ({len(result.tables)} tables, {result.seconds:.1f}s)")
     if not result.equal:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bankde.cdc.rejects import Reject, record_rejects
 from bankde.cdc.version import make_version, sql_make_version, version_lsn
 from bankde.contracts import Changes, ColumnarChanges, Offset, SourceColumn, Truncate
 from bankde.errors import CaptureError
@@ -189,6 +190,14 @@ class ClickHouseSink:
             self._staged.clear()
 
     # --- beyond the contract ---------------------------------------------------------------
+    def quarantine(self, slot: str, rejects: Sequence[Reject]) -> int:
+        """Record rows held back from the landing tables in meta.cdc_rejects (idempotent).
+
+        Engines whose records carry more than the envelope (Kafka topic, partition, offset) call
+        it with those filled; call it before the offset covering the rows is written."""
+        with self._mutex:
+            return record_rejects(self.wh, slot, rejects)
+
     def truncate(self, schema: str, table: str, version: int) -> None:
         """Hide every row of the table older than `version` (a source TRUNCATE), by tombstones.
 
