@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from bankde.cdc.envelope import ChangeColumns, ChangeEvent, Relation
+    from bankde.cdc.rejects import Reject
 
 
 @dataclass(frozen=True)
@@ -156,9 +157,17 @@ class CommitsPositions(Protocol):
 
 @runtime_checkable
 class StoresPositions(Protocol):
-    """Optional sink feature: the topic-partition positions stored for a slot (kafka engine)."""
+    """Optional sink feature the kafka engine needs: the topic-partition positions stored for a
+    slot (written by apply() from Offset.positions), the commit LSN each connector is applied up
+    to, and the quarantine for events it cannot convert."""
 
     def load_positions(self, slot: str) -> dict[tuple[str, int], int]: ...
+
+    def load_connector_lsns(self, slot: str) -> dict[str, int]: ...
+
+    def write_connector_lsns(self, slot: str, lsns: dict[str, int]) -> None: ...
+
+    def quarantine(self, slot: str, rejects: Sequence[Reject]) -> int: ...
 
 
 @runtime_checkable

@@ -62,10 +62,11 @@ class Settings(BaseSettings):
     cdc_publication: str = Field("bankde_pub", pattern=r"^[a-z0-9_]{1,63}$")
     cdc_batch_rows: int = Field(50_000, ge=1)
     cdc_batch_seconds: float = Field(0.5, gt=0)
-    # The kafka engine: brokers holding the Debezium topics, and its consumer group (several
-    # `cdc run --engine kafka` processes in one group share the partitions).
-    kafka_bootstrap: str = "127.0.0.1:9092"
-    kafka_group: str = Field("bankde-cdc", pattern=r"^[A-Za-z0-9._-]{1,200}$")
+    # The kafka engine: brokers holding the Debezium topics (unset: the managed broker on
+    # 127.0.0.1:kafka_port) and the connectors' topic.prefix (debezium/*.json). Several
+    # `cdc run --engine kafka` processes in one consumer group (kafka_group) share the partitions.
+    kafka_bootstrap: str | None = None
+    kafka_topic_prefix: str = Field("bankde", pattern=r"^[A-Za-z0-9_-]{1,100}$")
 
     # --- warehouse --------------------------------------------------------------------
     # Unset: embedded chDB under $BANKDE_HOME/warehouse. Set: a ClickHouse server.
@@ -78,6 +79,13 @@ class Settings(BaseSettings):
     wh_lock_wait: float = Field(5.0, ge=0)
     # Port of the served warehouse (ClickHouse HTTP interface on 127.0.0.1); `wh serve --port`.
     wh_http_port: int = Field(8123, ge=0, le=65535)
+
+    # --- Kafka (`bankde kafka up`): broker, its KRaft controller and the Connect worker's REST
+    # port, all on 127.0.0.1; the consumer group whose lag `kafka status` shows.
+    kafka_port: int = Field(19092, ge=1, le=65535)
+    kafka_controller_port: int = Field(19093, ge=1, le=65535)
+    connect_port: int = Field(18083, ge=1, le=65535)
+    kafka_group: str = Field("bankde", pattern=r"^[A-Za-z0-9._-]{1,200}$")
 
     # --- transform (dbt) --------------------------------------------------------------
     # Salt of the PII tokens in stg_ models. Unset: the public development salt (with a warning).

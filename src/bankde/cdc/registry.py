@@ -59,6 +59,12 @@ def _debezium_settings(settings: Settings) -> Settings:
     return engine_settings(settings)
 
 
+def _kafka_settings(settings: Settings) -> Settings:
+    from bankde.cdc.engines.kafka import engine_settings
+
+    return engine_settings(settings)
+
+
 # Adding an engine: one module defining `Engine`, and one entry here (see docs/cdc.md).
 ENGINES: dict[str, EngineSpec] = {
     spec.name: spec
@@ -70,6 +76,13 @@ ENGINES: dict[str, EngineSpec] = {
             "bankde.cdc.engines.debezium.engine",
             extra="debezium",
             settings_for=_debezium_settings,
+        ),
+        EngineSpec(
+            "kafka",
+            "Debezium topics on Kafka, extra \\[kafka]",
+            "bankde.cdc.engines.kafka",
+            extra="kafka",
+            settings_for=_kafka_settings,
         ),
     )
 }

@@ -26,27 +26,33 @@ from bankde.cdc.engines.debezium.convert import (
     table_for,
 )
 from bankde.cdc.envelope import ChangeEvent, Relation, Source
+from bankde.cdc.rejects import Reject, key_text
 from bankde.cdc.stream import source_columns
 from bankde.contracts import Offset, ProgressFn, Sink, StoresPositions
 from bankde.errors import CaptureError, ConfigError, SourceUnavailable
 from bankde.settings import Settings
 from bankde.source.catalog import catalog_tables
-from bankde.source.connection import cdc_info, connect
+from bankde.source.connection import cdc_info
 
 log = logging.getLogger(__name__)
 
-# Topic names as the repo's debezium/*.json make them: topic.prefix "bankde", data topics
-# <prefix>.<schema>.<table>; each connector routes its logical-decoding messages (markers and
-# heartbeats) to <prefix>.marker.<connector>, so a marker says which connector delivered it.
-TOPIC_PREFIX = "bankde"
-MARKER_PREFIX = "bankde_marker"
+# Topic names as the repo's debezium/*.json make them: data topics <topic.prefix>.<schema>.<table>.
+# Each connector's heartbeat emits a logical-decoding message with a prefix of its own, and only
+# that prefix passes its message.prefix.include.list: a message event on <topic.prefix>.message
+# says which connector delivered it, and at which LSN.
 NAME_SUFFIX = "_kafka"
 # Messages taken per consume() call: one pseudo-transaction of the stream.
 CONSUME_BATCH = 20_000
 # How often the consistent cut is re-checked against the stored positions while markers wait.
 CUT_CHECK_SECONDS = 0.5
-_DATA_TOPIC = re.compile(rf"^{TOPIC_PREFIX}\.(bank|truth)\.[A-Za-z0-9_]+$")
-_MARKER_TOPIC = re.compile(rf"^{TOPIC_PREFIX}\.marker\.([A-Za-z0-9_-]+)$")
+
+
+def data_topics(prefix: str) -> re.Pattern[str]:
+    return re.compile(rf"^{re.escape(prefix)}\.(bank|truth)\.[A-Za-z0-9_]+$")
+
+
+def marker_topics(prefix: str) -> re.Pattern[str]:
+    return re.compile(rf"^{re.escape(prefix)}\.message$")
 
 
 def engine_settings(settings: Settings) -> Settings:
@@ -120,7 +126,11 @@ class KafkaEngine:
         self._cut_checked = 0.0
         self._held: list[Message] = []
         self._targets: dict[tuple[str, int], int] | None = None
-        self._rejected: list[dict[str, Any]] = []
+        self._connectors: set[str] = set()  # every connector with a marker topic
+        self._last_positions: dict[tuple[str, int], int] = {}  # written to the warehouse
+        self._written_cut = 0  # the cut last handed out in a batch
+        self._data_topic = data_topics(self.settings.kafka_topic_prefix)
+        self._marker_topic = marker_topics(self.settings.kafka_topic_prefix)
 
     # -- lifecycle ----------------------------------------------------------------------
     def open(self, sink: Sink, progress: ProgressFn | None = None) -> Offset:
@@ -137,10 +147,9 @@ class KafkaEngine:
             # at its consistent point like the native snapshot: nothing to stage here.
             offset = Offset(self.slot, 0, True)
             sink.apply([], offset)
-        self._cut = offset.lsn
-        loaded = getattr(sink, "load_connector_lsns", None)
-        if loaded is not None:
-            self._connector_lsn = dict(loaded(self.slot))
+        self._cut = self._written_cut = offset.lsn
+        self._connector_lsn = sink.load_connector_lsns(self.slot)
+        self._connectors = set(self._connector_lsn)
         self._consumer = self._connect()
         return offset
 
@@ -166,7 +175,7 @@ class KafkaEngine:
         try:
             consumer = Consumer(conf)
             consumer.subscribe(
-                [_DATA_TOPIC.pattern, _MARKER_TOPIC.pattern],
+                [self._data_topic.pattern, self._marker_topic.pattern],
                 on_assign=self._on_assign,
                 on_revoke=self._on_revoke,
                 on_lost=self._on_revoke,
@@ -252,25 +261,26 @@ class KafkaEngine:
         tables = self._tables
         for i, msg in enumerate(messages):
             err = msg.error()
-            topic = msg.topic()
+            topic: str = msg.topic() or ""
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     continue
                 if err.fatal() or not err.retriable():
                     raise CaptureError(f"kafka {topic}: {err.str()}")
                 continue
-            part = msg.partition()
+            part: int = msg.partition() or 0
+            next_offset = (msg.offset() or 0) + 1
             raw = msg.value()
             if raw is None:  # a tombstone (tombstones.on.delete is off; compaction leftovers)
-                positions[(topic, part)] = msg.offset() + 1
+                positions[(topic, part)] = next_offset
                 continue
             try:
                 value = orjson.loads(raw)
                 src = value["source"]
                 op = value["op"]
                 if op == "m":
-                    self._marker(topic, int(src["lsn"]))
-                    positions[(topic, part)] = msg.offset() + 1
+                    self._marker(str(value["message"]["prefix"]), int(src["lsn"]))
+                    positions[(topic, part)] = next_offset
                     continue
                 key = (src["schema"], src["table"])
                 if op == "t":
@@ -280,11 +290,15 @@ class KafkaEngine:
                         break
                     xid, lsn = parse_txn_id(value["transaction"]["id"])
                     batch.commit_lsn = lsn
-                    batch.truncates.append((key[0], key[1], int(value["transaction"]["total_order"])))
-                    positions[(topic, part)] = msg.offset() + 1
+                    batch.truncates.append(
+                        (key[0], key[1], int(value["transaction"]["total_order"]))
+                    )
+                    positions[(topic, part)] = next_offset
                     continue
                 info = tables.get(key)
-                if info is None or not info.names.issuperset(value.get("after") or value.get("before") or ()):
+                if info is None or not info.names.issuperset(
+                    value.get("after") or value.get("before") or ()
+                ):
                     info, refreshed = table_for(tables, self._refresh_table, key, value)
                     if refreshed:
                         self._described.discard(key)
@@ -314,15 +328,54 @@ class KafkaEngine:
                 raise
             except Exception as exc:
                 self._reject(msg, raw, exc)
-            positions[(topic, part)] = msg.offset() + 1
-        batch.end_lsn = self._cut
+            positions[(topic, part)] = next_offset
+        batch.end_lsn = self._written_cut = self._cut
         return batch
 
     def _reject(self, msg: Message, raw: bytes, exc: Exception) -> None:
-        """An event the sink cannot take: quarantined with where it came from, never skipped."""
-        from bankde.cdc import kafka_rejects
-
-        kafka_rejects.record(self._sink, self.slot, msg, raw, exc)
+        """An event that cannot be converted: quarantined (before its position is written) with
+        its topic, partition and offset, never skipped silently."""
+        assert self._stored is not None
+        table, key, lsn = msg.topic() or "", "", 0
+        try:
+            value = orjson.loads(raw)
+            src = value.get("source") or {}
+            table = f"{src['schema']}.{src['table']}"
+            row = value.get("after") or value.get("before") or {}
+            info = self._tables.get((src["schema"], src["table"]))
+            if info is not None:
+                key = key_text({k: row.get(k) for k in info.relation.key})
+            lsn = int(src.get("lsn") or 0)
+            txn = value.get("transaction")
+            if txn:
+                lsn = parse_txn_id(txn["id"])[1]
+        except Exception:  # the event is not even JSON of an envelope: the text says it all
+            pass
+        reason = f"{type(exc).__name__}: {exc}"
+        log.warning(
+            "kafka %s[%d]@%d: event quarantined (%s)",
+            msg.topic(),
+            msg.partition(),
+            msg.offset(),
+            reason,
+        )
+        text = raw.decode("utf-8", "replace")
+        self._stored.quarantine(
+            self.slot,
+            [
+                Reject(
+                    table,
+                    key,
+                    lsn,
+                    "",
+                    text,
+                    reason,
+                    msg.topic(),
+                    msg.partition(),
+                    msg.offset(),
+                )
+            ],
+        )
 
     def _idle_positions(self) -> KafkaBatch | None:
         """Nothing to read: positions past transaction control records (no message tells of
@@ -336,7 +389,9 @@ class KafkaEngine:
         except KafkaException:
             return None
         positions = {
-            (tp.topic, tp.partition): tp.offset for tp in now if tp.offset not in (OFFSET_INVALID,) and tp.offset >= 0
+            (tp.topic, tp.partition): tp.offset
+            for tp in now
+            if tp.offset not in (OFFSET_INVALID,) and tp.offset >= 0
         }
         last = self._last_positions
         moved = {k: v for k, v in positions.items() if last.get(k, -1) < v}
@@ -345,9 +400,6 @@ class KafkaEngine:
         batch = KafkaBatch(0, self._cut, self._cut, 0, positions=moved)
         self._written_cut = self._cut
         return batch
-
-    _last_positions: dict[tuple[str, int], int] = {}
-    _written_cut = 0
 
     def acknowledge(self, lsn: int) -> None:
         # Positions, not LSNs, say how far the warehouse is: see commit_positions.
@@ -367,33 +419,38 @@ class KafkaEngine:
                 log.info("kafka commit: %s", exc)
 
     def caught_up(self, target_lsn: int) -> bool:
-        """Drained to the end offsets every partition had when first asked (`cdc sync`)."""
+        """Drained to the end offsets every partition had when first asked (`cdc sync`), those
+        positions written, and the cut they lead to handed out."""
         consumer = self._consumer
+        assert self._stored is not None
         if self._targets is None:
             self._targets = self._end_offsets()
         if self._held:
             return False
-        if not self._targets:
-            return True
-        if not self._assigned:
+        if self._targets and not self._assigned:
             return False
-        stored = self._last_positions
         try:
             now = consumer.position([TopicPartition(t, p) for t, p in self._assigned])
         except KafkaException:
             return False
-        current = {(tp.topic, tp.partition): tp.offset for tp in now}
+        current = {(tp.topic, tp.partition): tp.offset for tp in now if tp.offset >= 0}
+        others: dict[tuple[str, int], int] | None = None
         for key, end in self._targets.items():
-            at = max(current.get(key, -1), stored.get(key, -1))
-            if key in self._assigned and at < end:
-                return False
-            if key not in self._assigned and at < end:
-                # Another member owns it (or nobody yet): wait for the warehouse to show it.
-                assert self._stored is not None
-                if self._stored.load_positions(self.slot).get(key, -1) < end:
+            if key in self._assigned:
+                if current.get(key, -1) < end:
                     return False
-        # Rows read are written before the loop stops; the cut follows them.
-        return stored_all(self._last_positions, current)
+                continue
+            # Another member owns it (or nobody yet): the warehouse must show it read.
+            if others is None:
+                others = self._stored.load_positions(self.slot)
+            if others.get(key, -1) < end:
+                return False
+        # Everything read must be written (its positions too) before the cut can follow it.
+        written = self._last_positions
+        if any(written.get(k, -1) < v for k, v in current.items()):
+            return False
+        self._check_cut(force=True)
+        return self._cut <= self._written_cut
 
     def _end_offsets(self) -> dict[tuple[str, int], int]:
         consumer = self._consumer
@@ -403,7 +460,7 @@ class KafkaEngine:
             raise SourceUnavailable(f"kafka at {self.settings.kafka_bootstrap}: {exc}") from None
         ends: dict[tuple[str, int], int] = {}
         for name, topic in meta.topics.items():
-            if not (_DATA_TOPIC.match(name) or _MARKER_TOPIC.match(name)):
+            if not (self._data_topic.match(name) or self._marker_topic.match(name)):
                 continue
             for p in topic.partitions:
                 _low, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)
@@ -412,23 +469,23 @@ class KafkaEngine:
         return ends
 
     # -- the consistent cut -----------------------------------------------------------------
-    def _marker(self, topic: str, lsn: int) -> None:
-        """A connector delivered a logical-decoding message at `lsn`: every change it captured
-        before is in Kafka (read_committed shows a transaction whole). Once every data
-        partition is applied up to the end offsets read now, the connector is applied to `lsn`."""
-        match = _MARKER_TOPIC.match(topic)
-        if match is None:
-            return
-        connector = match.group(1)
+    def _marker(self, connector: str, lsn: int) -> None:
+        """A connector (named by its heartbeat's message prefix) delivered a logical-decoding
+        message at `lsn`: every change it captured before is in Kafka (read_committed shows a
+        transaction whole). Once every data partition is applied up to the end offsets read now,
+        the connector is applied up to `lsn`."""
+        self._connectors.add(connector)
         if lsn <= self._connector_lsn.get(connector, 0):
             return
         self._markers.append(_Marker(connector, lsn, self._data_ends()))
 
     def _data_ends(self) -> dict[tuple[str, int], int]:
-        return {k: v for k, v in self._end_offsets().items() if _DATA_TOPIC.match(k[0])}
+        return {k: v for k, v in self._end_offsets().items() if self._data_topic.match(k[0])}
 
-    def _check_cut(self) -> None:
-        if not self._markers or time.monotonic() - self._cut_checked < CUT_CHECK_SECONDS:
+    def _check_cut(self, force: bool = False) -> None:
+        if not self._markers:
+            return
+        if not force and time.monotonic() - self._cut_checked < CUT_CHECK_SECONDS:
             return
         self._cut_checked = time.monotonic()
         assert self._stored is not None
@@ -444,20 +501,15 @@ class KafkaEngine:
         if not done:
             return
         self._connector_lsn.update(done)
-        writer = getattr(self._sink, "write_connector_lsns", None)
-        if writer is not None:
-            writer(self.slot, done)
-        self._cut = max(self._cut, min(self._connector_lsn.values()))
+        self._stored.write_connector_lsns(self.slot, done)
+        # A connector with a marker topic but no marker applied yet holds the cut where it is.
+        if self._connectors <= set(self._connector_lsn):
+            self._cut = max(self._cut, min(self._connector_lsn.values()))
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
             err, self._error = self._error, None
             raise err
-
-
-def stored_all(written: dict[tuple[str, int], int], current: dict[tuple[str, int], int]) -> bool:
-    """Every position the consumer stands at is written to the warehouse."""
-    return all(written.get(k, -1) >= v for k, v in current.items() if v >= 0)
 
 
 # The registry's entry point (cdc/registry.py).
