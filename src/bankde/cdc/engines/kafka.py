@@ -116,6 +116,7 @@ class KafkaEngine:
         self._tables: dict[tuple[str, str], TableInfo] = {}
         self._described: set[tuple[str, str]] = set()
         self._consumer: Any = None
+        self._admin: Any = None
         self._sink: Sink | None = None
         self._stored: StoresPositions | None = None
         self._assigned: set[tuple[str, int]] = set()
@@ -131,6 +132,10 @@ class KafkaEngine:
         self._written_cut = 0  # the cut last handed out in a batch
         self._data_topic = data_topics(self.settings.kafka_topic_prefix)
         self._marker_topic = marker_topics(self.settings.kafka_topic_prefix)
+
+    @property
+    def bootstrap(self) -> str:
+        return self.settings.kafka_bootstrap or f"127.0.0.1:{self.settings.kafka_port}"
 
     # -- lifecycle ----------------------------------------------------------------------
     def open(self, sink: Sink, progress: ProgressFn | None = None) -> Offset:
@@ -151,11 +156,14 @@ class KafkaEngine:
         self._connector_lsn = sink.load_connector_lsns(self.slot)
         self._connectors = set(self._connector_lsn)
         self._consumer = self._connect()
+        from confluent_kafka.admin import AdminClient
+
+        self._admin = AdminClient({"bootstrap.servers": self.bootstrap})
         return offset
 
     def _connect(self) -> Any:
         conf = {
-            "bootstrap.servers": self.settings.kafka_bootstrap,
+            "bootstrap.servers": self.bootstrap,
             "group.id": self.settings.kafka_group,
             "client.id": f"bankde-{self.slot}",
             "enable.auto.commit": False,
@@ -181,7 +189,7 @@ class KafkaEngine:
                 on_lost=self._on_revoke,
             )
         except KafkaException as exc:
-            raise SourceUnavailable(f"kafka at {self.settings.kafka_bootstrap}: {exc}") from None
+            raise SourceUnavailable(f"kafka at {self.bootstrap}: {exc}") from None
         return consumer
 
     def close(self) -> None:
@@ -252,6 +260,12 @@ class KafkaEngine:
         if not messages:
             self._check_cut()
             return self._idle_positions()
+        log.debug(
+            "kafka: %d messages, cut %X, %d markers pending",
+            len(messages),
+            self._cut,
+            len(self._markers),
+        )
         return self._batch(messages)
 
     def _batch(self, messages: list[Message]) -> KafkaBatch:
@@ -259,6 +273,7 @@ class KafkaEngine:
         events = batch.events
         positions = batch.positions
         tables = self._tables
+        markers: dict[str, int] = {}
         for i, msg in enumerate(messages):
             err = msg.error()
             topic: str = msg.topic() or ""
@@ -279,7 +294,10 @@ class KafkaEngine:
                 src = value["source"]
                 op = value["op"]
                 if op == "m":
-                    self._marker(str(value["message"]["prefix"]), int(src["lsn"]))
+                    # The newest marker per connector of this batch is the one that matters.
+                    name, at = str(value["message"]["prefix"]), int(src["lsn"])
+                    if at > markers.get(name, 0):
+                        markers[name] = at
                     positions[(topic, part)] = next_offset
                     continue
                 key = (src["schema"], src["table"])
@@ -329,6 +347,8 @@ class KafkaEngine:
             except Exception as exc:
                 self._reject(msg, raw, exc)
             positions[(topic, part)] = next_offset
+        if markers:
+            self._add_markers(markers)
         batch.end_lsn = self._written_cut = self._cut
         return batch
 
@@ -438,6 +458,7 @@ class KafkaEngine:
         for key, end in self._targets.items():
             if key in self._assigned:
                 if current.get(key, -1) < end:
+                    log.debug("caught_up: %s at %s of %s", key, current.get(key), end)
                     return False
                 continue
             # Another member owns it (or nobody yet): the warehouse must show it read.
@@ -453,31 +474,44 @@ class KafkaEngine:
         return self._cut <= self._written_cut
 
     def _end_offsets(self) -> dict[tuple[str, int], int]:
-        consumer = self._consumer
+        """The last stable offset (read_committed's end) of every partition of our topics, in
+        one request of a separate admin client (the subscribed consumer answers slowly)."""
+        from confluent_kafka import IsolationLevel
+        from confluent_kafka.admin import OffsetSpec
+
+        admin = self._admin
+        assert admin is not None
         try:
-            meta = consumer.list_topics(timeout=10)
+            meta = admin.list_topics(timeout=10)
+            request = {
+                TopicPartition(name, p): OffsetSpec.latest()
+                for name, topic in meta.topics.items()
+                if self._data_topic.match(name) or self._marker_topic.match(name)
+                for p in topic.partitions
+            }
+            if not request:
+                return {}
+            futures = admin.list_offsets(
+                request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=10
+            )
+            ends = {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
         except KafkaException as exc:
-            raise SourceUnavailable(f"kafka at {self.settings.kafka_bootstrap}: {exc}") from None
-        ends: dict[tuple[str, int], int] = {}
-        for name, topic in meta.topics.items():
-            if not (self._data_topic.match(name) or self._marker_topic.match(name)):
-                continue
-            for p in topic.partitions:
-                _low, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)
-                if high > 0:
-                    ends[(name, p)] = high
-        return ends
+            raise SourceUnavailable(f"kafka at {self.bootstrap}: {exc}") from None
+        return {k: v for k, v in ends.items() if v > 0}
 
     # -- the consistent cut -----------------------------------------------------------------
-    def _marker(self, connector: str, lsn: int) -> None:
-        """A connector (named by its heartbeat's message prefix) delivered a logical-decoding
-        message at `lsn`: every change it captured before is in Kafka (read_committed shows a
-        transaction whole). Once every data partition is applied up to the end offsets read now,
-        the connector is applied up to `lsn`."""
-        self._connectors.add(connector)
-        if lsn <= self._connector_lsn.get(connector, 0):
+    def _add_markers(self, markers: dict[str, int]) -> None:
+        """Connectors (named by their heartbeat's message prefix) delivered a logical-decoding
+        message at an LSN: every change each captured before is in Kafka (read_committed shows
+        a transaction whole). Once every data partition is applied up to the end offsets read
+        now, the connector is applied up to its marker's LSN."""
+        self._connectors.update(markers)
+        new = {c: lsn for c, lsn in markers.items() if lsn > self._connector_lsn.get(c, 0)}
+        if not new:
             return
-        self._markers.append(_Marker(connector, lsn, self._data_ends()))
+        ends = self._data_ends()
+        for connector, lsn in new.items():
+            self._markers.append(_Marker(connector, lsn, ends))
 
     def _data_ends(self) -> dict[tuple[str, int], int]:
         return {k: v for k, v in self._end_offsets().items() if self._data_topic.match(k[0])}

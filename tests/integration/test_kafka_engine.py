@@ -1,0 +1,158 @@
+"""The kafka engine (real broker, real Connect worker, real Debezium connectors) lands what native does."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bankde.settings import Settings
+from bankde.source.connection import connect, owner_info
+from tests.conftest import cli_env, make_home
+from tests.integration.test_debezium_engine import COMPARE, _changes, _seed, _sql, _workload
+from tests.kafka_stack import Connectors, Stack, connectors
+
+pytest.importorskip("confluent_kafka", reason="the [kafka] extra is not installed")
+
+BANKDE = str(Path(sys.executable).with_name("bankde"))
+
+# The kafka engine's offset, read the way `cdc status` would (its own process: chDB).
+OFFSET = """
+from bankde.settings import Settings
+from bankde.cdc.registry import get_engine
+from bankde.warehouse.session import open_session
+from bankde.warehouse.sink import load_offset
+s = get_engine("kafka").settings_for(Settings())
+with open_session(s) as session:
+    off = load_offset(session.warehouse(), s.cdc_slot)
+print(off.lsn if off else 0)
+"""
+
+
+@pytest.fixture(scope="module")
+def kafka_stack() -> Stack:
+    bootstrap = os.environ.get("BANKDE_TEST_KAFKA_BOOTSTRAP")
+    url = os.environ.get("BANKDE_TEST_CONNECT_URL")
+    if not bootstrap or not url:
+        pytest.skip("no broker")
+    return Stack(bootstrap, url)
+
+
+@pytest.fixture()
+def workspace(source_settings: Settings) -> Iterator[tuple[Settings, Path]]:
+    tag = source_settings.db_name
+    settings = source_settings.model_copy(
+        update={"cdc_slot": f"slot_{tag}", "cdc_publication": f"pub_{tag}"}
+    )
+    home = make_home("bankde-kafka-wh-")
+    try:
+        yield settings, home
+    finally:
+        from bankde.cdc.slot import drop_publication, drop_slot
+
+        drop_slot(settings, wait=30)
+        drop_publication(settings)
+        import shutil
+
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _env(settings: Settings, home: Path, engine: str, regs: Connectors | None = None) -> dict[str, str]:
+    extra = {
+        "BANKDE_CDC_SLOT": settings.cdc_slot,
+        "BANKDE_CDC_PUBLICATION": settings.cdc_publication,
+        "BANKDE_WH_DIR": str(home / "warehouse"),
+        "BANKDE_WH_PREFIX": f"{engine[:3]}_",
+    }
+    if regs is not None:
+        k = regs.settings
+        extra.update(
+            {
+                "BANKDE_KAFKA_BOOTSTRAP": k.kafka_bootstrap or "",
+                "BANKDE_KAFKA_TOPIC_PREFIX": k.kafka_topic_prefix,
+                "BANKDE_KAFKA_GROUP": k.kafka_group,
+            }
+        )
+    return cli_env(settings, **extra)
+
+
+def _cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [BANKDE, *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _current_lsn(settings: Settings) -> int:
+    from bankde.cdc.envelope import parse_lsn
+
+    with connect(owner_info(settings), autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+    return parse_lsn(str(row[0]))
+
+
+def _kafka_lsn(env: dict[str, str]) -> int:
+    out = subprocess.run(
+        [sys.executable, "-c", OFFSET], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return int(out.stdout.strip())
+
+
+def _sync_until(env: dict[str, str], target: int, timeout: float = 240) -> dict[str, Any]:
+    """`cdc sync --engine kafka` until every connector is applied past `target` (the cut)."""
+    deadline = time.monotonic() + timeout
+    last: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            res = _cli(env, "cdc", "sync", "--engine", "kafka", "--json", timeout=120)
+        except subprocess.TimeoutExpired as exc:
+            raise AssertionError(f"cdc sync --engine kafka hung: {exc.stderr!r}"[-4000:]) from None
+        assert res.returncode == 0, res.stderr[-3000:]
+        last = json.loads(res.stdout)
+        if _kafka_lsn(env) >= target:
+            return last
+        time.sleep(1)
+    raise AssertionError(f"kafka cut never reached {target:X}: {last}")
+
+
+def _compare(env: dict[str, str], a: str, b: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-c", COMPARE, a, b], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+
+def _assert_same(diff: dict[str, Any]) -> None:
+    for table, d in diff.items():
+        assert d["only_a"] == 0 and d["only_b"] == 0, (table, d)
+
+
+def test_kafka_and_native_land_the_same_state(
+    kafka_stack: Stack, workspace: tuple[Settings, Path]
+) -> None:
+    settings, home = workspace
+    _seed(settings)
+    with connectors(kafka_stack, settings) as regs:
+        regs.wait_running()
+        _changes(settings)
+        target = _current_lsn(settings)
+        nat = _env(settings, home, "native")
+        kaf = _env(settings, home, "kafka", regs)
+        res = _cli(nat, "cdc", "sync", "--json")
+        assert res.returncode == 0, res.stderr[-3000:]
+        _sync_until(kaf, target)
+        diff = _compare(nat, "nat_", "kaf_")
+        _assert_same(diff)
+        assert diff["raw.transaction"]["rows"] == 900 - 41
