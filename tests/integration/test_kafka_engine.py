@@ -136,7 +136,7 @@ def _compare(env: dict[str, str], a: str, b: str) -> dict[str, Any]:
 
 def _assert_same(diff: dict[str, Any]) -> None:
     for table, d in diff.items():
-        assert d["only_a"] == 0 and d["only_b"] == 0, (table, d)
+        assert d["only_a"] == 0 and d["only_b"] == 0, diff
 
 
 def test_kafka_and_native_land_the_same_state(

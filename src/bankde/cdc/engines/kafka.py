@@ -324,7 +324,9 @@ class KafkaEngine:
                     batch.relations.append(info.relation)
                     self._described.add(key)
                 if op == "r":
-                    lsn, pos, xid = int(src["lsn"]), 0, int(src.get("txId") or 0)
+                    # A snapshot read: at the consistent point, below every streamed change, and
+                    # of no transaction (as the native snapshot lands it).
+                    lsn, pos, xid = int(src["lsn"]), 0, 0
                 else:
                     txn = value["transaction"]
                     xid, lsn = parse_txn_id(txn["id"])
