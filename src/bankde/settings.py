@@ -75,6 +75,13 @@ class Settings(BaseSettings):
     # Port of the served warehouse (ClickHouse HTTP interface on 127.0.0.1); `wh serve --port`.
     wh_http_port: int = Field(8123, ge=0, le=65535)
 
+    # --- Kafka (`bankde kafka up`): broker, its KRaft controller and the Connect worker's REST
+    # port, all on 127.0.0.1; the consumer group whose lag `kafka status` shows.
+    kafka_port: int = Field(19092, ge=1, le=65535)
+    kafka_controller_port: int = Field(19093, ge=1, le=65535)
+    connect_port: int = Field(18083, ge=1, le=65535)
+    kafka_group: str = Field("bankde", pattern=r"^[A-Za-z0-9._-]{1,200}$")
+
     # --- transform (dbt) --------------------------------------------------------------
     # Salt of the PII tokens in stg_ models. Unset: the public development salt (with a warning).
     pii_salt: str | None = Field(None, repr=False)
