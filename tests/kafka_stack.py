@@ -128,7 +128,9 @@ def connectors(
     configs = _configs(settings, tag, exactly_once)
     with connect(owner_info(settings)) as conn:
         for _name, cfg in configs:
-            tables = [t.replace("\\.", ".").split(".") for t in cfg["table.include.list"].split(",")]
+            tables = [
+                t.replace("\\.", ".").split(".") for t in cfg["table.include.list"].split(",")
+            ]
             conn.execute(
                 sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
                     sql.Identifier(cfg["publication.name"]),

@@ -8,6 +8,7 @@ import random
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -67,7 +68,9 @@ def workspace(source_settings: Settings) -> Iterator[tuple[Settings, Path]]:
         shutil.rmtree(home, ignore_errors=True)
 
 
-def _env(settings: Settings, home: Path, engine: str, regs: Connectors | None = None) -> dict[str, str]:
+def _env(
+    settings: Settings, home: Path, engine: str, regs: Connectors | None = None
+) -> dict[str, str]:
     extra = {
         "BANKDE_CDC_SLOT": settings.cdc_slot,
         "BANKDE_CDC_PUBLICATION": settings.cdc_publication,
@@ -87,9 +90,7 @@ def _env(settings: Settings, home: Path, engine: str, regs: Connectors | None = 
 
 
 def _cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [BANKDE, *args], env=env, capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([BANKDE, *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _current_lsn(settings: Settings) -> int:
@@ -114,11 +115,23 @@ def _sync_until(env: dict[str, str], target: int, timeout: float = 240) -> dict[
     deadline = time.monotonic() + timeout
     last: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        try:
-            res = _cli(env, "cdc", "sync", "--engine", "kafka", "--json", timeout=120)
-        except subprocess.TimeoutExpired as exc:
-            raise AssertionError(f"cdc sync --engine kafka hung: {exc.stderr!r}"[-4000:]) from None
-        assert res.returncode == 0, res.stderr[-3000:]
+        with tempfile.TemporaryFile("w+") as err:
+            try:
+                res = subprocess.run(
+                    [BANKDE, "cdc", "sync", "--engine", "kafka", "--json"],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=err,
+                    text=True,
+                    timeout=120,
+                )
+            except subprocess.TimeoutExpired:
+                err.seek(0)
+                raise AssertionError(
+                    f"cdc sync --engine kafka hung: {err.read()[-3000:]}"
+                ) from None
+            err.seek(0)
+            assert res.returncode == 0, err.read()[-3000:]
         last = json.loads(res.stdout)
         if _kafka_lsn(env) >= target:
             return last
@@ -144,12 +157,16 @@ def test_kafka_and_native_land_the_same_state(
 ) -> None:
     settings, home = workspace
     _seed(settings)
+    nat = _env(settings, home, "native")
+    res = _cli(nat, "cdc", "sync", "--json")
+    assert res.returncode == 0, res.stderr[-3000:]
     with connectors(kafka_stack, settings) as regs:
+        kaf = _env(settings, home, "kafka", regs)
         regs.wait_running()
+        # Debezium's initial snapshot of the seeded rows, then the same changes for both.
+        _sync_until(kaf, _current_lsn(settings))
         _changes(settings)
         target = _current_lsn(settings)
-        nat = _env(settings, home, "native")
-        kaf = _env(settings, home, "kafka", regs)
         res = _cli(nat, "cdc", "sync", "--json")
         assert res.returncode == 0, res.stderr[-3000:]
         _sync_until(kaf, target)

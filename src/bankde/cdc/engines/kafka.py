@@ -45,6 +45,8 @@ NAME_SUFFIX = "_kafka"
 CONSUME_BATCH = 20_000
 # How often the consistent cut is re-checked against the stored positions while markers wait.
 CUT_CHECK_SECONDS = 0.5
+# No message for this long: a partition one offset short of its end holds a control record there.
+IDLE_DRAIN_SECONDS = 1.0
 
 
 def data_topics(prefix: str) -> re.Pattern[str]:
@@ -117,6 +119,8 @@ class KafkaEngine:
         self._described: set[tuple[str, str]] = set()
         self._consumer: Any = None
         self._admin: Any = None
+        self._seeked: dict[tuple[str, int], int] = {}  # where each assignment started
+        self._last_message_at = time.monotonic()
         self._sink: Sink | None = None
         self._stored: StoresPositions | None = None
         self._assigned: set[tuple[str, int]] = set()
@@ -229,6 +233,7 @@ class KafkaEngine:
         for tp in partitions:
             at = stored.get((tp.topic, tp.partition))
             tp.offset = at if at is not None else OFFSET_BEGINNING
+            self._seeked[(tp.topic, tp.partition)] = at if at is not None else 0
             self._assigned.add((tp.topic, tp.partition))
         consumer.incremental_assign(partitions)
 
@@ -257,6 +262,8 @@ class KafkaEngine:
             except KafkaException as exc:
                 raise SourceUnavailable(f"kafka: {exc}") from None
             self._raise_if_failed()
+        if messages:
+            self._last_message_at = time.monotonic()
         if not messages:
             self._check_cut()
             return self._idle_positions()
@@ -306,8 +313,7 @@ class KafkaEngine:
                         # A truncate is versioned through its batch's commit LSN: it ends one.
                         self._held = messages[i:]
                         break
-                    xid, lsn = parse_txn_id(value["transaction"]["id"])
-                    batch.commit_lsn = lsn
+                    batch.commit_lsn = int(src["lsn"])
                     batch.truncates.append(
                         (key[0], key[1], int(value["transaction"]["total_order"]))
                     )
@@ -328,9 +334,14 @@ class KafkaEngine:
                     # of no transaction (as the native snapshot lands it).
                     lsn, pos, xid = int(src["lsn"]), 0, 0
                 else:
+                    # Versioned by the change's own LSN: the LSN in Debezium's transaction id is
+                    # the transaction's first, not its commit, and a transaction that began
+                    # earlier may write a key after one that committed first. A change of a key
+                    # always follows (in WAL) the commit of the key's previous change (row locks),
+                    # so the change LSN grows per key in commit order.
                     txn = value["transaction"]
-                    xid, lsn = parse_txn_id(txn["id"])
-                    pos = int(txn["total_order"])
+                    xid = parse_txn_id(txn["id"])[0]
+                    lsn, pos = int(src["lsn"]), int(txn["total_order"])
                 ts = int(src["ts_ms"])
                 events.append(
                     change_event(
@@ -459,14 +470,14 @@ class KafkaEngine:
         others: dict[tuple[str, int], int] | None = None
         for key, end in self._targets.items():
             if key in self._assigned:
-                if current.get(key, -1) < end:
-                    log.debug("caught_up: %s at %s of %s", key, current.get(key), end)
+                at = max(current.get(key, -1), self._seeked.get(key, -1))
+                if not self._reached(at, end):
                     return False
                 continue
             # Another member owns it (or nobody yet): the warehouse must show it read.
             if others is None:
                 others = self._stored.load_positions(self.slot)
-            if others.get(key, -1) < end:
+            if not self._reached(others.get(key, -1), end):
                 return False
         # Everything read must be written (its positions too) before the cut can follow it.
         written = self._last_positions
@@ -529,7 +540,7 @@ class KafkaEngine:
         done: dict[str, int] = {}
         waiting = []
         for m in self._markers:
-            if all(stored.get(k, 0) >= end for k, end in m.targets.items()):
+            if all(self._reached(stored.get(k, 0), end) for k, end in m.targets.items()):
                 done[m.connector] = max(done.get(m.connector, 0), m.lsn)
             else:
                 waiting.append(m)
@@ -541,6 +552,15 @@ class KafkaEngine:
         # A connector with a marker topic but no marker applied yet holds the cut where it is.
         if self._connectors <= set(self._connector_lsn):
             self._cut = max(self._cut, min(self._connector_lsn.values()))
+
+    def _reached(self, at: int, end: int) -> bool:
+        """Whether position `at` is at the partition's last stable offset `end`. With exactly-once
+        producers each transaction leaves a control record the consumer never returns, so a
+        partition whose last record is one stays one short; after IDLE_DRAIN_SECONDS without any
+        message that gap is taken as that record."""
+        if at >= end:
+            return True
+        return at == end - 1 and time.monotonic() - self._last_message_at >= IDLE_DRAIN_SECONDS
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
