@@ -7,7 +7,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -159,10 +159,8 @@ def connectors(
         yield regs
     finally:
         for name in regs.names:
-            try:
+            with suppress(OSError):
                 rest(f"{stack.connect_url}/connectors/{name}", "DELETE")
-            except OSError:
-                pass
         for slot in regs.slots:
             drop_slot(settings.model_copy(update={"cdc_slot": slot}), wait=30)
         with connect(owner_info(settings), autocommit=True) as conn:
@@ -178,7 +176,5 @@ def _delete_topics(stack: Stack, tag: str) -> None:
     names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{tag}.")]
     if names:
         for fut in admin.delete_topics(names, operation_timeout=30).values():
-            try:
+            with suppress(Exception):  # already gone
                 fut.result()
-            except Exception:  # already gone
-                pass

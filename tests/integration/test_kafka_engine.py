@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +17,7 @@ import pytest
 from bankde.settings import Settings
 from bankde.source.connection import connect, owner_info
 from tests.conftest import cli_env, make_home
-from tests.integration.test_debezium_engine import COMPARE, _changes, _seed, _sql, _workload
+from tests.integration.test_debezium_engine import COMPARE, _changes, _seed
 from tests.kafka_stack import Connectors, Stack, connectors
 
 pytest.importorskip("confluent_kafka", reason="the [kafka] extra is not installed")
@@ -148,7 +145,7 @@ def _compare(env: dict[str, str], a: str, b: str) -> dict[str, Any]:
 
 
 def _assert_same(diff: dict[str, Any]) -> None:
-    for table, d in diff.items():
+    for _table, d in diff.items():
         assert d["only_a"] == 0 and d["only_b"] == 0, diff
 
 
