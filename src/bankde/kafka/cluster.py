@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bankde.errors import BankdeError, ConfigError
-from bankde.kafka.jars import Jars, find_java, resolve
+from bankde.kafka.jars import Jars, default_cache, find_java, resolve
 from bankde.settings import Settings
 
 # Heaps are bounded: the machine also runs Postgres, the warehouse and dbt.
@@ -108,7 +108,8 @@ class ManagedKafka:
         self.settings = settings
         self.home = settings.home_dir
         self.root = self.home / "kafka"
-        self.lib = self.root / "lib"
+        jars_dir = settings.kafka_jars_dir
+        self.lib = jars_dir.expanduser().resolve() if jars_dir else default_cache()
         self.conf = self.root / "config"
         self.data = self.root / "data"
         self.logs = self.root / "logs"
@@ -149,10 +150,19 @@ class ManagedKafka:
             pid = int(self._pid_file(name).read_text().strip())
         except (OSError, ValueError):
             return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            return None
+        cmdline = ""
+        for _ in range(50):
+            try:
+                raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                return None
+            if raw:
+                cmdline = raw.replace(b"\0", b" ").decode(errors="replace")
+                break
+            # Empty while the java launcher re-executes itself (or for a zombie): look again.
+            if not _alive(pid):
+                return None
+            time.sleep(0.02)
         # A recycled pid belongs to some other program: never signal it.
         return pid if self._marker(name) in cmdline else None
 

@@ -59,19 +59,21 @@ def _print_status(r: dict[str, Any]) -> None:
         out.print(f"{name:<8} {state} on {p['address']}")
     if r.get("connectors") is not None:
         t = Table(title="Connectors")
-        for col in ("connector", "state", "task", "task state", "error"):
+        for col in ("connector", "state", "tasks"):
             t.add_column(col)
+        errors = []
         for c in r["connectors"]:
-            tasks = c["tasks"] or [{"id": "-", "state": "-", "error": None}]
-            for i, task in enumerate(tasks):
-                t.add_row(
-                    c["name"] if i == 0 else "",
-                    c["state"] if i == 0 else "",
-                    str(task["id"]),
-                    task["state"],
-                    task["error"] or (c["error"] or "" if i == 0 else ""),
-                )
+            tasks = ", ".join(f"{task['id']} {task['state']}" for task in c["tasks"]) or "-"
+            t.add_row(c["name"], c["state"], tasks)
+            if c["error"]:
+                errors.append(f"{c['name']}: {c['error']}")
+            errors += [
+                f"{c['name']} task {x['id']}: {x['error']}" for x in c["tasks"] if x["error"]
+            ]
         out.print(t)
+        for line in errors:
+            # Printed whole, never cut to the table's width: it is what the user must read.
+            out.print(f"[red]{line}[/red]", soft_wrap=True, highlight=False)
     if r.get("topics") is not None:
         t = Table(title="Topics (end offsets, committed)")
         t.add_column("topic")
@@ -114,10 +116,12 @@ def connect_cmd(
     if not kafka.state("worker").running:
         raise BankdeError("the Kafka Connect worker is not running: run `bankde kafka up` first")
     files = connector_files()
-    register(settings, kafka.connect_url, files)
+    restarted = register(settings, kafka.connect_url, files)
     out.print(f"registered {len(files)} connectors on {kafka.connect_url}")
+    for name in sorted(restarted):
+        out.print(f"{name}: had failed, restarted")
     if wait > 0:
-        for s in wait_running(kafka.connect_url, [f.name for f in files], wait):
+        for s in wait_running(kafka.connect_url, [f.name for f in files], wait, restarted):
             out.print(f"{s.name}: {s.state}, {len(s.tasks)} task(s) running")
 
 
