@@ -114,6 +114,8 @@ class ManagedKafka:
         self.data = self.root / "data"
         self.logs = self.root / "logs"
         self.state_file = self.root / "state.json"
+        # Launch to ready, per process started by the last up() (docs/kafka.md quotes them).
+        self.ready_seconds: dict[str, float] = {}
 
     # -- ports ------------------------------------------------------------------------------
     def ports(self) -> dict[str, int]:
@@ -203,10 +205,13 @@ class ManagedKafka:
         deadline = time.monotonic() + timeout
         if not broker_up:
             self._format(java, jars)
+            t0 = time.monotonic()
             self._spawn("broker", java, jars, BROKER_HEAP, "kafka.Kafka")
             started["broker"] = True
             self._wait_broker(deadline)
+            self.ready_seconds["broker"] = time.monotonic() - t0
         if not worker_up:
+            t0 = time.monotonic()
             self._spawn(
                 "worker",
                 java,
@@ -216,6 +221,7 @@ class ManagedKafka:
             )
             started["worker"] = True
             self._wait_worker(deadline)
+            self.ready_seconds["worker"] = time.monotonic() - t0
         return started
 
     def _choose_ports(self) -> dict[str, int]:

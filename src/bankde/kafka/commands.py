@@ -25,8 +25,12 @@ def up() -> None:
     kafka = ManagedKafka(get_settings())
     started = kafka.up()
     for name, where in (("broker", kafka.bootstrap), ("worker", kafka.connect_url)):
-        verb = "started" if started[name] else "already running"
-        out.print(f"Kafka {name} {verb} on {where}")
+        if started[name]:
+            took = kafka.ready_seconds.get(name)
+            ready = f" (ready in {took:.1f} s)" if took is not None else ""
+            out.print(f"Kafka {name} started on {where}{ready}")
+        else:
+            out.print(f"Kafka {name} already running on {where}")
     out.print(f"logs: {kafka.logs}")
 
 
