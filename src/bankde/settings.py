@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     kafka_controller_port: int = Field(19093, ge=1, le=65535)
     connect_port: int = Field(18083, ge=1, le=65535)
     kafka_group: str = Field("bankde", pattern=r"^[A-Za-z0-9._-]{1,200}$")
+    # The broker's, worker's and Debezium plugin's jars (a cache shared by every home, like
+    # ~/.m2). Unset: $XDG_CACHE_HOME/bankde/kafka-jars (~/.cache/bankde/kafka-jars).
+    kafka_jars_dir: Path | None = None
 
     # --- transform (dbt) --------------------------------------------------------------
     # Salt of the PII tokens in stg_ models. Unset: the public development salt (with a warning).

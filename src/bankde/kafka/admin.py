@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from bankde.errors import ConfigError
+from bankde.errors import BankdeError, ConfigError
+from bankde.kafka.cluster import CONNECT_GROUP
 
 
 def _admin(bootstrap: str) -> Any:
@@ -17,6 +18,19 @@ def _admin(bootstrap: str) -> Any:
         ) from None
     # librdkafka logs every refused connection on stderr: quiet while the broker is down.
     return AdminClient({"bootstrap.servers": bootstrap, "log_level": 0, "socket.timeout.ms": 5000})
+
+
+class BrokerError(BankdeError):
+    """The broker did not answer (in time) or refused a request."""
+
+
+def _kafka_call(what: str, fn: Any, *args: Any) -> Any:
+    from confluent_kafka import KafkaException
+
+    try:
+        return fn(*args)
+    except KafkaException as exc:
+        raise BrokerError(f"{what}: {exc.args[0] if exc.args else exc}") from None
 
 
 def broker_ready(bootstrap: str, timeout: float = 2.0) -> bool:
@@ -67,6 +81,10 @@ def _end_offsets(admin: Any, parts: list[Any], timeout: float) -> dict[tuple[str
 
 def topic_offsets(bootstrap: str, timeout: float = 10.0) -> list[TopicOffsets]:
     """Every non-internal topic with its partition count and summed end offset."""
+    return list(_kafka_call("topic end offsets", _topic_offsets, bootstrap, timeout))
+
+
+def _topic_offsets(bootstrap: str, timeout: float) -> list[TopicOffsets]:
     from confluent_kafka import TopicPartition
 
     admin = _admin(bootstrap)
@@ -87,14 +105,18 @@ def topic_offsets(bootstrap: str, timeout: float = 10.0) -> list[TopicOffsets]:
 def group_lag(
     bootstrap: str, groups: list[str] | None = None, timeout: float = 10.0
 ) -> list[GroupLag]:
-    """Committed offset and end offset per partition of each consumer group (all groups when None).
-    Connect's own worker group is not a consumer group and is not listed."""
+    """Committed offset and end offset per partition of each consumer group (all groups when None,
+    but Connect's own)."""
+    return list(_kafka_call("consumer group offsets", _group_lag, bootstrap, groups, timeout))
+
+
+def _group_lag(bootstrap: str, groups: list[str] | None, timeout: float) -> list[GroupLag]:
     from confluent_kafka import ConsumerGroupTopicPartitions
 
     admin = _admin(bootstrap)
     if groups is None:
         listed = admin.list_consumer_groups(request_timeout=timeout).result()
-        groups = sorted(g.group_id for g in listed.valid if g.protocol_type in ("consumer", ""))
+        groups = sorted(g.group_id for g in listed.valid if g.group_id != CONNECT_GROUP)
     rows: list[GroupLag] = []
     for group in groups:
         futures = admin.list_consumer_group_offsets(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bankde.errors import BankdeError, ConfigError
-from bankde.kafka.jars import Jars, find_java, resolve
+from bankde.kafka.jars import Jars, default_cache, find_java, resolve
 from bankde.settings import Settings
 
 # Heaps are bounded: the machine also runs Postgres, the warehouse and dbt.
@@ -108,11 +108,14 @@ class ManagedKafka:
         self.settings = settings
         self.home = settings.home_dir
         self.root = self.home / "kafka"
-        self.lib = self.root / "lib"
+        jars_dir = settings.kafka_jars_dir
+        self.lib = jars_dir.expanduser().resolve() if jars_dir else default_cache()
         self.conf = self.root / "config"
         self.data = self.root / "data"
         self.logs = self.root / "logs"
         self.state_file = self.root / "state.json"
+        # Launch to ready, per process started by the last up() (docs/kafka.md quotes them).
+        self.ready_seconds: dict[str, float] = {}
 
     # -- ports ------------------------------------------------------------------------------
     def ports(self) -> dict[str, int]:
@@ -149,10 +152,19 @@ class ManagedKafka:
             pid = int(self._pid_file(name).read_text().strip())
         except (OSError, ValueError):
             return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            return None
+        cmdline = ""
+        for _ in range(50):
+            try:
+                raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                return None
+            if raw:
+                cmdline = raw.replace(b"\0", b" ").decode(errors="replace")
+                break
+            # Empty while the java launcher re-executes itself (or for a zombie): look again.
+            if not _alive(pid):
+                return None
+            time.sleep(0.02)
         # A recycled pid belongs to some other program: never signal it.
         return pid if self._marker(name) in cmdline else None
 
@@ -193,10 +205,13 @@ class ManagedKafka:
         deadline = time.monotonic() + timeout
         if not broker_up:
             self._format(java, jars)
+            t0 = time.monotonic()
             self._spawn("broker", java, jars, BROKER_HEAP, "kafka.Kafka")
             started["broker"] = True
             self._wait_broker(deadline)
+            self.ready_seconds["broker"] = time.monotonic() - t0
         if not worker_up:
+            t0 = time.monotonic()
             self._spawn(
                 "worker",
                 java,
@@ -206,6 +221,7 @@ class ManagedKafka:
             )
             started["worker"] = True
             self._wait_worker(deadline)
+            self.ready_seconds["worker"] = time.monotonic() - t0
         return started
 
     def _choose_ports(self) -> dict[str, int]:

@@ -25,8 +25,12 @@ def up() -> None:
     kafka = ManagedKafka(get_settings())
     started = kafka.up()
     for name, where in (("broker", kafka.bootstrap), ("worker", kafka.connect_url)):
-        verb = "started" if started[name] else "already running"
-        out.print(f"Kafka {name} {verb} on {where}")
+        if started[name]:
+            took = kafka.ready_seconds.get(name)
+            ready = f" (ready in {took:.1f} s)" if took is not None else ""
+            out.print(f"Kafka {name} started on {where}{ready}")
+        else:
+            out.print(f"Kafka {name} already running on {where}")
     out.print(f"logs: {kafka.logs}")
 
 
@@ -59,19 +63,21 @@ def _print_status(r: dict[str, Any]) -> None:
         out.print(f"{name:<8} {state} on {p['address']}")
     if r.get("connectors") is not None:
         t = Table(title="Connectors")
-        for col in ("connector", "state", "task", "task state", "error"):
+        for col in ("connector", "state", "tasks"):
             t.add_column(col)
+        errors = []
         for c in r["connectors"]:
-            tasks = c["tasks"] or [{"id": "-", "state": "-", "error": None}]
-            for i, task in enumerate(tasks):
-                t.add_row(
-                    c["name"] if i == 0 else "",
-                    c["state"] if i == 0 else "",
-                    str(task["id"]),
-                    task["state"],
-                    task["error"] or (c["error"] or "" if i == 0 else ""),
-                )
+            tasks = ", ".join(f"{task['id']} {task['state']}" for task in c["tasks"]) or "-"
+            t.add_row(c["name"], c["state"], tasks)
+            if c["error"]:
+                errors.append(f"{c['name']}: {c['error']}")
+            errors += [
+                f"{c['name']} task {x['id']}: {x['error']}" for x in c["tasks"] if x["error"]
+            ]
         out.print(t)
+        for line in errors:
+            # Printed whole, never cut to the table's width: it is what the user must read.
+            out.print(f"[red]{line}[/red]", soft_wrap=True, highlight=False)
     if r.get("topics") is not None:
         t = Table(title="Topics (end offsets, committed)")
         t.add_column("topic")
@@ -114,10 +120,12 @@ def connect_cmd(
     if not kafka.state("worker").running:
         raise BankdeError("the Kafka Connect worker is not running: run `bankde kafka up` first")
     files = connector_files()
-    register(settings, kafka.connect_url, files)
+    restarted = register(settings, kafka.connect_url, files)
     out.print(f"registered {len(files)} connectors on {kafka.connect_url}")
+    for name in sorted(restarted):
+        out.print(f"{name}: had failed, restarted")
     if wait > 0:
-        for s in wait_running(kafka.connect_url, [f.name for f in files], wait):
+        for s in wait_running(kafka.connect_url, [f.name for f in files], wait, restarted):
             out.print(f"{s.name}: {s.state}, {len(s.tasks)} task(s) running")
 
 

@@ -126,12 +126,24 @@ def ensure_publications(settings: Settings, files: list[ConnectorFile]) -> None:
         conn.commit()
 
 
-def register(settings: Settings, connect_url: str, files: list[ConnectorFile]) -> None:
-    """PUT each file's config under its name: creates or updates, so running it twice is safe."""
+def register(settings: Settings, connect_url: str, files: list[ConnectorFile]) -> set[str]:
+    """PUT each file's config under its name: creates or updates, so running it twice is safe.
+    Returns the connectors that had failed and were restarted."""
     write_source_properties(settings)
     ensure_publications(settings, files)
     for f in files:
         rest(connect_url, "PUT", f"/connectors/{_q(f.name)}/config", f.config)
+    # An unchanged config does not restart a failed connector: after fixing the cause (a
+    # password, a publication), registering again must bring it back.
+    failed = {s.name for s in connector_states(connect_url) if s.failed}
+    for f in files:
+        if f.name in failed:
+            rest(
+                connect_url,
+                "POST",
+                f"/connectors/{_q(f.name)}/restart?includeTasks=true&onlyFailed=true",
+            )
+    return failed
 
 
 def _q(name: str) -> str:
@@ -171,7 +183,12 @@ def error_line(trace: str | None) -> str | None:
         return None
     lines = [ln.strip() for ln in trace.splitlines() if ln.strip()]
     causes = [ln.removeprefix("Caused by: ") for ln in lines if ln.startswith("Caused by:")]
-    return (causes[-1] if causes else lines[0])[:400]
+    line = causes[-1] if causes else lines[0]
+    # "org.apache.kafka.connect.errors.ConnectException: msg" -> "ConnectException: msg"
+    head, sep, rest = line.partition(": ")
+    if sep and " " not in head and "." in head:
+        line = head.rsplit(".", 1)[1] + sep + rest
+    return line[:400]
 
 
 def connector_states(connect_url: str) -> list[ConnectorState]:
@@ -190,12 +207,17 @@ def connector_states(connect_url: str) -> list[ConnectorState]:
     return out
 
 
-def wait_running(connect_url: str, names: list[str], timeout: float) -> list[ConnectorState]:
-    """Until every named connector and its tasks run; a failed one raises with its error line."""
+def wait_running(
+    connect_url: str, names: list[str], timeout: float, restarted: set[str] | None = None
+) -> list[ConnectorState]:
+    """Until every named connector and its tasks run; a failed one raises with its error line.
+    A `restarted` connector may still show its old FAILED state until the restart shows."""
     deadline = time.monotonic() + timeout
+    stale = set(restarted or ())
     while True:
         states = {s.name: s for s in connector_states(connect_url) if s.name in names}
-        failed = [s for s in states.values() if s.failed]
+        stale -= {n for n, s in states.items() if not s.failed}
+        failed = [s for n, s in states.items() if s.failed and n not in stale]
         if failed:
             s = failed[0]
             line = s.error or next((t.error for t in s.tasks if t.error), None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -86,46 +87,58 @@ def _digest() -> str:
     return h.hexdigest()[:16]
 
 
-def resolve(lib: Path, log: Path) -> Jars:
-    """The jars under `lib`, copied there by Maven on first use or after a pom changed.
+def default_cache() -> Path:
+    """Where the jars are kept for every bankde home of this user (a cache, like ~/.m2)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "bankde" / "kafka-jars"
 
-    Each set is copied into a temporary directory and renamed into place, so an interrupted
-    download leaves nothing that looks complete."""
-    stamp = lib / f".resolved-{_digest()}"
+
+def resolve(cache: Path, log: Path) -> Jars:
+    """The jars under `cache`/<poms' digest>, copied there by Maven on first use.
+
+    One process at a time resolves (a lock file); each set is copied into a temporary directory
+    and renamed into place, and the stamp is written last, so an interrupted download leaves
+    nothing that looks complete."""
+    lib = cache / _digest()
+    stamp = lib / ".resolved"
     jars = Jars(lib / "broker", lib / "worker", lib / "plugins")
     if stamp.is_file():
         return jars
     mvn = find_maven()
     find_java()  # Maven runs on it too; say so before a long download fails obscurely
     lib.mkdir(parents=True, exist_ok=True)
-    for old in lib.glob(".resolved-*"):
-        old.unlink()
-    for name in POMS:
-        tmp = lib / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        with open(log, "a") as out:
-            proc = subprocess.run(
-                [
-                    str(mvn),
-                    "-B",
-                    "-q",
-                    "-f",
-                    str(pom(name)),
-                    "dependency:copy-dependencies",
-                    f"-DoutputDirectory={tmp}",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=str(lib),
-            )
-        if proc.returncode != 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise BankdeError(
-                f"Maven could not fetch the {name} jars from Maven Central (log: {log})"
-            )
-        final = jars.plugin_path / PLUGIN_DIR_NAME if name == "plugin" else lib / name
-        shutil.rmtree(final, ignore_errors=True)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(final)
-    stamp.touch()
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not stamp.is_file():  # another process may have finished it while we waited
+            for name in POMS:
+                _copy(mvn, name, lib, jars, log)
+            stamp.touch()
     return jars
+
+
+def _copy(mvn: Path, name: str, lib: Path, jars: Jars, log: Path) -> None:
+    tmp = lib / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as out:
+        proc = subprocess.run(
+            [
+                str(mvn),
+                "-B",
+                "-q",
+                "-f",
+                str(pom(name)),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={tmp}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=str(lib),
+        )
+    if proc.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BankdeError(f"Maven could not fetch the {name} jars from Maven Central (log: {log})")
+    final = jars.plugin_path / PLUGIN_DIR_NAME if name == "plugin" else lib / name
+    shutil.rmtree(final, ignore_errors=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(final)

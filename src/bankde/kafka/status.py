@@ -30,13 +30,14 @@ def gather(settings: Settings) -> dict[str, Any]:
         except (OSError, BankdeError) as exc:
             report["errors"].append(f"worker: {exc}")
     if broker.running:
-        from bankde.kafka.admin import group_lag, topic_offsets
+        from bankde.kafka.admin import BrokerError, group_lag, topic_offsets
 
         try:
             report["topics"] = [asdict(t) for t in topic_offsets(kafka.bootstrap)]
-            report["groups"] = [{**asdict(g), "lag": g.lag} for g in group_lag(kafka.bootstrap)]
-        except BankdeError:
-            raise
-        except Exception as exc:  # KafkaException: the broker did not answer in time
+        except BrokerError as exc:
             report["errors"].append(f"broker: {exc}")
+        try:
+            report["groups"] = [{**asdict(g), "lag": g.lag} for g in group_lag(kafka.bootstrap)]
+        except BrokerError as exc:
+            report["errors"].append(f"consumer groups: {exc}")
     return report
