@@ -15,7 +15,7 @@ from typing import Any
 from psycopg import sql
 
 from bankde.settings import Settings
-from bankde.source.connection import cdc_info, connect, owner_info
+from bankde.source.connection import connect, owner_info
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,15 +71,10 @@ class Connectors:
 
 
 def _configs(settings: Settings, tag: str, exactly_once: bool) -> list[tuple[str, dict[str, str]]]:
-    info = cdc_info(settings)
-    p = info.params
-    values = {
-        "host": p.get("host", "127.0.0.1"),
-        "port": p.get("port", "5432"),
-        "dbname": info.dbname,
-        "user": p.get("user", settings.cdc_user),
-        "password": p.get("password", ""),
-    }
+    from bankde.kafka.connect import write_source_properties
+
+    # The connection comes from the worker's file provider, as for `bankde kafka connect`.
+    write_source_properties(settings)
     out = []
     for path in sorted((REPO / "debezium").glob("postgres-*.json")):
         doc = json.loads(path.read_text())
@@ -87,12 +82,6 @@ def _configs(settings: Settings, tag: str, exactly_once: bool) -> list[tuple[str
         cfg = dict(doc["config"])
         cfg.update(
             {
-                "database.hostname": values["host"],
-                "database.port": values["port"],
-                "database.dbname": values["dbname"],
-                "database.user": values["user"],
-                "database.password": values["password"],
-                "database.sslmode": "disable",
                 "topic.prefix": tag,
                 "slot.name": f"{cfg['slot.name']}_{tag}",
                 "publication.name": f"{cfg['publication.name']}_{tag}",
@@ -105,7 +94,6 @@ def _configs(settings: Settings, tag: str, exactly_once: bool) -> list[tuple[str
                 "topic.creation.default.partitions": "3",
             }
         )
-        cfg.pop("database.sslrootcert", None)
         if exactly_once:
             cfg["exactly.once.support"] = "required"
             cfg["transaction.boundary"] = "poll"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -37,13 +36,10 @@ print(off.lsn if off else 0)
 """
 
 
-@pytest.fixture(scope="module")
-def kafka_stack() -> Stack:
-    bootstrap = os.environ.get("BANKDE_TEST_KAFKA_BOOTSTRAP")
-    url = os.environ.get("BANKDE_TEST_CONNECT_URL")
-    if not bootstrap or not url:
-        pytest.skip("no broker")
-    return Stack(bootstrap, url)
+@pytest.fixture()
+def kafka_stack(kafka_cluster: Any) -> Stack:
+    """The session's managed broker and Connect worker (tests/kafka.py)."""
+    return Stack(kafka_cluster.bootstrap, kafka_cluster.connect_url)
 
 
 @pytest.fixture()
