@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import random
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +19,7 @@ import pytest
 from bankde.settings import Settings
 from bankde.source.connection import connect, owner_info
 from tests.conftest import cli_env, make_home
-from tests.integration.test_debezium_engine import COMPARE, _changes, _seed
+from tests.integration.test_debezium_engine import COMPARE, _changes, _seed, _workload
 from tests.kafka_stack import Connectors, Stack, connectors
 
 pytest.importorskip("confluent_kafka", reason="the [kafka] extra is not installed")
@@ -166,3 +169,74 @@ def test_kafka_and_native_land_the_same_state(
         diff = _compare(nat, "nat_", "kaf_")
         _assert_same(diff)
         assert diff["raw.transaction"]["rows"] == 900 - 41
+
+
+def _group_offsets(regs: Connectors) -> dict[tuple[str, int], int]:
+    """What the engine committed to its consumer group (only after the warehouse held it)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": regs.stack.bootstrap})
+    fut = admin.list_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(regs.settings.kafka_group)]
+    )[regs.settings.kafka_group]
+    parts = fut.result().topic_partitions or []
+    return {(tp.topic, tp.partition): tp.offset for tp in parts if tp.offset >= 0}
+
+
+def _reconcile(env: dict[str, str]) -> None:
+    rec = _cli(env, "reconcile", "--json")
+    assert rec.returncode == 0, f"{rec.stdout[-2000:]}{rec.stderr[-2000:]}"
+
+
+def test_kill_dash_nine_of_the_kafka_consumer(
+    kafka_stack: Stack, workspace: tuple[Settings, Path]
+) -> None:
+    """`bankde cdc run --engine kafka` killed with SIGKILL at five random points of a mixed
+    workload, restarted each time; then the warehouse equals the source, nothing twice."""
+    settings, home = workspace
+    _seed(settings)
+    with connectors(kafka_stack, settings) as regs:
+        env = _env(settings, home, "kafka", regs) | {
+            "BANKDE_CDC_BATCH_SECONDS": "0.1",
+            "BANKDE_CDC_BATCH_ROWS": "200",
+        }
+        regs.wait_running()
+        _sync_until(env, _current_lsn(settings))  # Debezium's snapshot, applied
+        stop = threading.Event()
+        done: list[int] = []
+        writer = threading.Thread(
+            target=lambda: done.append(_workload(settings, stop, random.Random(3))), daemon=True
+        )
+        writer.start()
+        rng = random.Random(7)
+        committed: list[dict[tuple[str, int], int]] = []
+        try:
+            for i in range(5):
+                before = _group_offsets(regs)
+                proc = subprocess.Popen(
+                    [BANKDE, "cdc", "run", "--engine", "kafka", "--no-progress"],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                # This run's first write reached the warehouse (it commits to the group only
+                # afterwards), then a random point of the stream.
+                deadline = time.monotonic() + 120
+                while _group_offsets(regs) == before:
+                    assert time.monotonic() < deadline, f"kill {i}: nothing committed in 120 s"
+                    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                    time.sleep(0.2)
+                time.sleep(rng.uniform(0.2, 2.5))
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=30)
+                committed.append(_group_offsets(regs))
+        finally:
+            stop.set()
+            writer.join(timeout=30)
+        assert done and done[0] > 50
+        assert len({tuple(sorted(c.items())) for c in committed}) == 5, "each run moved on"
+        _sync_until(env, _current_lsn(settings))
+        _reconcile(env)

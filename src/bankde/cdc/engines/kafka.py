@@ -568,5 +568,58 @@ class KafkaEngine:
             raise err
 
 
+def kafka_status(settings: Settings, warehouse: Any = None) -> dict[str, Any]:
+    """The kafka part of `cdc status --engine kafka`: every connector with its tasks' states and
+    the first line of a failed task's error, the consumer group's lag per topic, and the LSN
+    each connector is applied up to. `problem` names the first failed connector or task."""
+    from bankde.errors import BankdeError
+    from bankde.kafka.admin import BrokerError, group_lag
+    from bankde.kafka.cluster import ManagedKafka
+    from bankde.kafka.connect import connector_states
+
+    s = engine_settings(settings)
+    kafka = ManagedKafka(s)
+    out: dict[str, Any] = {"connectors": None, "lag": None, "connector_lsn": None}
+    try:
+        states = connector_states(kafka.connect_url)
+        out["connectors"] = {
+            c.name: {
+                "state": c.state,
+                "error": c.error,
+                "tasks": {t.id: t.state + (f": {t.error}" if t.error else "") for t in c.tasks},
+            }
+            for c in states
+        }
+        for c in states:
+            failed = [t for t in c.tasks if t.state == "FAILED"]
+            if c.state == "FAILED" or failed:
+                line = c.error or (failed[0].error if failed else None) or "no error line"
+                out["problem"] = f"connector {c.name} FAILED: {line}"
+                break
+    except (OSError, BankdeError) as exc:
+        out["connectors_error"] = f"Connect at {kafka.connect_url}: {exc}"
+    bootstrap = s.kafka_bootstrap or kafka.bootstrap
+    try:
+        lag: dict[str, int] = {}
+        for g in group_lag(bootstrap, [s.kafka_group]):
+            lag[g.topic] = lag.get(g.topic, 0) + g.lag
+        out["lag"] = lag
+    except BrokerError as exc:
+        out["lag_error"] = str(exc)
+    if warehouse is not None:
+        from bankde.warehouse.ddl import db_names, has_table
+
+        if has_table(warehouse, db_names(s).meta, "cdc_connector_lsn"):
+            from bankde.cdc.envelope import format_lsn
+
+            rows = warehouse.query(
+                f"SELECT connector, max(lsn) FROM {db_names(s).meta_table('cdc_connector_lsn')} "
+                "WHERE slot = {s:String} GROUP BY connector ORDER BY connector",
+                {"s": s.cdc_slot},
+            )
+            out["connector_lsn"] = {str(c): format_lsn(int(v)) for c, v in rows}
+    return out
+
+
 # The registry's entry point (cdc/registry.py).
 Engine = KafkaEngine
