@@ -171,12 +171,19 @@ def test_kafka_and_native_land_the_same_state(
         assert diff["raw.transaction"]["rows"] == 900 - 41
 
 
+_ADMIN: dict[str, Any] = {}
+
+
 def _group_offsets(regs: Connectors) -> dict[tuple[str, int], int]:
     """What the engine committed to its consumer group (only after the warehouse held it)."""
     from confluent_kafka import ConsumerGroupTopicPartitions
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": regs.stack.bootstrap})
+    admin = _ADMIN.get(regs.stack.bootstrap)
+    if admin is None:
+        admin = _ADMIN[regs.stack.bootstrap] = AdminClient(
+            {"bootstrap.servers": regs.stack.bootstrap}
+        )
     fut = admin.list_consumer_group_offsets(
         [ConsumerGroupTopicPartitions(regs.settings.kafka_group)]
     )[regs.settings.kafka_group]
