@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 AIRFLOW_STAMP := $(VENV)/.installed-airflow
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo airflow test lint lint-sql typecheck pytest bench-fill bench-sink bench-dbt bench-served bench venv clean
+.PHONY: demo airflow test lint lint-sql typecheck pytest bench-fill bench-sink bench-dbt bench-served bench-kafka bench venv clean
 
 # The package alone: enough for `make demo`.
 $(STAMP): pyproject.toml
@@ -69,6 +69,10 @@ bench-dbt: $(STAMP)
 
 bench-served: $(STAMP)
 	$(BIN)/python bench/served.py
+
+# The kafka engine alone on a topic pre-filled with 1M Debezium events (needs Java 17, Maven).
+bench-kafka: $(DEV_STAMP)
+	$(BIN)/python bench/kafka.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -285,7 +285,8 @@ class KafkaEngine:
             err = msg.error()
             topic: str = msg.topic() or ""
             if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
+                if err.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
+                    # A subscribed pattern no topic matches yet (connectors not started): wait.
                     continue
                 if err.fatal() or not err.retriable():
                     raise CaptureError(f"kafka {topic}: {err.str()}")
