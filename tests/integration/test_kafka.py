@@ -46,6 +46,12 @@ def test_up_is_idempotent_and_status_shows_both(kafka_cluster) -> None:
         t["topic"] for t in report["topics"]
     }
     assert report["errors"] == []
+    # Private like the rest of $BANKDE_HOME: configs, logs, pid and state files, their dirs.
+    kafka = kafka_cluster.home / "kafka"
+    files = [*kafka.glob("config/*"), *kafka.glob("logs/*"), *kafka.glob("*.pid")]
+    assert len(files) >= 8
+    for path in [kafka, kafka / "config", kafka / "logs", kafka / "state.json", *files]:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
 
 
 def _wait(predicate, timeout: float, what: str):
