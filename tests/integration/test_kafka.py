@@ -21,7 +21,7 @@ from tests.kafka import free_ports
 BANKDE = str(Path(sys.executable).with_name("bankde"))
 
 
-def run(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [BANKDE, "kafka", *args], env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -78,7 +78,7 @@ def test_connect_runs_the_repo_files_unchanged(kafka_cluster, cluster_settings: 
     with fresh_source_db(cluster_settings) as settings:
         env = cli_env(settings)
         try:
-            proc = run(env, "connect")
+            proc = run(env, "connect", "--wait", "300")
             assert proc.returncode == 0, proc.stderr + proc.stdout
             files = connector_files()
             assert proc.stdout.count("RUNNING, 1 task(s) running") == len(files)
@@ -113,7 +113,7 @@ def test_connect_runs_the_repo_files_unchanged(kafka_cluster, cluster_settings: 
                 ends = {t["topic"]: t["end_offset"] for t in report["topics"]}
                 return ends.get("bankde.bank.transaction", 0) >= n_txn and ends
 
-            ends = _wait(topic_end, 120, "all transactions in bankde.bank.transaction")
+            ends = _wait(topic_end, 300, "all transactions in bankde.bank.transaction")
             assert ends.get("bankde.message", 0) > 0, "heartbeat messages advance idle slots"
 
             # A consumer group's committed offsets show as lag in `kafka status`.
@@ -160,13 +160,13 @@ def test_connect_runs_the_repo_files_unchanged(kafka_cluster, cluster_settings: 
                 lambda: (
                     (c := _connector(status_json(env), card))["tasks"][0]["state"] == "FAILED" and c
                 ),
-                120,
+                300,
                 "the card connector's task FAILED",
             )
             assert "Publication autocreation is disabled" in failed["tasks"][0]["error"]
             text = run(env, "status").stdout
             assert f"{card} task 0: ConnectException: Publication autocreation is disabled" in text
-            proc = run(env, "connect")
+            proc = run(env, "connect", "--wait", "300")
             assert proc.returncode == 0, proc.stderr + proc.stdout
             assert f"{card}: had failed, restarted" in proc.stdout
             assert _connector(status_json(env), card)["tasks"][0]["state"] == "RUNNING"
