@@ -21,7 +21,7 @@ from tests.kafka import free_ports
 BANKDE = str(Path(sys.executable).with_name("bankde"))
 
 
-def run(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run(env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [BANKDE, "kafka", *args], env=env, capture_output=True, text=True, timeout=timeout
     )
@@ -46,6 +46,12 @@ def test_up_is_idempotent_and_status_shows_both(kafka_cluster) -> None:
         t["topic"] for t in report["topics"]
     }
     assert report["errors"] == []
+    # Private like the rest of $BANKDE_HOME: configs, logs, pid and state files, their dirs.
+    kafka = kafka_cluster.home / "kafka"
+    files = [*kafka.glob("config/*"), *kafka.glob("logs/*"), *kafka.glob("*.pid")]
+    assert len(files) >= 8
+    for path in [kafka, kafka / "config", kafka / "logs", kafka / "state.json", *files]:
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
 
 
 def _wait(predicate, timeout: float, what: str):
@@ -72,7 +78,7 @@ def test_connect_runs_the_repo_files_unchanged(kafka_cluster, cluster_settings: 
     with fresh_source_db(cluster_settings) as settings:
         env = cli_env(settings)
         try:
-            proc = run(env, "connect")
+            proc = run(env, "connect", "--wait", "300")
             assert proc.returncode == 0, proc.stderr + proc.stdout
             files = connector_files()
             assert proc.stdout.count("RUNNING, 1 task(s) running") == len(files)
@@ -107,7 +113,7 @@ def test_connect_runs_the_repo_files_unchanged(kafka_cluster, cluster_settings: 
                 ends = {t["topic"]: t["end_offset"] for t in report["topics"]}
                 return ends.get("bankde.bank.transaction", 0) >= n_txn and ends
 
-            ends = _wait(topic_end, 120, "all transactions in bankde.bank.transaction")
+            ends = _wait(topic_end, 300, "all transactions in bankde.bank.transaction")
             assert ends.get("bankde.message", 0) > 0, "heartbeat messages advance idle slots"
 
             # A consumer group's committed offsets show as lag in `kafka status`.
@@ -154,13 +160,13 @@ def test_connect_runs_the_repo_files_unchanged(kafka_cluster, cluster_settings: 
                 lambda: (
                     (c := _connector(status_json(env), card))["tasks"][0]["state"] == "FAILED" and c
                 ),
-                120,
+                300,
                 "the card connector's task FAILED",
             )
             assert "Publication autocreation is disabled" in failed["tasks"][0]["error"]
             text = run(env, "status").stdout
             assert f"{card} task 0: ConnectException: Publication autocreation is disabled" in text
-            proc = run(env, "connect")
+            proc = run(env, "connect", "--wait", "300")
             assert proc.returncode == 0, proc.stderr + proc.stdout
             assert f"{card}: had failed, restarted" in proc.stdout
             assert _connector(status_json(env), card)["tasks"][0]["state"] == "RUNNING"

@@ -71,3 +71,25 @@ def test_ports_must_differ(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, kafka_port=9000, kafka_controller_port=9000)
     with pytest.raises(ConfigError, match="three different ports"):
         ManagedKafka(settings)._choose_ports()
+
+
+def test_managed_source_after_db_up_tls_is_verify_full_with_its_ca(tmp_path: Path) -> None:
+    from bankde.source.tls import ensure_ca
+
+    ca = ensure_ca(tmp_path / "tls")
+    props = source_properties(Settings(home=tmp_path, pg_dsn=None, db_host=None, pg_port=5999))
+    assert props["sslmode"] == "verify-full"
+    assert props["sslrootcert"] == str(ca.ca_cert)
+    assert (props["host"], props["port"], props["user"]) == ("127.0.0.1", "5999", "bankde_cdc")
+    assert props["password"]  # the managed capture role's generated password
+
+
+def test_kafka_help_lists_its_commands() -> None:
+    from typer.testing import CliRunner
+
+    from bankde.cli import app
+
+    result = CliRunner().invoke(app, ["kafka", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for command in ("up", "down", "status", "connect", "disconnect"):
+        assert f" {command} " in result.output

@@ -87,9 +87,10 @@ def _print_status(r: dict[str, Any]) -> None:
             t.add_row(tp["topic"], str(tp["partitions"]), f"{tp['end_offset']:,}")
         out.print(t)
     if r.get("groups") is not None:
-        if not r["groups"]:
-            out.print("consumer groups: none has committed offsets yet")
-        else:
+        engine = r["engine_group"]
+        if not any(g["group"] == engine for g in r["groups"]):
+            out.print(f"consumer group {engine} (the kafka engine's): no committed offsets yet")
+        if r["groups"]:
             t = Table(title="Consumer groups")
             for col in ("group", "topic", "partition", "committed", "end", "lag"):
                 t.add_column(col, justify="right" if col not in ("group", "topic") else "left")

@@ -20,6 +20,7 @@ def gather(settings: Settings) -> dict[str, Any]:
         "connectors": None,
         "topics": None,
         "groups": None,
+        "engine_group": settings.kafka_group,
         "errors": [],
     }
     if worker.running:
