@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 import time
 from typing import Any
@@ -16,6 +17,7 @@ from bankde.cdc.slot import drop_slot, ensure_publication
 from bankde.settings import Settings
 from bankde.source.connection import cdc_info, connect, owner_info, source_info
 from bankde.source.schema import init_source
+from bankde.warehouse.ddl import set_durable
 from bankde.warehouse.session import WarehouseSession, open_session
 
 BASELINE_SLOTS = ("bench_decode", "bench_walsender")
@@ -144,6 +146,9 @@ def main() -> None:
         "load streamed with recording on and off, alternated, at two batch sizes.",
     )
     ap.add_argument("--rounds", type=int, default=3, help="Rounds per setting (--batch-log-cost).")
+    ap.add_argument(
+        "--no-debezium", action="store_true", help="Skip the Debezium engine's run (slow JVM)."
+    )
     args = ap.parse_args()
     if args.batch_log_cost:
         batch_log_cost(args.txns, args.changes, args.rounds)
@@ -177,7 +182,7 @@ def main() -> None:
             for slot in BASELINE_SLOTS:
                 conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
             conn.commit()
-        dbz = debezium_prepare(settings, session)
+        dbz = None if args.no_debezium else debezium_prepare(settings, session)
         made = mixed_load(settings, args.changes)
         # Every change is committed before the clock starts: it runs from the moment they are
         # all available until sync returns (connect and catch-up included) and counts only the
@@ -197,15 +202,36 @@ def main() -> None:
             f"{apply_rate / base_decode:.2f}"
         )
 
+        # What fsync before acknowledging costs: the same load again, inserts not fsynced.
+        wh = session.warehouse(settings)
+        set_durable(wh, False)
+        try:
+            mixed_load(settings, args.changes)
+            start = time.perf_counter()
+            res3 = capture.sync(settings, capture.open_sink(settings, session), show_progress=False)
+            off_rate = res3.changes / (time.perf_counter() - start)
+        finally:
+            set_durable(wh, True)
+        print(
+            f"fsync cost: stream with every insert fsynced {apply_rate:,.0f} changes/s | baseline "
+            f"without fsync {off_rate:,.0f} changes/s | ratio {apply_rate / off_rate:.2f} "
+            f"(cost {100 * (1 - apply_rate / off_rate):+.1f} %)"
+        )
+
         if dbz is not None:
             debezium_stream(dbz, session, apply_rate)
 
-        p50, p99, n = latency(settings, session, args.rate, args.seconds)
-        print(
-            f"latency at {args.rate:,} changes/s: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms "
-            f"over {n:,} transactions (target p99 < 1000 ms; batch bound "
-            f"{settings.cdc_batch_seconds:g}s)"
-        )
+        # Latency: adaptive batching (the default) and the fixed batch interval it replaced.
+        for adaptive in (False, True):
+            s = settings.model_copy(update={"cdc_batch_adaptive": adaptive})
+            p50, p99, n = latency(s, session, args.rate, args.seconds)
+            print(
+                f"latency at {args.rate:,} changes/s, "
+                f"{'adaptive batching' if adaptive else 'baseline fixed batch interval'}: "
+                f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms over {n:,} transactions "
+                f"(target p99 < 150 ms; batch bound {settings.cdc_batch_seconds:g}s) | "
+                f"load average {os.getloadavg()[0]:.1f}"
+            )
         print(f"peak RSS: {peak_rss_mib():,.0f} MiB")
     finally:
         engine_slots = {spec.settings_for(settings).cdc_slot for spec in ENGINES.values()}

@@ -178,6 +178,19 @@ class RequestsStatus(Protocol):
     def request_status(self) -> None: ...
 
 
+@runtime_checkable
+class ReportsIdlePosition(Protocol):
+    """Optional engine feature: how far the source may confirm the slot on its own while the
+    stream idles (psycopg2 moves the flush position to a keepalive's WAL end once everything
+    received is acknowledged). The capture records an offset there before acknowledging it,
+    so the slot never runs ahead of the warehouse's offset (native pgoutput)."""
+
+    def idle_lsn(self) -> int | None:
+        """The WAL end the server last reported, when nothing received is unacknowledged and no
+        transaction is half received; else None."""
+        ...
+
+
 class Sink(Protocol):
     """Where change events land (the ClickHouse raw tables)."""
 
@@ -225,7 +238,9 @@ class Sink(Protocol):
         ...
 
     def reset(self, slot: str) -> None:
-        """Drop and re-create every landing table and forget `slot`'s offset (cdc resync)."""
+        """Forget `slot`'s offset (cdc resync), so the next open snapshots again. The landing
+        tables stay readable, with their data, until that snapshot is complete and replaces
+        them all at once; they are never emptied first."""
         ...
 
     def load_offset(self, slot: str) -> Offset | None:

@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     # `cdc run --engine kafka` processes in one consumer group (kafka_group) share the partitions.
     kafka_bootstrap: str | None = None
     kafka_topic_prefix: str = Field("bankde", pattern=r"^[A-Za-z0-9_-]{1,100}$")
+    # Adaptive batching: write a batch as soon as the stream has caught up and the writer is
+    # free (low latency at a steady rate); full batches still form while catching up.
+    cdc_batch_adaptive: bool = True
+    # Creating a slot waits for every transaction open at that moment to end: how long at most
+    # (it names the blocking pid and transaction age meanwhile).
+    cdc_slot_wait_seconds: float = Field(300.0, gt=0)
 
     # --- warehouse --------------------------------------------------------------------
     # Unset: embedded chDB under $BANKDE_HOME/warehouse. Set: a ClickHouse server.
@@ -77,6 +83,10 @@ class Settings(BaseSettings):
     wh_prefix: str = Field("", pattern=r"^[A-Za-z0-9_]*$", max_length=40)
     # Seconds a process waits for another one to release the embedded warehouse (--wait overrides).
     wh_lock_wait: float = Field(5.0, ge=0)
+    # Landing tables, offsets and rejects fsync each insert (files and part directory) before it
+    # returns, so the slot is acknowledged only for what is on disk. Off only to measure the
+    # cost (bench/cdc.py) or on a throwaway warehouse.
+    wh_fsync: bool = True
     # Port of the served warehouse (ClickHouse HTTP interface on 127.0.0.1); `wh serve --port`.
     wh_http_port: int = Field(8123, ge=0, le=65535)
 

@@ -16,7 +16,7 @@ from bankde.settings import Settings
 if TYPE_CHECKING:
     from bankde.warehouse.session import WarehouseSession
 
-__all__ = ["BatchStats", "SyncResult", "open_sink", "resync", "run", "sync"]
+__all__ = ["BatchStats", "SyncResult", "open_sink", "resync", "run", "sync", "sync_to"]
 
 # How long `cdc sync` keeps retrying a source lost mid-stream before giving up (one that is
 # unreachable at the start fails at once).
@@ -53,6 +53,29 @@ def sync(
         stop=None,
         max_outage=SYNC_RETRY_SECONDS,
         retry_at_start=False,
+    )
+
+
+def sync_to(
+    settings: Settings,
+    sink: Sink,
+    lsn: int,
+    *,
+    engine: str = DEFAULT_ENGINE,
+) -> SyncResult:
+    """Apply exactly the transactions committed before `lsn` (a consistent point), none after:
+    the warehouse then holds the source as of `lsn` (a check compares there). What follows stays
+    unacknowledged in the slot for the next capture."""
+    return _open_and_stream(
+        settings,
+        sink,
+        engine,
+        False,
+        until_lsn=lambda: lsn,
+        stop=None,
+        max_outage=SYNC_RETRY_SECONDS,
+        retry_at_start=False,
+        exact=True,
     )
 
 
@@ -106,8 +129,9 @@ def resync(
     engine: str = DEFAULT_ENGINE,
     show_progress: bool = True,
 ) -> SyncResult:
-    """Drop the engine's slot and the landing tables, then snapshot and catch up again (the way
-    out of an invalidated slot or a lost warehouse)."""
+    """Drop the engine's slot, snapshot every table again into staging tables, then swap them
+    in at once and catch up (the way out of an invalidated slot or a lost warehouse). Until the
+    swap, readers keep the old landing tables, full."""
     from bankde.cdc.slot import drop_slot
 
     make_engine(settings, engine)  # an engine that cannot run fails before anything is dropped

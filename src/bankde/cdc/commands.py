@@ -205,7 +205,8 @@ def resync(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Snapshot progress bars."),
     wait: WaitOption = None,
 ) -> None:
-    """Drop and recreate the slot and the landing tables, then snapshot again."""
+    """Recreate the slot and snapshot every table again; the landing tables are replaced at once
+    when the new snapshot is complete."""
     from bankde.cdc.api import open_sink
     from bankde.cdc.api import resync as do_resync
     from bankde.cdc.registry import make_engine
@@ -215,7 +216,8 @@ def resync(
     slot_settings = _engine_settings(settings, engine)
     make_engine(settings, engine)  # an engine that cannot run fails before anything is dropped
     if not yes and not typer.confirm(
-        f"drop slot {slot_settings.cdc_slot} and every landing table, then snapshot again?",
+        f"drop slot {slot_settings.cdc_slot} and snapshot every table again (the landing "
+        "tables are replaced when it is complete)?",
         err=True,
     ):
         raise typer.Exit(1)

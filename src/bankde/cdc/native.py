@@ -11,13 +11,15 @@ from bankde.cdc.pgoutput import Decoder, Transaction
 from bankde.cdc.preflight import preflight
 from bankde.cdc.slot import (
     PROTO_VERSION,
+    SlotCreationWatch,
     drop_slot,
 )
 from bankde.cdc.snapshot import copy_snapshot
 from bankde.contracts import Offset, ProgressFn, Sink
+from bankde.errors import CaptureError
 from bankde.settings import Settings
 from bankde.source.catalog import catalog_tables, primary_keys
-from bankde.source.connection import cdc_info
+from bankde.source.connection import capture_session_sql, cdc_info
 
 
 class NativeEngine:
@@ -66,6 +68,10 @@ class NativeEngine:
 
             # bankde-security: a certificate problem is a setting to fix (exit 2).
             raise connect_error(exc, info) from None
+        # Pinned before anything is read: pgoutput prints values in the walsender's settings.
+        with conn.cursor() as cur:
+            for stmt in capture_session_sql():
+                cur.execute(stmt)
         return conn
 
     def open(self, sink: Sink, progress: ProgressFn | None = None) -> Offset:
@@ -97,6 +103,8 @@ class NativeEngine:
         self, sink: Sink, tables: list[tuple[str, str]], progress: ProgressFn | None
     ) -> Offset:
         """(Re)create the slot with an exported snapshot and copy every table at that point."""
+        import psycopg2.errors
+
         from bankde.cdc.envelope import parse_lsn
 
         slot = self.settings.cdc_slot
@@ -108,7 +116,17 @@ class NativeEngine:
         for (schema, table), info in catalog_tables(cdc_info(self.settings), tables).items():
             sink.ensure_columns(schema, table, info.source_columns())
         started = time.monotonic()
-        self._cur.execute(f'CREATE_REPLICATION_SLOT "{slot}" LOGICAL pgoutput EXPORT_SNAPSHOT')
+        self._cur.execute("SELECT pg_backend_pid()")
+        pid = int(self._cur.fetchone()[0])
+        with SlotCreationWatch(self.settings, self._conn, pid) as watch:
+            try:
+                self._cur.execute(
+                    f'CREATE_REPLICATION_SLOT "{slot}" LOGICAL pgoutput EXPORT_SNAPSHOT'
+                )
+            except psycopg2.errors.QueryCanceled:
+                if watch.gave_up:
+                    raise CaptureError(watch.message) from None
+                raise
         _name, consistent, snapshot_name, _plugin = self._cur.fetchone()
         lsn = parse_lsn(consistent)
         self.snapshot_rows = copy_snapshot(
@@ -153,6 +171,13 @@ class NativeEngine:
         self._cur.send_feedback(write_lsn=lsn, flush_lsn=lsn, force=True)
         self._acked = lsn
         self._must_flush = False
+
+    def idle_lsn(self) -> int | None:
+        if self._cur is None or self.decoder is None or self.decoder.in_transaction:
+            return None
+        if self._must_flush or self._returned > self._acked:
+            return None
+        return int(self._cur.wal_end or 0) or None
 
     def request_status(self) -> None:
         """Ask the server for a keepalive, which carries how far it has decoded."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bankde.cdc.envelope import format_lsn
 from bankde.cdc.slot import SlotState, ensure_publication, lost_slot_message, slot_state
 from bankde.contracts import Offset, Sink
 from bankde.errors import CaptureError
@@ -27,8 +28,9 @@ class StartPoint:
 
 
 def preflight(settings: Settings, sink: Sink) -> StartPoint:
-    """Refuse to start on a lost slot, a slot of another database, or a warehouse that holds data
-    streamed through a slot that is gone; otherwise publish every captured table."""
+    """Refuse to start on a lost slot, a slot of another database, a warehouse that holds data
+    streamed through a slot that is gone, or a slot confirmed past the warehouse's offset;
+    otherwise publish every captured table."""
     slot = settings.cdc_slot
     state = slot_state(settings)
     if state.exists and state.lost:
@@ -44,5 +46,20 @@ def preflight(settings: Settings, sink: Sink) -> StartPoint:
         raise CaptureError(
             f"replication slot {slot} is gone but the warehouse holds data streamed through it "
             "(changes since then cannot be recovered): run `bankde cdc resync`"
+        )
+    if (
+        offset is not None
+        and offset.snapshot_done
+        and state.exists
+        and state.confirmed_flush_lsn is not None
+        and state.confirmed_flush_lsn > offset.lsn
+    ):
+        # The slot will not send what lies between: a warehouse restored from a backup, or a
+        # slot dropped and re-created by someone. Streaming on would skip those changes.
+        raise CaptureError(
+            f"replication slot {slot} is confirmed up to {format_lsn(state.confirmed_flush_lsn)} "
+            f"but the warehouse holds changes only up to {format_lsn(offset.lsn)}: the changes "
+            "in between cannot be recovered from the slot (warehouse restored from a backup, or "
+            "slot re-created?); run `bankde cdc resync`"
         )
     return StartPoint(state, tables, offset)

@@ -69,8 +69,10 @@ def stream(
     on_batch: Callable[[BatchStats], None] | None = None,
     max_outage: float | None = None,
     retry_at_start: bool = True,
+    exact: bool = False,
 ) -> SyncResult:
-    """Open (snapshot if needed), then stream until caught up with `until_lsn` or until `stop`.
+    """Open (snapshot if needed), then stream until caught up with `until_lsn` or until `stop`
+    (with `exact`, applying no transaction committed at or after `until_lsn`).
 
     `settings` are the engine's own (its slot). A lost source connection is retried with
     backoff (for at most `max_outage` seconds when given); without `retry_at_start`, a source
@@ -88,6 +90,9 @@ def stream(
     backoff = Backoff()
     target = until_lsn() if until_lsn is not None else None
     streamer.result.target_lsn = target
+    if exact:
+        # Apply exactly the transactions committed before `target`, none after it.
+        streamer.stop_before = target
     stream_started: float | None = None
     try:
         while stop is None or not stop.is_set():
@@ -102,10 +107,13 @@ def stream(
                 if target is not None:
                     engine = streamer.engine
                     assert engine is not None
-                    if engine.caught_up(target):
+                    if streamer.reached_stop or engine.caught_up(target):
                         streamer.flush()
                         break
                     if isinstance(engine, RequestsStatus) and not streamer.holding:
+                        # psycopg2 reports the flush position it may have moved on a keepalive:
+                        # the warehouse's offset goes there first.
+                        streamer.record_idle_position(force=True)
                         engine.request_status()
             except Exception as exc:
                 if not is_disconnect(exc):

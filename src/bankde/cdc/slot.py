@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import struct
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from bankde.errors import CaptureError
+from bankde.errors import BankdeError, CaptureError
 from bankde.settings import Settings
 from bankde.source.catalog import captured_tables
 from bankde.source.connection import cdc_info, connect, owner_info, source_info
@@ -235,3 +240,132 @@ def walsender_lag(settings: Settings, pid: int) -> float | None:
     if lag is not None:
         return round(float(lag), 3)
     return 0.0 if caught_up else None
+
+
+# How often the wait for a slot's creation says what it waits for.
+SLOT_WAIT_REPORT_SECONDS = 5.0
+
+
+class SlotCreationWatch:
+    """While CREATE_REPLICATION_SLOT waits for the transactions open when it began (a logical
+    slot needs them all ended for its consistent point), name them on stderr (pid, transaction
+    age, state) and, after BANKDE_CDC_SLOT_WAIT_SECONDS, cancel the creation: `gave_up` and
+    `message` then say why, and the caller raises CaptureError(message).
+
+    Use as a context manager around the CREATE on `conn` (a psycopg2 connection whose backend
+    is `pid`); cancel() is safe from the watching thread.
+    """
+
+    def __init__(self, settings: Settings, conn: Any, pid: int) -> None:
+        self.settings = settings
+        self.conn = conn
+        self.pid = pid
+        self.gave_up = False
+        self.message = ""
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="bankde-slot-wait", daemon=True)
+
+    def __enter__(self) -> SlotCreationWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def blockers(self) -> list[tuple[int, float | None, str | None]]:
+        """(pid, transaction age in seconds or None when hidden, state) of what blocks it.
+
+        Other roles' transaction start is visible only to a superuser or pg_read_all_stats:
+        on the managed cluster its superuser looks; elsewhere the capture role, which then
+        names the pid without the age unless granted pg_read_all_stats."""
+        from bankde.source.connection import admin_info
+
+        info = cdc_info(self.settings) if self.settings.external_source else None
+        if info is None:
+            info = admin_info(self.settings)
+        with connect(info, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT b.pid, extract(epoch FROM now() - a.xact_start)::float8, a.state "
+                "FROM unnest(pg_blocking_pids(%s)) AS b(pid) "
+                "LEFT JOIN pg_stat_activity a ON a.pid = b.pid ORDER BY 2 DESC NULLS LAST",
+                (self.pid,),
+            ).fetchall()
+        return [(int(p), None if a is None else float(a), s) for p, a, s in rows]
+
+    def _watch(self) -> None:
+        from bankde.console import err
+
+        limit = self.settings.cdc_slot_wait_seconds
+        started = time.monotonic()
+        reported = 0.0
+        while not self._done.wait(min(1.0, limit)):
+            waited = time.monotonic() - started
+            try:
+                blockers = self.blockers()
+            except (psycopg.Error, BankdeError):
+                continue
+            if not blockers:
+                continue
+            what = "; ".join(
+                f"pid {p} ({'open for ' + f'{a:.0f} s' if a is not None else 'age not visible'}"
+                f"{', ' + s if s else ''})"
+                for p, a, s in blockers[:3]
+            )
+            if waited >= limit:
+                self.message = (
+                    f"gave up creating replication slot {self.settings.cdc_slot} after "
+                    f"{limit:g} s: it waits for the transaction(s) of {what} to end; end them "
+                    "(commit, roll back or pg_terminate_backend) and run again, or raise "
+                    "BANKDE_CDC_SLOT_WAIT_SECONDS"
+                )
+                self.gave_up = True
+                self.conn.cancel()
+                return
+            if waited - reported >= SLOT_WAIT_REPORT_SECONDS or reported == 0.0:
+                reported = waited
+                err.print(
+                    f"creating replication slot {self.settings.cdc_slot}: waiting for the "
+                    f"transaction(s) of {what} to end (giving up after {limit:g} s)",
+                    soft_wrap=True,
+                )
+
+
+@contextmanager
+def consistent_point(settings: Settings) -> Iterator[tuple[int, str]]:
+    """(LSN, exported snapshot) of one instant: a temporary logical slot's consistent point and
+    the snapshot exported with it, valid inside the block (the slot goes with the connection).
+    Every transaction committed before the LSN is in the snapshot, none after it."""
+    import psycopg2
+    import psycopg2.errors
+    import psycopg2.extras
+
+    from bankde.cdc.envelope import parse_lsn
+    from bankde.source.connection import capture_session_sql
+
+    conn = psycopg2.connect(
+        cdc_info(settings).dsn,
+        connection_factory=psycopg2.extras.LogicalReplicationConnection,
+        connect_timeout=10,
+        application_name="bankde_check",
+    )
+    try:
+        cur = conn.cursor()
+        for stmt in capture_session_sql():
+            cur.execute(stmt)
+        cur.execute("SELECT pg_backend_pid()")
+        pid = int(cur.fetchone()[0])
+        name = f"{settings.cdc_slot[:50]}_chk_{pid}"[:63]
+        with SlotCreationWatch(settings, conn, pid) as watch:
+            try:
+                cur.execute(
+                    f'CREATE_REPLICATION_SLOT "{name}" TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT'
+                )
+            except psycopg2.errors.QueryCanceled:
+                if watch.gave_up:
+                    raise CaptureError(watch.message) from None
+                raise
+        _slot, consistent, snapshot, _plugin = cur.fetchone()
+        yield parse_lsn(consistent), str(snapshot)
+    finally:
+        conn.close()

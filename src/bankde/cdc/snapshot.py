@@ -10,8 +10,9 @@ import pyarrow as pa
 
 from bankde.contracts import ProgressFn, Sink
 from bankde.errors import CaptureError
-from bankde.source.catalog import row_estimates
-from bankde.source.connection import SourceInfo
+from bankde.source.catalog import CatalogTable, catalog_tables, row_estimates
+from bankde.source.connection import SourceInfo, capture_session_sql
+from bankde.warehouse.types import parse_pg_type
 
 # Rows handed to the sink per call: big enough to amortise an insert, small enough for memory.
 CHUNK_ROWS = 250_000
@@ -51,9 +52,13 @@ def copy_snapshot(
     except Exception as exc:
         raise CaptureError(f"snapshot connection failed: {str(exc).splitlines()[0]}") from None
     counts: dict[str, int] = {}
+    catalog = catalog_tables(info, tables)
     estimates = row_estimates(info, tables) if progress else {}
     try:
         cur = conn.cursor()
+        # Text forms (columns read as text, client encoding) exactly as the stream prints them.
+        for stmt in capture_session_sql():
+            cur.execute(stmt)
         cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         cur.execute(f"SET TRANSACTION SNAPSHOT '{_quote_literal(snapshot_name)}'")
         for schema, table in tables:
@@ -62,7 +67,10 @@ def copy_snapshot(
             done = 0
             if progress:
                 progress(name, 0, estimate)
-            cur.execute(f"SELECT * FROM {_ident(schema)}.{_ident(table)}")
+            cur.execute(
+                f"SELECT {select_list(catalog.get((schema, table)))} "
+                f"FROM {_ident(schema)}.{_ident(table)}"
+            )
             reader = cur.fetch_record_batch()
             for chunk in _rechunk(reader, CHUNK_ROWS):
                 done += sink.load_snapshot(schema, table, chunk, snapshot_lsn)
@@ -76,6 +84,31 @@ def copy_snapshot(
     finally:
         conn.close()
     return counts
+
+
+# Types whose binary COPY form the driver turns into Arrow that lands exactly as the stream's
+# text does (bytea and uuid are turned into text by plain_batch; enums arrive as their label).
+# Every other type (numeric: the driver turns NaN into NULL; interval, time, timetz, json,
+# jsonb, arrays, ...) is read as Postgres prints it, in the pinned session: the very text
+# pgoutput streams.
+_BINARY_EXACT = frozenset(
+    {
+        "int2", "int4", "int8", "oid", "bool", "float4", "float8", "date", "timestamp",
+        "timestamptz", "uuid", "text", "varchar", "bpchar", "name", "bytea", "enum",
+    }
+)  # fmt: skip
+
+
+def select_list(table: CatalogTable | None) -> str:
+    """The snapshot's SELECT list: binary where exact, `::text` elsewhere (`*` if unknown)."""
+    if table is None:
+        return "*"
+    parts = []
+    for col in table.columns:
+        name = _ident(col.name)
+        exact = parse_pg_type(col.type_name).name in _BINARY_EXACT
+        parts.append(name if exact else f"{name}::text AS {name}")
+    return ", ".join(parts)
 
 
 def _rechunk(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.RecordBatch]:

@@ -18,6 +18,7 @@ from bankde.contracts import (
     Offset,
     PositionedTransaction,
     ProgressFn,
+    ReportsIdlePosition,
     Sink,
     SourceColumn,
 )
@@ -27,6 +28,12 @@ log = logging.getLogger(__name__)
 
 # The writer, idle this long, has the sink write its held batch log (see Sink.flush_log).
 IDLE_SECONDS = 1.0
+# An idle stream records the position the source may confirm by itself this often at most.
+IDLE_OFFSET_SECONDS = 1.0
+# Adaptive batching: how long a poll waits for more while changes are held, and how recent
+# (source commit time vs this host's clock) the newest held change must be to count as caught up.
+ADAPTIVE_POLL_SECONDS = 0.002
+ADAPTIVE_FRESH_MS = 250
 
 
 @dataclass
@@ -109,6 +116,12 @@ class Streamer:
         self.engine: CaptureEngine | None = None
         self.batch_rows = batch_rows or settings.cdc_batch_rows
         self.batch_seconds = batch_seconds or settings.cdc_batch_seconds
+        # Write as soon as the stream has caught up (BANKDE_CDC_BATCH_ADAPTIVE), not only when
+        # a batch is full or batch_seconds old.
+        self.adaptive = settings.cdc_batch_adaptive
+        # When set: never take a transaction committed at or after this LSN (reached_stop then).
+        self.stop_before: int | None = None
+        self.reached_stop = False
         self.on_batch = on_batch
         self.result = SyncResult(settings.cdc_slot)
         self._batch = ChangeBatch()
@@ -126,6 +139,7 @@ class Streamer:
         self._positions: dict[tuple[str, int], int] = {}
         self._writer = _Writer(self._write, sink.flush_log)
         self._batch_started: float | None = None
+        self._idle_recorded = 0.0
         # Per table, the columns last ensured in the warehouse: (name, type OID, typmod) each.
         self._columns: dict[tuple[str, str], tuple[tuple[str, int, int], ...]] = {}
 
@@ -181,9 +195,20 @@ class Streamer:
         now = time.monotonic()
         if self._batch_started is not None:
             timeout = max(0.0, min(timeout, self._batch_started + self.batch_seconds - now))
+            if self.adaptive:
+                # Holding changes: only a glance at the source, so that a stream that has
+                # caught up is written at once instead of after batch_seconds.
+                timeout = min(timeout, ADAPTIVE_POLL_SECONDS)
         txn = engine.poll(timeout)
+        if txn is not None and self.stop_before is not None and txn.commit_lsn >= self.stop_before:
+            # Exact stop (a check comparing at one LSN): this one and everything after it stay
+            # unacknowledged in the slot, for the next capture.
+            self.reached_stop = True
+            txn = None
         if txn is not None:
             self._take(txn)
+        elif self._batch_started is None:
+            self.record_idle_position()
         now = time.monotonic()
         due = self._batch_started is not None and now >= self._batch_started + self.batch_seconds
         if engine.must_flush:
@@ -191,9 +216,43 @@ class Streamer:
         elif self._batch.rows >= self.batch_rows or due:
             # Hand the batch to the writer and read on; it is acknowledged once written.
             self.flush(wait=False)
+        elif (
+            self.adaptive
+            and txn is None
+            and self.holding
+            and time.time() * 1000 - self._commit_ms[-1] < ADAPTIVE_FRESH_MS
+            and not self._writer.busy()
+        ):
+            # Adaptive batching: nothing more arrived and the newest change held committed
+            # moments ago, i.e. the stream has caught up, and the writer is free: write now.
+            # While it writes, what arrives accumulates into the next batch, so batches grow
+            # with the load; a catch-up (old commits) still fills batch_rows, undisturbed by a
+            # source that pauses a few ms now and then.
+            self.flush(wait=False)
         else:
             self._acknowledge()
         return txn
+
+    def record_idle_position(self, force: bool = False) -> None:
+        """Idle and fully acknowledged: where the source may move the slot by itself (a
+        keepalive's WAL end), record an offset first, then acknowledge it. At most once per
+        IDLE_OFFSET_SECONDS (well inside psycopg2's own 10 s status interval) unless `force`
+        (before anything that makes psycopg2 report its position, such as request_status)."""
+        engine = self.engine
+        if not isinstance(engine, ReportsIdlePosition) or self._submitted > self._acked:
+            return
+        if self.holding:
+            return
+        now = time.monotonic()
+        if not force and now - self._idle_recorded < IDLE_OFFSET_SECONDS:
+            return
+        lsn = engine.idle_lsn()
+        if lsn is None or lsn <= self._acked_lsn:
+            return
+        self._idle_recorded = now
+        self._end_lsn = lsn
+        self._taken += 1  # an offset-only job: counted like a transaction, so it is written
+        self.flush()
 
     def _take(self, txn: CapturedTransaction) -> None:
         if txn.relations:
@@ -275,9 +334,9 @@ class Streamer:
         batch = job.batch
         # Rows of a table older than a truncate are hidden; later events stay.
         truncates = batch.truncates()
-        if batch.rows or truncates or job.offset.positions:
-            self.sink.apply(batch, job.offset, truncates)
-        # A transaction with no captured rows needs no write: acknowledging it is enough.
+        # Transactions without captured rows (and idle positions) get their offset written
+        # too: the slot must never be confirmed past the warehouse's offset.
+        self.sink.apply(batch, job.offset, truncates)
         self._record(job, started)
 
     def _record(self, job: _Job, started: float) -> None:
@@ -374,6 +433,11 @@ class _Writer:
                 self._thread.start()
             self._job = job
             self._cond.notify_all()
+
+    def busy(self) -> bool:
+        """Whether a batch is being written."""
+        with self._cond:
+            return self._job is not None
 
     def wait(self) -> None:
         with self._cond:

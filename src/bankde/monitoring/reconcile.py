@@ -206,14 +206,15 @@ class _Plan:
         if self.pg_count:
             return f"SELECT count(*) FROM {self.pg_from}"
         return (
-            f"SELECT {self.pg_bucket} AS b, count(*), coalesce(sum({_pg_hash(self.pg_row)}), 0) "
-            f"FROM {self.pg_from} GROUP BY b"
+            # GROUP BY position: a source column named like the alias would win over it.
+            f"SELECT {self.pg_bucket} AS bankde_bucket, count(*), "
+            f"coalesce(sum({_pg_hash(self.pg_row)}), 0) FROM {self.pg_from} GROUP BY 1"
         )
 
     def warehouse_sql(self) -> str:
         return (
-            f"SELECT {self.ch_bucket} AS b, count(), sum(toInt128({_ch_hash(self.ch_row)})) "
-            f"FROM {self.ch_from} GROUP BY b"
+            f"SELECT {self.ch_bucket} AS bankde_bucket, count(), "
+            f"sum(toInt128({_ch_hash(self.ch_row)})) FROM {self.ch_from} GROUP BY bankde_bucket"
         )
 
 
@@ -222,6 +223,7 @@ def reconcile(
     warehouse: Warehouse,
     sample_size: int = 10,
     reading: threading.Event | None = None,
+    snapshot: str | None = None,
 ) -> ReconcileResult:
     """Compare every captured table (bank.*, truth.*) with its landing table (FINAL, not deleted).
 
@@ -234,6 +236,8 @@ def reconcile(
     up to SOURCE_CONNECTIONS connections that share one snapshot (pg_export_snapshot), so every
     table is read as of the same instant, as on a single connection. `reading` is set once every
     query is under way (a caller sharing the warehouse can hold its own queries until then).
+    `snapshot`: an exported snapshot to read the source in (reconcile_at_one_lsn), instead of
+    a new one.
     """
     wh = warehouse
     names = DbNames(settings.wh_prefix)
@@ -241,10 +245,11 @@ def reconcile(
     info = source_info(settings)
     with ExitStack() as stack:
         conn = stack.enter_context(connect(info))
-        _begin(conn)
-        row = conn.execute("SELECT pg_export_snapshot()").fetchone()
-        assert row is not None
-        snapshot = str(row[0])
+        _begin(conn, snapshot)
+        if snapshot is None:
+            row = conn.execute("SELECT pg_export_snapshot()").fetchone()
+            assert row is not None
+            snapshot = str(row[0])
         catalog = catalog_tables_in(conn)
         plans = [
             _plan(wh, names, catalog.get((schema, table)), schema, table)
@@ -317,6 +322,9 @@ def _begin(conn: Any, snapshot: str | None = None) -> None:
     conn.execute("SET LOCAL DateStyle = 'ISO, YMD'")
     conn.execute("SET LOCAL TimeZone = 'UTC'")
     conn.execute("SET LOCAL extra_float_digits = 1")
+    # Text forms as the capture session prints them, whatever ALTER ROLE/DATABASE SET says.
+    conn.execute("SET LOCAL IntervalStyle = 'postgres'")
+    conn.execute("SET LOCAL bytea_output = 'hex'")
     # The planner expects one group per row from a bucket expression (it cannot know there are
     # at most BUCKETS) and picks a sort spilling the whole table to disk; a hash aggregate holds
     # 1024 groups in memory (measured 7.0 s -> 5.8 s on 900,000 rows).
@@ -447,3 +455,59 @@ def _natural(text: str) -> tuple[int, str]:
 def _show_key(key: list[str], text: str) -> str:
     values = text.split(chr(_SEP))
     return ", ".join(f"{k}={v}" for k, v in zip(key, values, strict=False))
+
+
+# How long the check waits for a stream it does not drive to reach the compared LSN.
+CATCH_UP_SECONDS = 300.0
+
+
+def reconcile_at_one_lsn(
+    settings: Settings, session: Any, timeout: float = CATCH_UP_SECONDS
+) -> tuple[ReconcileResult, dict[str, Any]]:
+    """Compare source and warehouse as of one LSN, also while changes keep coming.
+
+    A temporary slot gives a consistent point C and the source snapshot of exactly that
+    instant. If no stream holds the capture slot, the check applies exactly the transactions
+    committed before C itself (cdc sync_to) and compares: any difference is real. If a stream
+    holds it, the check never touches the slot: it waits (up to `timeout`) for the stored
+    offset to pass C and compares; a differing table whose warehouse rows all predate C is then
+    a real difference, one with rows from after C is reported as not comparable at C.
+    Returns the result and {lsn, mode, not_comparable: [...]}.
+    """
+    from bankde.cdc import api as capture
+    from bankde.cdc.envelope import format_lsn
+    from bankde.cdc.slot import consistent_point, slot_state
+    from bankde.errors import CaptureError
+    from bankde.warehouse.sink import load_offset
+
+    wh = session.warehouse(settings)
+    names = DbNames(settings.wh_prefix)
+    info: dict[str, Any] = {"not_comparable": []}
+    with consistent_point(settings) as (lsn, snapshot):
+        info["lsn"] = format_lsn(lsn)
+        state = slot_state(settings)
+        if not state.active:
+            info["mode"] = "caught up by the check"
+            capture.sync_to(settings, capture.open_sink(settings, session), lsn)
+        else:
+            info["mode"] = "waited for the running stream"
+            deadline = time.monotonic() + timeout
+            while True:
+                offset = load_offset(wh, settings.cdc_slot)
+                if offset is not None and offset.lsn >= lsn:
+                    break
+                if time.monotonic() > deadline:
+                    raise CaptureError(
+                        f"the stream did not reach {format_lsn(lsn)} within {timeout:g} s "
+                        f"(warehouse at {format_lsn(offset.lsn) if offset else 'nothing'}): "
+                        "check `bankde cdc status`"
+                    )
+                time.sleep(0.5)
+        result = reconcile(settings, wh, snapshot=snapshot)
+    if state.active:
+        for check in result.differing:
+            schema, table = check.table.split(".", 1)
+            newest = wh.scalar(f"SELECT max(_lsn) FROM {names.landing_table(schema, table)}")
+            if newest is not None and int(newest) >= lsn:
+                info["not_comparable"].append(check.table)
+    return result, info

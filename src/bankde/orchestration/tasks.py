@@ -180,22 +180,27 @@ def check_freshness() -> dict[str, Any]:
 
 
 def check_reconciliation() -> dict[str, Any]:
-    """Source vs warehouse, count and checksum per table. A difference fails the task unless the
-    slot still had unapplied WAL when the check began (then lag and freshness judge it)."""
-    from bankde.orchestration.summary import reconcile_dict
+    """Source vs warehouse, count and checksum per table, compared as of one LSN: the check
+    catches the warehouse up to exactly a consistent point of the source (or waits for the
+    running stream to pass it) and reads the source at that point, so a difference fails the
+    task however busy the source is (monitoring.reconcile.reconcile_at_one_lsn)."""
+    from bankde.monitoring.reconcile import reconcile_at_one_lsn
 
     with warehouse_session() as (settings, session):
-        pending = pending_changes(settings)
-        result = reconcile_dict(settings, session.warehouse(settings))
-    if result["equal"]:
-        return result
-    differing = ", ".join(result["differing"]) or "?"
-    if pending is not False:
-        why = "the slot holds unapplied changes" if pending else "the slot is in use by a stream"
-        result["note"] = f"{differing} differ while {why}; lag and freshness judge that"
+        res, info = reconcile_at_one_lsn(settings, session)
+    result = res.to_dict()
+    result["differing"] = [t.table for t in res.differing]
+    result.update(info)
+    real = [t for t in result["differing"] if t not in info["not_comparable"]]
+    if not real:
+        if result["differing"]:
+            result["note"] = (
+                f"{', '.join(result['differing'])} changed after {info['lsn']} in the running "
+                "stream: not comparable at that LSN; lag and freshness judge it"
+            )
         return result
     raise MonitoringFailed(
-        f"source and warehouse differ in {differing} although the slot is caught up: "
+        f"source and warehouse differ at {info['lsn']} in {', '.join(real)}: "
         "run `bankde reconcile` for sample keys, then the pg_to_ch DAG to resync"
     )
 
@@ -205,5 +210,10 @@ def pending_changes(settings: Settings) -> bool | None:
     consumed). None when it cannot tell: the slot is streaming to a consumer right now."""
     from bankde.cdc.slot import peek_pending
 
-    pending = peek_pending(settings)
+    # Bounded: a peek holds the slot while it decodes, and the capture cannot start meanwhile.
+    pending = peek_pending(settings, timeout_ms=PEEK_TIMEOUT_MS)
     return None if pending is None else pending.changes
+
+
+# A peek at the slot gives up after this long (it holds the slot against the capture meanwhile).
+PEEK_TIMEOUT_MS = 2000

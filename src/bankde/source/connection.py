@@ -14,6 +14,31 @@ from bankde.settings import Settings
 # libpq parameters naming a file the client reads: it must exist before anything connects.
 FILE_PARAMS = ("sslrootcert", "sslcert", "sslkey", "sslcrl", "passfile")
 
+# The capture session (replication and snapshot connections): the text forms pgoutput and COPY
+# produce depend on these, and PGDATESTYLE, PGTZ, PGCLIENTENCODING, PGOPTIONS or an ALTER
+# ROLE/DATABASE ... SET would otherwise choose them (day and month swapped, a local zone,
+# Latin-1 bytes, rounded floats, escaped bytea). Set explicitly after connecting: a session SET
+# outranks every one of those sources.
+CAPTURE_SESSION: tuple[tuple[str, str], ...] = (
+    ("DateStyle", "ISO, YMD"),
+    ("TimeZone", "UTC"),
+    ("client_encoding", "UTF8"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "3"),
+    ("bytea_output", "hex"),
+)
+
+
+def capture_session_sql() -> list[str]:
+    """The SET statements pinning a capture session (CAPTURE_SESSION)."""
+    return [f"SET {name} = '{value}'" for name, value in CAPTURE_SESSION]
+
+
+def capture_session_options() -> str:
+    """CAPTURE_SESSION as a libpq/pgjdbc `options` value (-c name=value ...), for clients that
+    cannot run SET before they read (a startup option outranks ALTER ROLE/DATABASE SET)."""
+    return " ".join(f"-c {name}={value.replace(' ', '')}" for name, value in CAPTURE_SESSION)
+
 
 @dataclass(frozen=True)
 class SourceInfo:

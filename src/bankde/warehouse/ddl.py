@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 
 from bankde.contracts import SourceColumn
@@ -122,12 +122,55 @@ def schema_statements(prefix: str = "") -> list[str]:
 
 def apply_schema(wh: Warehouse) -> int:
     """Create every database and table that is missing; existing ones are left as they are,
-    except where an older schema file created them in a form that is no longer correct."""
+    except where an older schema file created them in a form that is no longer correct, and
+    their fsync settings, which follow BANKDE_WH_FSYNC."""
     stmts = schema_statements(wh.settings.wh_prefix)
     for stmt in stmts:
         wh.command(stmt)
     _migrate_offsets(wh, DbNames(wh.settings.wh_prefix))
+    set_durable(wh, wh.settings.wh_fsync)
     return len(stmts)
+
+
+# MergeTree settings under which an INSERT returns only once its part's files and directory are
+# fsynced: Sink.apply() is "durable on return", and the slot is acknowledged after it.
+_FSYNC = ("fsync_after_insert", "fsync_part_directory")
+
+
+def durable_tables(wh: Warehouse) -> list[str]:
+    """Quoted names of the tables whose inserts the acknowledgement relies on: landing tables,
+    staged snapshots, meta.cdc_offsets and meta.cdc_rejects."""
+    names = DbNames(wh.settings.wh_prefix)
+    rows = wh.query(
+        "SELECT database, name FROM system.tables WHERE engine LIKE '%MergeTree' AND ("
+        "database IN ({r:String}, {t:String}) OR (database = {m:String} AND (name IN "
+        "('cdc_offsets', 'cdc_rejects') OR startsWith(name, {p:String})))) ORDER BY 1, 2",
+        {"r": names.raw, "t": names.truth, "m": names.meta, "p": SNAPSHOT_PREFIX},
+    )
+    return [f"{ident(str(d))}.{ident(str(n))}" for d, n in rows]
+
+
+def set_durable(wh: Warehouse, on: bool, tables: Sequence[str] | None = None) -> int:
+    """fsync inserts (files and part directory) of `tables` (default: durable_tables()) or
+    stop doing so; returns how many tables changed. Idempotent and cheap (metadata only)."""
+    want = 1 if on else 0
+    changed = 0
+    for name in durable_tables(wh) if tables is None else tables:
+        db, table = (part.strip("`") for part in name.split(".", 1))
+        engine = str(
+            wh.scalar(
+                "SELECT engine_full FROM system.tables WHERE database = {d:String} "
+                "AND name = {t:String}",
+                {"d": db, "t": table},
+            )
+            or ""
+        )
+        if all(f"{s} = {want}" in engine for s in _FSYNC):
+            continue
+        setting = ", ".join(f"{s} = {want}" for s in _FSYNC)
+        wh.command(f"ALTER TABLE {name} MODIFY SETTING {setting}")
+        changed += 1
+    return changed
 
 
 def _migrate_offsets(wh: Warehouse, names: DbNames) -> None:
@@ -192,7 +235,11 @@ def table_info(wh: Warehouse, database: str, table: str) -> TableInfo | None:
         "SELECT sorting_key FROM system.tables WHERE database = {db:String} AND name = {t:String}",
         {"db": database, "t": table},
     )
-    key = tuple(k.strip().strip("`") for k in str(key_text or "").split(",") if k.strip())
+    # 'a, b' or, for a one-column tuple written `ORDER BY (a)`, '(a)'.
+    text = str(key_text or "").strip()
+    if text.startswith("(") and text.endswith(")"):
+        text = text[1:-1]
+    key = tuple(k.strip().strip("`") for k in text.split(",") if k.strip())
     cols = tuple((str(n), str(t)) for n, t in rows if n not in META_NAMES)
     return TableInfo(f"{ident(database)}.{ident(table)}", cols, key)
 
@@ -214,7 +261,10 @@ def create_table_sql(
         raise CaptureError(
             f"{source} has no primary key: add one (CDC lands rows by key) or drop it from the publication"
         )
-    return _table_sql(database, table, [(c.name, _pg_type(c)) for c in columns], key, source)
+    # A primary-key column is NOT NULL in Postgres even where the describing message does not
+    # say so (pgoutput's Relation, Debezium's schema): the sort key must not be Nullable.
+    typed = [(c.name, _pg_type(replace(c, not_null=True) if c.key else c)) for c in columns]
+    return _table_sql(database, table, typed, key, source)
 
 
 def _table_sql(
@@ -261,6 +311,7 @@ def ensure_columns_in(
     info = table_info(wh, database, table)
     if info is None:
         wh.command(create_table_sql(database, table, columns, source))
+        set_durable(wh, wh.settings.wh_fsync, [f"{ident(database)}.{ident(table)}"])
         return [c.name for c in columns]
     have = info.column_types
     added: list[str] = []
@@ -314,6 +365,7 @@ def _recreate_retyped(
     columns = [(name, retyped.get(name, typ)) for name, typ in info.columns]
     wh.command(f"DROP TABLE {info.name} SYNC")
     wh.command(_table_sql(database, table, columns, info.key, source))
+    set_durable(wh, wh.settings.wh_fsync, [info.name])
 
 
 def landing_tables(wh: Warehouse) -> list[tuple[str, str]]:

@@ -13,14 +13,15 @@ from datetime import datetime, timedelta
 from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bankde.cdc.rejects import Reject, record_rejects
+from bankde.cdc.rejects import Reject, key_text, record_rejects
 from bankde.cdc.version import make_version, sql_make_version, version_lsn
 from bankde.contracts import Changes, ColumnarChanges, Offset, SourceColumn, Truncate
 from bankde.errors import CaptureError
-from bankde.warehouse import ddl
+from bankde.warehouse import ddl, screen
 from bankde.warehouse.client import Warehouse
 from bankde.warehouse.ddl import DbNames, TableInfo
 from bankde.warehouse.types import (
@@ -65,12 +66,18 @@ class ClickHouseSink:
         # meta.cdc_batches rows (SQL VALUES tuples) not written yet, and when the oldest came.
         self._log_rows: list[str] = []
         self._log_since = 0.0
+        # Values held back by this call of apply(), written to meta.cdc_rejects before its offset.
+        self._rejects: list[Reject] = []
+        # The slot of the snapshot or stream in progress (snapshot rejects name it).
+        self._slot = warehouse.settings.cdc_slot
         ddl.ensure_schema(warehouse)
 
     # --- contract ------------------------------------------------------------------------
     def apply(self, events: Changes, offset: Offset, truncates: Sequence[Truncate] = ()) -> None:
         with self._mutex, _gc_paused():
             started_us = time.time_ns() // 1000
+            self._slot = offset.slot
+            self._rejects = []
             # A batch that hands over its changes columnar skips the per-event pivot.
             groups: list[ChangeColumns] = []
             rest: Sequence[ChangeEvent]
@@ -91,6 +98,10 @@ class ClickHouseSink:
                 self._write_events(schema, table, group)
             for schema, table, version in truncates:
                 self.truncate(schema, table, version)
+            if self._rejects:
+                # Before the offset, like the data: a crash in between re-delivers the batch.
+                record_rejects(self.wh, offset.slot, self._rejects)
+                self._rejects = []
             if offset.snapshot_done and self._staged.get(offset.slot):
                 self._publish_snapshot(offset.slot)
             self._write_offset(offset)
@@ -129,6 +140,7 @@ class ClickHouseSink:
             # A new incarnation of the slot starts here: offsets are versioned by LSN, so the
             # old incarnation's rows must not outlive it (see meta.cdc_offsets in the schema).
             self._forget_offset(slot)
+            self._slot = slot
             staged = []
             for schema, table in tables:
                 info = self._find_info(schema, table)
@@ -149,6 +161,10 @@ class ClickHouseSink:
             if n == 0:
                 return 0
             info = self._snapshot_columns(schema, table, rows.schema)
+            rows = self._screen_snapshot(schema, table, info, rows, snapshot_lsn)
+            n = rows.num_rows
+            if n == 0:
+                return 0
             target = info.name
             types = info.column_types
             arrays, columns, exprs = [], [], []
@@ -184,7 +200,8 @@ class ClickHouseSink:
 
     def reset(self, slot: str) -> None:
         with self._mutex:
-            ddl.recreate_tables(self.wh)
+            # The landing tables stay as they are, readable, until the new snapshot replaces
+            # them all at once (reset_for_snapshot stages it, _publish_snapshot swaps it in).
             self._forget_offset(slot)
             self._tables.clear()
             self._staged.clear()
@@ -302,7 +319,7 @@ class ClickHouseSink:
             pa.array([t or 0 for t in map(_TX, events)], pa.uint64()),
             pa.array(map(_TS, events), pa.int64(), size=len(events)),
         ]
-        self._insert_text(info, names, arrays)
+        self._insert_text(schema, table, info, names, arrays)
 
     def _write_columns(self, cols: ChangeColumns) -> None:
         """One table's changes already in Arrow text columns: one INSERT ... SELECT."""
@@ -329,10 +346,19 @@ class ClickHouseSink:
             pa.array(cols.tx_id, pa.uint64()),
             pa.array(cols.ts_ms, pa.int64()),
         ]
-        self._insert_text(info, names, arrays)
+        self._insert_text(schema, table, info, names, arrays)
 
-    def _insert_text(self, info: TableInfo, names: list[str], arrays: list[pa.Array]) -> None:
-        """INSERT text columns c0.. plus the metadata columns, cast by the engine."""
+    def _insert_text(
+        self, schema: str, table: str, info: TableInfo, names: list[str], arrays: list[pa.Array]
+    ) -> None:
+        """INSERT text columns c0.. plus the metadata columns, cast by the engine; rows holding
+        a value the warehouse cannot keep exactly are held back (self._rejects) instead."""
+        n = len(names)
+        keep = self._screen_text(schema, table, info, names, arrays[:n], arrays[n], arrays[n + 2])
+        if keep is not None:
+            arrays = [pc.filter(a, keep) for a in arrays]
+            if not len(arrays[0]):
+                return
         data = pa.Table.from_arrays(
             arrays,
             names=[f"c{i}" for i in range(len(names))]
@@ -350,6 +376,99 @@ class ClickHouseSink:
             "now64(3)",
         ]
         self.wh.insert_select(info.name, [*names, *_META_INSERT], exprs, data)
+
+    def _screen_text(
+        self,
+        schema: str,
+        table: str,
+        info: TableInfo,
+        names: list[str],
+        values: list[pa.Array],
+        lsn: pa.Array,
+        deleted: pa.Array,
+    ) -> pa.Array | None:
+        """Keep-mask of the rows whose every value fits its warehouse type (None: all do); the
+        others become Rejects. Tombstones are not screened: only their key is ever read."""
+        types = info.column_types
+        unfits = []
+        for i, name in enumerate(names):
+            if screen.checked(types[name]):
+                u = screen.unfit_text(name, values[i], types[name])
+                if u is not None:
+                    mask = pc.and_(u.mask, pc.equal(deleted, 0))
+                    if pc.any(mask).as_py():
+                        unfits.append((i, u, mask))
+        if not unfits:
+            return None
+        key_at = [names.index(k) for k in info.key]
+        bad = unfits[0][2]
+        for i, u, mask in unfits:
+            bad = pc.or_(bad, mask)
+            for row in np.flatnonzero(mask.to_numpy(zero_copy_only=False)):
+                r = int(row)
+                key = {names[k]: values[k][r].as_py() for k in key_at}
+                self._rejects.append(
+                    Reject(
+                        f"{schema}.{table}",
+                        key_text(key),
+                        int(lsn[r].as_py()),
+                        u.column,
+                        values[i][r].as_py(),
+                        u.reason,
+                    )
+                )
+        log.warning(
+            "%s.%s: %d row(s) held back in meta.cdc_rejects (values the warehouse cannot hold)",
+            schema,
+            table,
+            int(pc.sum(bad.cast(pa.int64())).as_py() or 0),
+        )
+        return pc.invert(bad)
+
+    def _screen_snapshot(
+        self, schema: str, table: str, info: TableInfo, rows: pa.RecordBatch | pa.Table, lsn: int
+    ) -> pa.RecordBatch | pa.Table:
+        """Snapshot rows whose every value fits (the others recorded in meta.cdc_rejects now:
+        the snapshot's offset comes only after every table, and a redo records them again)."""
+        types = info.column_types
+        unfits = []
+        for i, field in enumerate(rows.schema):
+            ch = types.get(field.name)
+            if ch is not None and screen.checked(ch):
+                col = rows.column(i)
+                arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+                u = screen.unfit_typed(field.name, arr, ch)
+                if u is not None:
+                    unfits.append((arr, u))
+        if not unfits:
+            return rows
+        names = rows.schema.names
+        key_cols = []
+        for k in info.key:
+            col = rows.column(names.index(k))
+            key_cols.append((k, col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col))
+        bad = unfits[0][1].mask
+        rejects = []
+        for arr, u in unfits:
+            bad = pc.or_(bad, u.mask)
+            for row in np.flatnonzero(u.mask.to_numpy(zero_copy_only=False)):
+                r = int(row)
+                key = {k: screen.typed_text(c, r) for k, c in key_cols}
+                rejects.append(
+                    Reject(
+                        f"{schema}.{table}",
+                        key_text(key),
+                        lsn,
+                        u.column,
+                        screen.typed_text(arr, r),
+                        u.reason,
+                    )
+                )
+        record_rejects(self.wh, self._slot, rejects)
+        log.warning(
+            "%s.%s: %d snapshot row(s) held back in meta.cdc_rejects", schema, table, len(rejects)
+        )
+        return rows.filter(pc.invert(bad))
 
     @staticmethod
     def _text_columns(
@@ -482,11 +601,22 @@ class ClickHouseSink:
         return found
 
     def _publish_snapshot(self, slot: str) -> None:
-        """Swap every staged snapshot table in (EXCHANGE is atomic per table), drop the old data."""
-        for schema, table in self._staged.pop(slot, []):
-            staging = self.names.snapshot_table(schema, table)
-            landing = self.names.landing_table(schema, table)
-            self.wh.command(f"EXCHANGE TABLES {landing} AND {staging}")
+        """Swap every staged snapshot table in with ONE statement, then drop the old data.
+
+        Each pair's EXCHANGE is atomic; the pairs run one after another inside the statement,
+        and every statement on the embedded (or served) warehouse runs under the engine's
+        mutex, so no reader sees some tables from the old snapshot and some from the new. On
+        an external ClickHouse server, readers between two pairs could (docs/cdc.md)."""
+        staged = self._staged.pop(slot, [])
+        if not staged:
+            return
+        pairs = [
+            (self.names.landing_table(s, t), self.names.snapshot_table(s, t)) for s, t in staged
+        ]
+        self.wh.command(
+            "EXCHANGE TABLES " + ", ".join(f"{landing} AND {staging}" for landing, staging in pairs)
+        )
+        for (schema, table), (_landing, staging) in zip(staged, pairs, strict=True):
             self.wh.command(f"DROP TABLE IF EXISTS {staging} SYNC")
             self._tables.pop((schema, table), None)
 

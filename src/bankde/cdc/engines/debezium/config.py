@@ -5,7 +5,7 @@ from __future__ import annotations
 from bankde.cdc.engines.debezium.convert import UNCHANGED_TOAST
 from bankde.errors import ConfigError
 from bankde.settings import Settings
-from bankde.source.connection import SourceInfo
+from bankde.source.connection import SourceInfo, capture_session_options
 
 # Slot and publication names of this engine: the native ones plus this suffix, never the same.
 NAME_SUFFIX = "_dbz"
@@ -92,6 +92,9 @@ def connector_properties(
         "database.dbname": info.dbname,
         "database.sslmode": p.get("sslmode", "prefer"),
         **jdbc_properties(info),
+        # Pinned session (pgjdbc sends the options at startup, above ALTER ROLE/DATABASE SET);
+        # the DSN's own options, if any, come first and ours win.
+        "driver.options": " ".join(o for o in (p.get("options"), capture_session_options()) if o),
         "topic.prefix": TOPIC_PREFIX,
         "plugin.name": "pgoutput",
         "slot.name": s.cdc_slot,

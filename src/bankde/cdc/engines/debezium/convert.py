@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
+
+import numpy as np
 
 from bankde.cdc.envelope import ChangeEvent, Column, EventTransaction, Relation, Source
 from bankde.errors import CaptureError
@@ -19,9 +23,39 @@ _EPOCH = dt.datetime(1970, 1, 1)
 ValueFn = Callable[[Any], str]
 
 
+# Debezium hands ±infinity over as values at the ends of int64 microseconds: beyond Postgres'
+# 4713 BC below, and (Postgres going up to 294276 AD) within a few decades of it above.
+_PG_MIN_US = -210_866_803_200_000_000
+_PG_MAX_US = 9_223_000_000_000_000_000
+
+
+def _far_text(micros: int, with_time: bool) -> str:
+    """A date or timestamp outside Python's years 1..9999, as Postgres prints it ('infinity',
+    '0044-03-15 12:00:00 BC', '10000-01-01 00:00:00'): the sink then quarantines it rather
+    than the conversion stopping the stream."""
+    if micros >= _PG_MAX_US:
+        return "infinity"
+    if micros < _PG_MIN_US:
+        return "-infinity"
+    text = str(np.datetime64(micros, "us"))  # astronomical years: year 0 is 1 BC, '-0043' is 44 BC
+    bc = text.startswith("-") or text.startswith("0000")
+    date_part, _, time_part = text.lstrip("-").partition("T")
+    year, rest = date_part.split("-", 1)
+    y = int(year)
+    if bc:
+        y = (y if text.startswith("-") else 0) + 1
+    out = f"{y:04d}-{rest}"
+    if with_time:
+        out += " " + _strip_fraction(time_part)
+    return out + (" BC" if bc else "")
+
+
 def _date_text(days: int) -> str:
     """io.debezium.time.Date (days since epoch) -> '2024-01-31'."""
-    return dt.date.fromordinal(_EPOCH_ORDINAL + int(days)).isoformat()
+    try:
+        return dt.date.fromordinal(_EPOCH_ORDINAL + int(days)).isoformat()
+    except (ValueError, OverflowError):
+        return _far_text(int(days) * 86_400_000_000, with_time=False)
 
 
 def _strip_fraction(text: str) -> str:
@@ -45,7 +79,10 @@ def _zoned_timestamp_text(value: str) -> str:
 
 def _micro_timestamp_text(micros: int) -> str:
     """io.debezium.time.MicroTimestamp (timestamp without time zone) -> '2024-01-31 12:00:00.5'."""
-    stamp = _EPOCH + dt.timedelta(microseconds=int(micros))
+    try:
+        stamp = _EPOCH + dt.timedelta(microseconds=int(micros))
+    except OverflowError:
+        return _far_text(int(micros), with_time=True)
     return _strip_fraction(stamp.isoformat(sep=" "))
 
 
@@ -61,6 +98,42 @@ def _micro_time_text(micros: int) -> str:
     return _strip_fraction(text)
 
 
+_ISO_INTERVAL = re.compile(r"^P(-?\d+)Y(-?\d+)M(-?\d+)DT(-?\d+)H(-?\d+)M(-?\d+(?:\.\d+)?)S$")
+
+
+def _interval_text(value: str) -> str:
+    """interval.handling.mode=string ('P1Y2M3DT4H5M6.789S') -> what Postgres prints with
+    IntervalStyle postgres ('1 year 2 mons 3 days 04:05:06.789'), as EncodeInterval does it.
+    Anything else (a format this does not know) is a CaptureError, never a guess."""
+    m = _ISO_INTERVAL.match(value)
+    if m is None:
+        raise CaptureError(f"Debezium interval {value!r}: not the ISO 8601 form expected")
+    years, months, days, hours, minutes = (int(g) for g in m.groups()[:5])
+    micros = (hours * 3600 + minutes * 60) * 1_000_000 + int(Decimal(m.group(6)) * 1_000_000)
+    parts: list[str] = []
+    before_negative = False
+    for n, unit in ((years, "year"), (months, "mon"), (days, "day")):
+        if n:
+            plus = "+" if before_negative and n > 0 else ""
+            parts.append(f"{plus}{n} {unit}{'' if n == 1 else 's'}")
+            before_negative = n < 0
+    if not parts or micros:
+        sign = "-" if micros < 0 else ("+" if before_negative else "")
+        secs, us = divmod(abs(micros), 1_000_000)
+        text = f"{sign}{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}"
+        if us:
+            text += f".{us:06d}".rstrip("0")
+        parts.append(text)
+    return " ".join(parts)
+
+
+def _timetz_text(value: str) -> str:
+    """io.debezium.time.ZonedTime ('07:44:15Z'): Debezium normalises the time to UTC, so the
+    source's own offset is gone (documented in docs/cdc.md); Postgres prints UTC as '+00'."""
+    text = value[:-1] if value.endswith("Z") else value
+    return _strip_fraction(text) + "+00" if value.endswith("Z") else value
+
+
 def _bool_text(value: Any) -> str:
     return "t" if value else "f"
 
@@ -70,11 +143,38 @@ def _bytea_text(value: str) -> str:
     return "\\x" + value
 
 
+_ARRAY_PLAIN = re.compile(r'^[^{}",\\\s]+$')
+
+
+def _array_text(value: Any) -> str:
+    """A Debezium array (a JSON list, nested for more dimensions) -> Postgres' array text
+    ('{1,NULL,-3}', '{"a,b","c\\"d",""}'): elements quoted where Postgres quotes them."""
+    if not isinstance(value, list):
+        return str(value)
+    parts = []
+    for v in value:
+        if v is None:
+            parts.append("NULL")
+        elif isinstance(v, list):
+            parts.append(_array_text(v))
+        elif isinstance(v, bool):
+            parts.append("t" if v else "f")
+        else:
+            text = str(v)
+            if _ARRAY_PLAIN.match(text) and text.upper() != "NULL":
+                parts.append(text)
+            else:
+                parts.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return "{" + ",".join(parts) + "}"
+
+
 def value_fn(pg_type: str) -> ValueFn | None:
     """How to turn Debezium's JSON value of a column of `pg_type` (format_type spelling) into
     Postgres' text form; None when the JSON value already is that text (strings of text,
     numeric with decimal.handling.mode=string, uuid, enums, json)."""
     t = pg_type.lower()
+    if t.endswith("[]"):
+        return _array_text
     if t == "date":
         return _date_text
     if t.startswith("timestamp") and t.endswith("with time zone"):
@@ -86,6 +186,10 @@ def value_fn(pg_type: str) -> ValueFn | None:
         return _micro_timestamp_text
     if (t.startswith("time") and t.endswith("without time zone")) or t == "time":
         return _micro_time_text
+    if t.startswith("interval"):
+        return _interval_text
+    if t.startswith("time") and t.endswith("with time zone"):
+        return _timetz_text
     if t in ("bigint", "integer", "smallint", "oid", "real", "double precision"):
         return str
     if t == "boolean":
