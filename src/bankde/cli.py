@@ -32,6 +32,7 @@ def _register() -> None:
     for module in (
         "bankde.generator.commands",
         "bankde.cdc.commands",
+        "bankde.kafka.commands",
         "bankde.warehouse.commands",
         "bankde.monitoring.commands",
         "bankde.transform.commands",

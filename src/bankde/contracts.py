@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from bankde.cdc.envelope import ChangeColumns, ChangeEvent, Relation
+    from bankde.cdc.rejects import Reject
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,9 @@ class Offset:
     slot: str
     lsn: int
     snapshot_done: bool
+    # Topic-partition positions the batch covers (the kafka engine): ((topic, partition), next
+    # offset to read) each; the sink stores them after the data, the highest offset winning.
+    positions: tuple[tuple[tuple[str, int], int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,38 @@ class SnapshotsTables(Protocol):
     ) -> list[str]:
         """The names of `columns` the landing table does not have."""
         ...
+
+
+@runtime_checkable
+class PositionedTransaction(Protocol):
+    """Optional transaction feature: the topic-partition positions (next offset to read) it
+    covers. The streamer hands them to the sink with the batch's Offset (kafka engine)."""
+
+    @property
+    def positions(self) -> dict[tuple[str, int], int]: ...
+
+
+@runtime_checkable
+class CommitsPositions(Protocol):
+    """Optional engine feature: told the positions the warehouse now holds (after the sink wrote
+    them), e.g. to commit them to a Kafka consumer group for lag monitoring."""
+
+    def commit_positions(self, positions: dict[tuple[str, int], int]) -> None: ...
+
+
+@runtime_checkable
+class StoresPositions(Protocol):
+    """Optional sink feature the kafka engine needs: the topic-partition positions stored for a
+    slot (written by apply() from Offset.positions), the commit LSN each connector is applied up
+    to, and the quarantine for events it cannot convert."""
+
+    def load_positions(self, slot: str) -> dict[tuple[str, int], int]: ...
+
+    def load_connector_lsns(self, slot: str) -> dict[str, int]: ...
+
+    def write_connector_lsns(self, slot: str, lsns: dict[str, int]) -> None: ...
+
+    def quarantine(self, slot: str, rejects: Sequence[Reject]) -> int: ...
 
 
 @runtime_checkable

@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     # A transaction with more row changes than this is written in parts as it arrives and made
     # visible at its commit (memory stays bounded however large it is).
     cdc_txn_part_rows: int = Field(100_000, ge=1)
+    # The kafka engine: brokers holding the Debezium topics (unset: the managed broker on
+    # 127.0.0.1:kafka_port) and the connectors' topic.prefix (debezium/*.json). Several
+    # `cdc run --engine kafka` processes in one consumer group (kafka_group) share the partitions.
+    kafka_bootstrap: str | None = None
+    kafka_topic_prefix: str = Field("bankde", pattern=r"^[A-Za-z0-9_-]{1,100}$")
     # Adaptive batching: write a batch as soon as the stream has caught up and the writer is
     # free (low latency at a steady rate); full batches still form while catching up.
     cdc_batch_adaptive: bool = True
@@ -87,6 +92,16 @@ class Settings(BaseSettings):
     wh_fsync: bool = True
     # Port of the served warehouse (ClickHouse HTTP interface on 127.0.0.1); `wh serve --port`.
     wh_http_port: int = Field(8123, ge=0, le=65535)
+
+    # --- Kafka (`bankde kafka up`): broker, its KRaft controller and the Connect worker's REST
+    # port, all on 127.0.0.1; the consumer group whose lag `kafka status` shows.
+    kafka_port: int = Field(19092, ge=1, le=65535)
+    kafka_controller_port: int = Field(19093, ge=1, le=65535)
+    connect_port: int = Field(18083, ge=1, le=65535)
+    kafka_group: str = Field("bankde", pattern=r"^[A-Za-z0-9._-]{1,200}$")
+    # The broker's, worker's and Debezium plugin's jars (a cache shared by every home, like
+    # ~/.m2). Unset: $XDG_CACHE_HOME/bankde/kafka-jars (~/.cache/bankde/kafka-jars).
+    kafka_jars_dir: Path | None = None
 
     # --- transform (dbt) --------------------------------------------------------------
     # Salt of the PII tokens in stg_ models. Unset: the public development salt (with a warning).

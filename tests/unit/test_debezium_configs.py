@@ -108,3 +108,22 @@ def test_value_shaping_matches_embedded_engine() -> None:
     for doc in _configs().values():
         for key in SHAPING:
             assert doc["config"][key] == embedded[key], key
+
+
+@pytest.mark.parametrize("name", sorted(_configs()))
+def test_exactly_once_heartbeats_and_the_managed_workers_secrets_file(name: str) -> None:
+    cfg = _configs()[name]["config"]
+    group = cfg["slot.name"].removeprefix("bankde_kc_")
+    assert cfg["exactly.once.support"] == "required"
+    assert cfg["transaction.boundary"] == "poll"
+    # Heartbeats every second, and a logical message only this connector includes: its LSN on
+    # bankde.message says the connector has emitted everything before it, idle or not.
+    assert int(cfg["heartbeat.interval.ms"]) <= 1000
+    prefix = f"bankde_kc_heartbeat_{group}"
+    assert cfg["message.prefix.include.list"] == prefix
+    assert cfg["heartbeat.action.query"] == f"SELECT pg_logical_emit_message(false, '{prefix}', '')"
+    # JMX names: every connector shares topic.prefix, so each needs its own tag.
+    assert cfg["custom.metric.tags"] == f"connector={group}"
+    for key in ("hostname", "port", "dbname", "user", "password", "sslmode", "sslrootcert"):
+        value = cfg[f"database.{key}"]
+        assert value.startswith("${file:secrets/bankde-source.properties:"), key

@@ -162,7 +162,16 @@ def status(
         data = get_status(settings, warehouse=exc)
     else:
         with session:
-            data = get_status(settings, warehouse=session.warehouse(settings))
+            warehouse = session.warehouse(settings)
+            data = get_status(settings, warehouse=warehouse)
+            from bankde.cdc.registry import get_engine
+
+            spec = get_engine(engine)
+            if spec.status is not None:
+                part = spec.status(settings_with_wait(wait), warehouse)
+                if part.get("problem") and not data.get("problem"):
+                    data["problem"] = part["problem"]
+                data[engine] = part
     if as_json:
         print_json(data)
     else:

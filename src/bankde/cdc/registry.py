@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bankde.errors import CaptureError, ConfigError
 from bankde.settings import Settings
@@ -33,6 +33,9 @@ class EngineSpec:
     module: str
     extra: str | None = None
     settings_for: Callable[[Settings], Settings] = _same_settings
+    # The engine's own part of `cdc status` (base settings, the warehouse or None): a dict
+    # printed under the engine's name; a "problem" in it makes the command exit 1.
+    status: Callable[[Settings, Any], dict[str, Any]] | None = None
 
     def engine_class(self) -> Callable[[Settings], CaptureEngine]:
         """The engine's class; CaptureError naming the extra when its dependencies are missing."""
@@ -59,6 +62,18 @@ def _debezium_settings(settings: Settings) -> Settings:
     return engine_settings(settings)
 
 
+def _kafka_settings(settings: Settings) -> Settings:
+    from bankde.cdc.engines.kafka import engine_settings
+
+    return engine_settings(settings)
+
+
+def _kafka_status(settings: Settings, warehouse: Any) -> dict[str, Any]:
+    from bankde.cdc.engines.kafka import kafka_status
+
+    return kafka_status(settings, warehouse)
+
+
 # Adding an engine: one module defining `Engine`, and one entry here (see docs/cdc.md).
 ENGINES: dict[str, EngineSpec] = {
     spec.name: spec
@@ -70,6 +85,14 @@ ENGINES: dict[str, EngineSpec] = {
             "bankde.cdc.engines.debezium.engine",
             extra="debezium",
             settings_for=_debezium_settings,
+        ),
+        EngineSpec(
+            "kafka",
+            "Debezium topics on Kafka, extra \\[kafka]",
+            "bankde.cdc.engines.kafka",
+            extra="kafka",
+            settings_for=_kafka_settings,
+            status=_kafka_status,
         ),
     )
 }

@@ -15,7 +15,9 @@ from bankde.cdc.tablesnap import TableSnapshotter
 from bankde.contracts import (
     CapturedTransaction,
     CaptureEngine,
+    CommitsPositions,
     Offset,
+    PositionedTransaction,
     ProgressFn,
     ReportsIdlePosition,
     Sink,
@@ -131,8 +133,14 @@ class Streamer:
         self._txns = 0
         self._first_lsn = 0
         self._end_lsn = 0  # end LSN of the last complete transaction held or written
-        self._submitted = 0  # end LSN of the last batch handed to the writer
+        # Transactions are counted: the bookkeeping of what is submitted, written and
+        # acknowledged goes by this count, since an engine's end LSN may stay put across
+        # transactions (kafka: the consistent cut moves only when every partition passed it).
+        self._taken = 0
+        self._submitted = 0  # count of transactions handed to the writer
         self._acked = 0
+        self._acked_lsn = 0
+        self._positions: dict[tuple[str, int], int] = {}
         self._writer = _Writer(self._write, sink.flush_log)
         self._batch_started: float | None = None
         self._idle_recorded = 0.0
@@ -158,7 +166,8 @@ class Streamer:
             self.result.snapshot_seconds = self.engine.snapshot_seconds
         self._reset_buffer()
         self._writer.reset(offset.lsn)
-        self._submitted = self._acked = self._end_lsn = offset.lsn
+        self._taken = self._submitted = self._acked = 0
+        self._acked_lsn = self._end_lsn = offset.lsn
         self.result.lsn = offset.lsn
         self._columns.clear()
         if self.tables is not None:
@@ -221,6 +230,7 @@ class Streamer:
         self._txns = 0
         self._first_lsn = 0
         self._batch_started = None
+        self._positions = {}
 
     # -- the loop -----------------------------------------------------------------------
     def step(self, timeout: float) -> CapturedTransaction | None:
@@ -284,10 +294,11 @@ class Streamer:
         if not force and now - self._idle_recorded < IDLE_OFFSET_SECONDS:
             return
         lsn = engine.idle_lsn()
-        if lsn is None or lsn <= self._acked:
+        if lsn is None or lsn <= self._acked_lsn:
             return
         self._idle_recorded = now
         self._end_lsn = lsn
+        self._taken += 1  # an offset-only job: counted like a transaction, so it is written
         self.flush()
 
     def _take(self, txn: CapturedTransaction) -> None:
@@ -304,6 +315,9 @@ class Streamer:
         self._txns += 1
         self._commit_ms.append(txn.ts_ms)
         self._end_lsn = txn.end_lsn
+        self._taken += 1
+        if isinstance(txn, PositionedTransaction):
+            self._positions.update(txn.positions)
 
     def _take_part(self, txn: CapturedTransaction) -> None:
         """A part of a transaction too large for one batch goes to the writer on its own, after
@@ -315,11 +329,13 @@ class Streamer:
         batch.add(txn)
         if txn.final:
             offset: Offset | None = Offset(self.settings.cdc_slot, txn.end_lsn, True)
-            self._end_lsn = self._submitted = txn.end_lsn
+            self._end_lsn = txn.end_lsn
+            self._taken += 1
+            self._submitted = self._taken
         else:
             offset = None
         self._writer.submit(
-            _Job(batch, offset, int(txn.final), txn.commit_lsn, [txn.ts_ms], part=txn.part)
+            _Job(batch, offset, int(txn.final), txn.commit_lsn, [txn.ts_ms], self._taken, txn.part)
         )
 
     def _ensure_columns(self, relations: list[Relation]) -> None:
@@ -351,18 +367,20 @@ class Streamer:
         """Hand what is held (complete transactions) with its offset to the writer; with `wait`,
         also wait until everything handed over is written. Then acknowledge what is written."""
         assert self.engine is not None
-        if self._end_lsn > self._submitted:
+        if self._taken > self._submitted:
+            positions = tuple(sorted(self._positions.items()))
             job = _Job(
                 self._batch,
-                Offset(self.settings.cdc_slot, self._end_lsn, True),
+                Offset(self.settings.cdc_slot, self._end_lsn, True, positions),
                 self._txns,
                 self._first_lsn,
                 self._commit_ms,
+                self._taken,
             )
             # Blocks while the previous batch is still being written: at most two batches
             # (one being written, one being filled) are ever held.
             self._writer.submit(job)
-            self._submitted = self._end_lsn
+            self._submitted = self._taken
             self._reset_buffer()
         if wait:
             self._writer.wait()
@@ -373,13 +391,17 @@ class Streamer:
         writer has durably written, offset included."""
         engine = self.engine
         assert engine is not None
-        written = self._writer.written()
-        if written > self._acked:
+        count, written = self._writer.written()
+        if count > self._acked:
             engine.acknowledge(written)
-            self._acked = written
+            self._acked = count
+            self._acked_lsn = written
             self.result.lsn = written
+            positions = self._writer.take_positions()
+            if positions and isinstance(engine, CommitsPositions):
+                engine.commit_positions(positions)
         elif engine.must_flush and self._submitted <= self._acked:
-            engine.acknowledge(self._acked)
+            engine.acknowledge(self._acked_lsn)
 
     def _write(self, job: _Job) -> None:
         """The writer thread's work: one batch and its offset into the sink."""
@@ -427,7 +449,8 @@ class Streamer:
         already being written finishes first, so a reconnect resumes from a settled offset."""
         self._writer.wait()
         self._reset_buffer()
-        self._end_lsn = self._submitted = self._writer.written()
+        self._taken = self._submitted
+        self._end_lsn = self._writer.written()[1]
 
 
 @dataclass
@@ -437,6 +460,7 @@ class _Job:
     txns: int
     first_lsn: int
     commit_ms: list[int]
+    count: int = 0  # the streamer's count of transactions up to this batch's last
     part: int = 0
 
 
@@ -444,7 +468,8 @@ class _Writer:
     """One thread writing batches to the sink in order, one at a time, while the caller reads
     on (the warehouse insert and most of the bulk decoding release the GIL).
 
-    `written()` is the end LSN of the newest batch fully written (rows and offset); a failed
+    `written()` is (transaction count, end LSN) of the newest batch fully written (rows and
+    offset); `take_positions()` the topic-partition positions written since last asked. A failed
     write is raised to the caller at its next submit/wait, and nothing after it is written.
     """
 
@@ -453,7 +478,8 @@ class _Writer:
         self._idle = idle  # called on this thread after IDLE_SECONDS without a job
         self._cond = threading.Condition()
         self._job: _Job | None = None
-        self._written = 0
+        self._written = (0, 0)
+        self._positions: dict[tuple[str, int], int] = {}
         self._error: BaseException | None = None
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -461,12 +487,18 @@ class _Writer:
     def reset(self, lsn: int) -> None:
         self.wait()
         with self._cond:
-            self._written = lsn
+            self._written = (0, lsn)
+            self._positions = {}
 
-    def written(self) -> int:
+    def written(self) -> tuple[int, int]:
         with self._cond:
             self._raise()
             return self._written
+
+    def take_positions(self) -> dict[tuple[str, int], int]:
+        with self._cond:
+            positions, self._positions = self._positions, {}
+            return positions
 
     def submit(self, job: _Job) -> None:
         with self._cond:
@@ -530,7 +562,8 @@ class _Writer:
                 return
             with self._cond:
                 if job.offset is not None:
-                    self._written = job.offset.lsn
+                    self._written = (job.count, job.offset.lsn)
+                    self._positions.update(job.offset.positions)
                 self._job = None
                 self._cond.notify_all()
 

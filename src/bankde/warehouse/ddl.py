@@ -88,6 +88,10 @@ class DbNames:
     def offsets(self) -> str:
         return f"{ident(self.meta)}.cdc_offsets"
 
+    def meta_table(self, name: str) -> str:
+        """Quoted `meta`.`name` under the prefix."""
+        return f"{ident(self.meta)}.{ident(name)}"
+
     @property
     def batches(self) -> str:
         return f"{ident(self.meta)}.cdc_batches"

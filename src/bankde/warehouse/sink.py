@@ -760,6 +760,16 @@ class ClickHouseSink:
             self._tables.pop((schema, table), None)
 
     def _write_offset(self, offset: Offset) -> None:
+        if offset.positions:
+            # Topic-partition positions first: the LSN row below is the cut they lead to.
+            self.wh.command(
+                f"INSERT INTO {self.names.meta_table('cdc_kafka_offsets')} "
+                "(slot, topic, partition_id, next_offset) VALUES "
+                + ", ".join(
+                    f"({sql_str(offset.slot)}, {sql_str(topic)}, {part}, {pos})"
+                    for (topic, part), pos in offset.positions
+                )
+            )
         # Versioned by lsn: the highest LSN of the slot's current incarnation wins under FINAL.
         self.wh.command(
             f"INSERT INTO {self.names.offsets} (slot, lsn, snapshot_done) VALUES "
@@ -767,10 +777,52 @@ class ClickHouseSink:
         )
 
     def _forget_offset(self, slot: str) -> None:
-        self.wh.command(
-            f"ALTER TABLE {self.names.offsets} DELETE WHERE slot = {sql_str(slot)} "
-            "SETTINGS mutations_sync = 2"
+        for table in (self.names.offsets, *self._kafka_tables()):
+            self.wh.command(
+                f"ALTER TABLE {table} DELETE WHERE slot = {sql_str(slot)} "
+                "SETTINGS mutations_sync = 2"
+            )
+
+    def _kafka_tables(self) -> tuple[str, str]:
+        return (
+            self.names.meta_table("cdc_kafka_offsets"),
+            self.names.meta_table("cdc_connector_lsn"),
         )
+
+    # --- the kafka engine's positions (contracts.StoresPositions) ---------------------------
+    def load_positions(self, slot: str) -> dict[tuple[str, int], int]:
+        """Next offset per (topic, partition) stored for `slot` (highest written wins)."""
+        with self._mutex:
+            rows = self.wh.query(
+                f"SELECT topic, partition_id, max(next_offset) FROM "
+                f"{self.names.meta_table('cdc_kafka_offsets')} WHERE slot = {{s:String}} "
+                "GROUP BY topic, partition_id",
+                {"s": slot},
+            )
+        return {(str(t), int(p)): int(o) for t, p, o in rows}
+
+    def write_connector_lsns(self, slot: str, lsns: dict[str, int]) -> None:
+        """Per connector, the commit LSN it is fully applied up to (kafka engine's cut)."""
+        if not lsns:
+            return
+        with self._mutex:
+            self.wh.command(
+                f"INSERT INTO {self.names.meta_table('cdc_connector_lsn')} "
+                "(slot, connector, lsn) VALUES "
+                + ", ".join(
+                    f"({sql_str(slot)}, {sql_str(c)}, {lsn})" for c, lsn in sorted(lsns.items())
+                )
+            )
+
+    def load_connector_lsns(self, slot: str) -> dict[str, int]:
+        with self._mutex:
+            rows = self.wh.query(
+                f"SELECT connector, max(lsn) FROM "
+                f"{self.names.meta_table('cdc_connector_lsn')} WHERE slot = {{s:String}} "
+                "GROUP BY connector",
+                {"s": slot},
+            )
+        return {str(c): int(lsn) for c, lsn in rows}
 
     def _write_metrics(
         self,

@@ -319,14 +319,7 @@ class Assembler:
                 continue
             if op not in ("c", "u", "d"):
                 raise CaptureError(f"debezium op {op!r} inside a transaction on {key[0]}.{key[1]}")
-            unchanged = _NONE
-            if before is not None:
-                before, _ = info.text_row(before)
-            if after is not None:
-                after, unchanged = info.text_row(after)
-                if unchanged:
-                    after, unchanged = _fill_toast(after, before, unchanged)
-            events.append(ChangeEvent(op, before, after, src, ts_ms, pos, unchanged))
+            events.append(change_event(info, op, before, after, src, pos))
         for key in seen:
             if key not in self._described:
                 txn.relations.append(self.tables[key].relation)
@@ -336,21 +329,55 @@ class Assembler:
         return txn
 
     def _table(self, key: tuple[str, str], value: dict[str, Any]) -> TableInfo:
-        info = self.tables.get(key)
-        row = value.get("after") or value.get("before") or {}
-        if info is None or not info.names.issuperset(row):
-            # A table or column the catalog did not have when we started: read it again and
-            # let the sink widen the landing table before these rows are written.
-            info = self.refresh(*key)
-            self.tables[key] = info
-            if not info.names.issuperset(row):
-                missing = sorted(set(row) - info.names)
-                raise CaptureError(
-                    f"debezium sent column(s) {', '.join(missing)} of {key[0]}.{key[1]} that the "
-                    "catalog does not show"
-                )
+        info, refreshed = table_for(self.tables, self.refresh, key, value)
+        if refreshed:
             self._described.discard(key)
         return info
+
+
+def table_for(
+    tables: dict[tuple[str, str], TableInfo],
+    refresh: Callable[[str, str], TableInfo],
+    key: tuple[str, str],
+    value: dict[str, Any],
+) -> tuple[TableInfo, bool]:
+    """The table of a change event `value`, read again from the catalog when the table or one
+    of the event's columns is new (True then: the sink must widen the landing table first)."""
+    info = tables.get(key)
+    row = value.get("after") or value.get("before") or {}
+    if info is not None and info.names.issuperset(row):
+        return info, False
+    # A table or column the catalog did not have when we started: read it again and let the
+    # sink widen the landing table before these rows are written.
+    info = refresh(*key)
+    tables[key] = info
+    if not info.names.issuperset(row):
+        missing = sorted(set(row) - info.names)
+        raise CaptureError(
+            f"debezium sent column(s) {', '.join(missing)} of {key[0]}.{key[1]} that the "
+            "catalog does not show"
+        )
+    return info, True
+
+
+def change_event(
+    info: TableInfo,
+    op: str,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    src: Source,
+    pos: int,
+) -> ChangeEvent:
+    """One Debezium data event (op c/u/d, or r for a snapshot read) as a ChangeEvent in
+    Postgres text form: the conversion every Debezium-fed engine (embedded, Kafka) shares."""
+    unchanged = _NONE
+    if before is not None:
+        before, _ = info.text_row(before)
+    if after is not None:
+        after, unchanged = info.text_row(after)
+        if unchanged:
+            after, unchanged = _fill_toast(after, before, unchanged)
+    return ChangeEvent(op, before, after, src, src.ts_ms, pos, unchanged)  # type: ignore[arg-type]
 
 
 def _fill_toast(

@@ -1,0 +1,629 @@
+"""The kafka capture engine: Debezium change events read from Kafka topics into the one sink."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_INVALID,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+
+from bankde.cdc.engines.debezium.convert import (
+    TableInfo,
+    change_event,
+    parse_txn_id,
+    table_for,
+)
+from bankde.cdc.envelope import ChangeEvent, Relation, Source
+from bankde.cdc.rejects import Reject, key_text
+from bankde.cdc.stream import source_columns
+from bankde.contracts import Offset, ProgressFn, Sink, StoresPositions
+from bankde.errors import CaptureError, ConfigError, SourceUnavailable
+from bankde.settings import Settings
+from bankde.source.catalog import catalog_tables
+from bankde.source.connection import cdc_info
+
+log = logging.getLogger(__name__)
+
+# Topic names as the repo's debezium/*.json make them: data topics <topic.prefix>.<schema>.<table>.
+# Each connector's heartbeat emits a logical-decoding message with a prefix of its own, and only
+# that prefix passes its message.prefix.include.list: a message event on <topic.prefix>.message
+# says which connector delivered it, and at which LSN.
+NAME_SUFFIX = "_kafka"
+# Messages taken per consume() call: one pseudo-transaction of the stream.
+CONSUME_BATCH = 20_000
+# How often the consistent cut is re-checked against the stored positions while markers wait.
+CUT_CHECK_SECONDS = 0.5
+# No message for this long: a partition one offset short of its end holds a control record there.
+IDLE_DRAIN_SECONDS = 1.0
+
+
+def data_topics(prefix: str) -> re.Pattern[str]:
+    return re.compile(rf"^{re.escape(prefix)}\.(bank|truth)\.[A-Za-z0-9_]+$")
+
+
+def marker_topics(prefix: str) -> re.Pattern[str]:
+    return re.compile(rf"^{re.escape(prefix)}\.message$")
+
+
+def engine_settings(settings: Settings) -> Settings:
+    """Its own offset row (slot name): the connectors' slots belong to Kafka Connect."""
+    slot = settings.cdc_slot
+    if not slot.endswith(NAME_SUFFIX):
+        slot = slot[: 63 - len(NAME_SUFFIX)] + NAME_SUFFIX
+    return settings.model_copy(update={"cdc_slot": slot})
+
+
+@dataclass
+class KafkaBatch:
+    """One consume() call's changes as a CapturedTransaction (contracts.PositionedTransaction).
+
+    Not a source transaction: its events come from many transactions and partitions, each
+    versioned by its own commit LSN and position (from the envelope's `transaction` block), so
+    per-key order holds whatever the interleaving. `end_lsn` is the consistent cut known when it
+    was read (the commit LSN every connector is fully applied up to), which may stay put.
+    """
+
+    xid: int
+    commit_lsn: int
+    end_lsn: int
+    ts_ms: int
+    relations: list[Relation] = field(default_factory=list)
+    events: list[ChangeEvent] = field(default_factory=list)
+    truncates: list[tuple[str, str, int]] = field(default_factory=list)
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)
+    # Never cut into parts: a batch is bounded by consume()'s message count.
+    part: int = 0
+    final: bool = True
+
+    @property
+    def rows(self) -> int:
+        return len(self.events)
+
+
+@dataclass
+class _Marker:
+    """A connector's marker at `lsn`: once every data partition is applied up to `targets`
+    (the end offsets read after the marker arrived), that connector is applied up to `lsn`."""
+
+    connector: str
+    lsn: int
+    targets: dict[tuple[str, int], int]
+
+
+class KafkaEngine:
+    """Consumes the Debezium topics as a member of a consumer group and hands out batches.
+
+    Positions: the sink stores each partition's next offset in the warehouse after the rows
+    (meta.cdc_kafka_offsets); on every assignment the consumer seeks there (not to the group's
+    committed offsets, which are only committed afterwards for lag monitoring). Whatever is
+    read again after a crash or a rebalance carries the same versions and changes nothing.
+    """
+
+    name = "kafka"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = engine_settings(settings)
+        self.slot = self.settings.cdc_slot
+        self.snapshot_rows: dict[str, int] = {}
+        self.snapshot_seconds = 0.0
+        self._tables: dict[tuple[str, str], TableInfo] = {}
+        self._described: set[tuple[str, str]] = set()
+        self._consumer: Any = None
+        self._admin: Any = None
+        self._seeked: dict[tuple[str, int], int] = {}  # where each assignment started
+        self._last_message_at = time.monotonic()
+        self._sink: Sink | None = None
+        self._stored: StoresPositions | None = None
+        self._assigned: set[tuple[str, int]] = set()
+        self._error: BaseException | None = None
+        self._cut = 0  # commit LSN every connector is fully applied up to
+        self._connector_lsn: dict[str, int] = {}
+        self._markers: list[_Marker] = []
+        self._cut_checked = 0.0
+        self._held: list[Message] = []
+        self._targets: dict[tuple[str, int], int] | None = None
+        self._connectors: set[str] = set()  # every connector with a marker topic
+        self._last_positions: dict[tuple[str, int], int] = {}  # written to the warehouse
+        self._written_cut = 0  # the cut last handed out in a batch
+        self._data_topic = data_topics(self.settings.kafka_topic_prefix)
+        self._marker_topic = marker_topics(self.settings.kafka_topic_prefix)
+
+    @property
+    def bootstrap(self) -> str:
+        return self.settings.kafka_bootstrap or f"127.0.0.1:{self.settings.kafka_port}"
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def open(self, sink: Sink, progress: ProgressFn | None = None) -> Offset:
+        if not isinstance(sink, StoresPositions):
+            raise ConfigError("the kafka engine needs a sink that stores topic positions")
+        self._sink = sink
+        self._stored = sink
+        self._load_tables()
+        for (schema, table), info in self._tables.items():
+            sink.ensure_columns(schema, table, source_columns(info.relation))
+        offset = sink.load_offset(self.slot)
+        if offset is None:
+            # Debezium's own initial snapshot arrives through the topics as 'r' events, versioned
+            # at its consistent point like the native snapshot: nothing to stage here.
+            offset = Offset(self.slot, 0, True)
+            sink.apply([], offset)
+        self._cut = self._written_cut = offset.lsn
+        self._connector_lsn = sink.load_connector_lsns(self.slot)
+        self._connectors = set(self._connector_lsn)
+        self._consumer = self._connect()
+        from confluent_kafka.admin import AdminClient
+
+        self._admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        return offset
+
+    def _connect(self) -> Any:
+        conf = {
+            "bootstrap.servers": self.bootstrap,
+            "group.id": self.settings.kafka_group,
+            "client.id": f"bankde-{self.slot}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+            # Rebalances hand partitions over one at a time, not all at once.
+            "partition.assignment.strategy": "cooperative-sticky",
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 1_000,
+            "topic.metadata.refresh.interval.ms": 5_000,
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "max.partition.fetch.bytes": 16 * 1024 * 1024,
+            "queued.max.messages.kbytes": 256 * 1024,
+            "error_cb": self._on_error,
+        }
+        try:
+            consumer = Consumer(conf)
+            consumer.subscribe(
+                [self._data_topic.pattern, self._marker_topic.pattern],
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_revoke,
+            )
+        except KafkaException as exc:
+            raise SourceUnavailable(f"kafka at {self.bootstrap}: {exc}") from None
+        return consumer
+
+    def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            try:
+                consumer.close()
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("kafka consumer close: %s", exc)
+
+    # -- catalog ------------------------------------------------------------------------
+    def _load_tables(self, only: tuple[str, str] | None = None) -> None:
+        found = catalog_tables(cdc_info(self.settings), None if only is None else [only])
+        for key, table in found.items():
+            cols = [(c.name, c.type_oid, c.typmod, c.type_name) for c in table.columns]
+            self._tables[key] = TableInfo.build(table.oid, key[0], key[1], cols, table.key)
+
+    def _refresh_table(self, schema: str, table: str) -> TableInfo:
+        self._load_tables((schema, table))
+        info = self._tables.get((schema, table))
+        if info is None:
+            raise CaptureError(f"kafka sent changes of {schema}.{table}, unknown to the catalog")
+        return info
+
+    # -- consumer callbacks (run inside consume()) --------------------------------------
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            self._error = CaptureError(f"kafka consumer failed: {err.str()}")
+        else:
+            # Broker down, connection refused...: librdkafka reconnects by itself.
+            log.info("kafka: %s", err.str())
+
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        """Seek every newly assigned partition to the offset the warehouse holds for it."""
+        assert self._stored is not None
+        stored = self._stored.load_positions(self.slot)
+        for tp in partitions:
+            at = stored.get((tp.topic, tp.partition))
+            tp.offset = at if at is not None else OFFSET_BEGINNING
+            self._seeked[(tp.topic, tp.partition)] = at if at is not None else 0
+            self._assigned.add((tp.topic, tp.partition))
+        consumer.incremental_assign(partitions)
+
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._assigned.discard((tp.topic, tp.partition))
+        # Messages of those partitions not handed out yet: the new owner reads them.
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self._held = [m for m in self._held if (m.topic(), m.partition()) not in gone]
+        consumer.incremental_unassign(partitions)
+
+    # -- the capture contract -------------------------------------------------------------
+    @property
+    def must_flush(self) -> bool:
+        return False
+
+    def poll(self, timeout: float) -> KafkaBatch | None:
+        consumer = self._consumer
+        assert consumer is not None
+        self._raise_if_failed()
+        if self._held:
+            messages, self._held = self._held, []
+        else:
+            try:
+                messages = consumer.consume(CONSUME_BATCH, timeout)
+            except KafkaException as exc:
+                raise SourceUnavailable(f"kafka: {exc}") from None
+            self._raise_if_failed()
+        if messages:
+            self._last_message_at = time.monotonic()
+        if not messages:
+            self._check_cut()
+            return self._idle_positions()
+        log.debug(
+            "kafka: %d messages, cut %X, %d markers pending",
+            len(messages),
+            self._cut,
+            len(self._markers),
+        )
+        return self._batch(messages)
+
+    def _batch(self, messages: list[Message]) -> KafkaBatch:
+        batch = KafkaBatch(0, self._cut, self._cut, 0)
+        events = batch.events
+        positions = batch.positions
+        tables = self._tables
+        markers: dict[str, int] = {}
+        for i, msg in enumerate(messages):
+            err = msg.error()
+            topic: str = msg.topic() or ""
+            if err is not None:
+                if err.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
+                    # A subscribed pattern no topic matches yet (connectors not started): wait.
+                    continue
+                if err.fatal() or not err.retriable():
+                    raise CaptureError(f"kafka {topic}: {err.str()}")
+                continue
+            part: int = msg.partition() or 0
+            next_offset = (msg.offset() or 0) + 1
+            raw = msg.value()
+            if raw is None:  # a tombstone (tombstones.on.delete is off; compaction leftovers)
+                positions[(topic, part)] = next_offset
+                continue
+            try:
+                value = orjson.loads(raw)
+                src = value["source"]
+                op = value["op"]
+                if op == "m":
+                    # The newest marker per connector of this batch is the one that matters.
+                    name, at = str(value["message"]["prefix"]), int(src["lsn"])
+                    if at > markers.get(name, 0):
+                        markers[name] = at
+                    positions[(topic, part)] = next_offset
+                    continue
+                key = (src["schema"], src["table"])
+                if op == "t":
+                    if events or batch.truncates:
+                        # A truncate is versioned through its batch's commit LSN: it ends one.
+                        self._held = messages[i:]
+                        break
+                    batch.commit_lsn = int(src["lsn"])
+                    batch.truncates.append(
+                        (key[0], key[1], int(value["transaction"]["total_order"]))
+                    )
+                    positions[(topic, part)] = next_offset
+                    continue
+                info = tables.get(key)
+                if info is None or not info.names.issuperset(
+                    value.get("after") or value.get("before") or ()
+                ):
+                    info, refreshed = table_for(tables, self._refresh_table, key, value)
+                    if refreshed:
+                        self._described.discard(key)
+                if key not in self._described:
+                    batch.relations.append(info.relation)
+                    self._described.add(key)
+                if op == "r":
+                    # A snapshot read: at the consistent point, below every streamed change, and
+                    # of no transaction (as the native snapshot lands it).
+                    lsn, pos, xid = int(src["lsn"]), 0, 0
+                else:
+                    # Versioned by the change's own LSN: the LSN in Debezium's transaction id is
+                    # the transaction's first, not its commit, and a transaction that began
+                    # earlier may write a key after one that committed first. A change of a key
+                    # always follows (in WAL) the commit of the key's previous change (row locks),
+                    # so the change LSN grows per key in commit order.
+                    txn = value["transaction"]
+                    xid = parse_txn_id(txn["id"])[0]
+                    lsn, pos = int(src["lsn"]), int(txn["total_order"])
+                ts = int(src["ts_ms"])
+                events.append(
+                    change_event(
+                        info,
+                        op,
+                        value.get("before"),
+                        value.get("after"),
+                        Source(lsn, xid, ts, key[0], key[1], op == "r"),
+                        pos,
+                    )
+                )
+                if ts > batch.ts_ms:
+                    batch.ts_ms = ts
+            except CaptureError:
+                raise
+            except Exception as exc:
+                self._reject(msg, raw, exc)
+            positions[(topic, part)] = next_offset
+        if markers:
+            self._add_markers(markers)
+        batch.end_lsn = self._written_cut = self._cut
+        return batch
+
+    def _reject(self, msg: Message, raw: bytes, exc: Exception) -> None:
+        """An event that cannot be converted: quarantined (before its position is written) with
+        its topic, partition and offset, never skipped silently."""
+        assert self._stored is not None
+        table, key, lsn = msg.topic() or "", "", 0
+        try:
+            value = orjson.loads(raw)
+            src = value.get("source") or {}
+            table = f"{src['schema']}.{src['table']}"
+            row = value.get("after") or value.get("before") or {}
+            info = self._tables.get((src["schema"], src["table"]))
+            if info is not None:
+                key = key_text({k: row.get(k) for k in info.relation.key})
+            lsn = int(src.get("lsn") or 0)
+            txn = value.get("transaction")
+            if txn:
+                lsn = parse_txn_id(txn["id"])[1]
+        except Exception:  # the event is not even JSON of an envelope: the text says it all
+            pass
+        reason = f"{type(exc).__name__}: {exc}"
+        log.warning(
+            "kafka %s[%d]@%d: event quarantined (%s)",
+            msg.topic(),
+            msg.partition(),
+            msg.offset(),
+            reason,
+        )
+        text = raw.decode("utf-8", "replace")
+        self._stored.quarantine(
+            self.slot,
+            [
+                Reject(
+                    table,
+                    key,
+                    lsn,
+                    "",
+                    text,
+                    reason,
+                    msg.topic(),
+                    msg.partition(),
+                    msg.offset(),
+                )
+            ],
+        )
+
+    def _idle_positions(self) -> KafkaBatch | None:
+        """Nothing to read: positions past transaction control records (no message tells of
+        them) and a moved cut, as a batch without rows, so both reach the warehouse."""
+        consumer = self._consumer
+        if not self._assigned:
+            return None
+        tps = [TopicPartition(t, p) for t, p in self._assigned]
+        try:
+            now = consumer.position(tps)
+        except KafkaException:
+            return None
+        positions = {
+            (tp.topic, tp.partition): tp.offset
+            for tp in now
+            if tp.offset not in (OFFSET_INVALID,) and tp.offset >= 0
+        }
+        last = self._last_positions
+        moved = {k: v for k, v in positions.items() if last.get(k, -1) < v}
+        if not moved and self._cut <= self._written_cut:
+            return None
+        batch = KafkaBatch(0, self._cut, self._cut, 0, positions=moved)
+        self._written_cut = self._cut
+        return batch
+
+    def acknowledge(self, lsn: int) -> None:
+        # Positions, not LSNs, say how far the warehouse is: see commit_positions.
+        return
+
+    def commit_positions(self, positions: dict[tuple[str, int], int]) -> None:
+        """The warehouse holds these positions: commit them to the group (lag monitoring)."""
+        self._last_positions = {**self._last_positions, **positions}
+        mine = [
+            TopicPartition(t, p, o) for (t, p), o in positions.items() if (t, p) in self._assigned
+        ]
+        if mine and self._consumer is not None:
+            try:
+                self._consumer.commit(offsets=mine, asynchronous=True)
+            except KafkaException as exc:
+                # A rebalance in progress: the next batch commits again.
+                log.info("kafka commit: %s", exc)
+
+    def caught_up(self, target_lsn: int) -> bool:
+        """Drained to the end offsets every partition had when first asked (`cdc sync`), those
+        positions written, and the cut they lead to handed out."""
+        consumer = self._consumer
+        assert self._stored is not None
+        if self._targets is None:
+            self._targets = self._end_offsets()
+        if self._held:
+            return False
+        if self._targets and not self._assigned:
+            return False
+        try:
+            now = consumer.position([TopicPartition(t, p) for t, p in self._assigned])
+        except KafkaException:
+            return False
+        current = {(tp.topic, tp.partition): tp.offset for tp in now if tp.offset >= 0}
+        others: dict[tuple[str, int], int] | None = None
+        for key, end in self._targets.items():
+            if key in self._assigned:
+                at = max(current.get(key, -1), self._seeked.get(key, -1))
+                if not self._reached(at, end):
+                    return False
+                continue
+            # Another member owns it (or nobody yet): the warehouse must show it read.
+            if others is None:
+                others = self._stored.load_positions(self.slot)
+            if not self._reached(others.get(key, -1), end):
+                return False
+        # Everything read must be written (its positions too) before the cut can follow it.
+        written = self._last_positions
+        if any(written.get(k, -1) < v for k, v in current.items()):
+            return False
+        self._check_cut(force=True)
+        return self._cut <= self._written_cut
+
+    def _end_offsets(self) -> dict[tuple[str, int], int]:
+        """The last stable offset (read_committed's end) of every partition of our topics, in
+        one request of a separate admin client (the subscribed consumer answers slowly)."""
+        from confluent_kafka import IsolationLevel
+        from confluent_kafka.admin import OffsetSpec
+
+        admin = self._admin
+        assert admin is not None
+        try:
+            meta = admin.list_topics(timeout=10)
+            request = {
+                TopicPartition(name, p): OffsetSpec.latest()
+                for name, topic in meta.topics.items()
+                if self._data_topic.match(name) or self._marker_topic.match(name)
+                for p in topic.partitions
+            }
+            if not request:
+                return {}
+            futures = admin.list_offsets(
+                request, isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=10
+            )
+            ends = {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
+        except KafkaException as exc:
+            raise SourceUnavailable(f"kafka at {self.bootstrap}: {exc}") from None
+        return {k: v for k, v in ends.items() if v > 0}
+
+    # -- the consistent cut -----------------------------------------------------------------
+    def _add_markers(self, markers: dict[str, int]) -> None:
+        """Connectors (named by their heartbeat's message prefix) delivered a logical-decoding
+        message at an LSN: every change each captured before is in Kafka (read_committed shows
+        a transaction whole). Once every data partition is applied up to the end offsets read
+        now, the connector is applied up to its marker's LSN."""
+        self._connectors.update(markers)
+        new = {c: lsn for c, lsn in markers.items() if lsn > self._connector_lsn.get(c, 0)}
+        if not new:
+            return
+        ends = self._data_ends()
+        for connector, lsn in new.items():
+            self._markers.append(_Marker(connector, lsn, ends))
+
+    def _data_ends(self) -> dict[tuple[str, int], int]:
+        return {k: v for k, v in self._end_offsets().items() if self._data_topic.match(k[0])}
+
+    def _check_cut(self, force: bool = False) -> None:
+        if not self._markers:
+            return
+        if not force and time.monotonic() - self._cut_checked < CUT_CHECK_SECONDS:
+            return
+        self._cut_checked = time.monotonic()
+        assert self._stored is not None
+        stored = self._stored.load_positions(self.slot)
+        done: dict[str, int] = {}
+        waiting = []
+        for m in self._markers:
+            if all(self._reached(stored.get(k, 0), end) for k, end in m.targets.items()):
+                done[m.connector] = max(done.get(m.connector, 0), m.lsn)
+            else:
+                waiting.append(m)
+        self._markers = waiting
+        if not done:
+            return
+        self._connector_lsn.update(done)
+        self._stored.write_connector_lsns(self.slot, done)
+        # A connector with a marker topic but no marker applied yet holds the cut where it is.
+        if self._connectors <= set(self._connector_lsn):
+            self._cut = max(self._cut, min(self._connector_lsn.values()))
+
+    def _reached(self, at: int, end: int) -> bool:
+        """Whether position `at` is at the partition's last stable offset `end`. With exactly-once
+        producers each transaction leaves a control record the consumer never returns, so a
+        partition whose last record is one stays one short; after IDLE_DRAIN_SECONDS without any
+        message that gap is taken as that record."""
+        if at >= end:
+            return True
+        return at == end - 1 and time.monotonic() - self._last_message_at >= IDLE_DRAIN_SECONDS
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+
+def kafka_status(settings: Settings, warehouse: Any = None) -> dict[str, Any]:
+    """The kafka part of `cdc status --engine kafka`: every connector with its tasks' states and
+    the first line of a failed task's error, the consumer group's lag per topic, and the LSN
+    each connector is applied up to. `problem` names the first failed connector or task."""
+    from bankde.errors import BankdeError
+    from bankde.kafka.admin import BrokerError, group_lag
+    from bankde.kafka.cluster import ManagedKafka
+    from bankde.kafka.connect import connector_states
+
+    s = engine_settings(settings)
+    kafka = ManagedKafka(s)
+    out: dict[str, Any] = {"connectors": None, "lag": None, "connector_lsn": None}
+    try:
+        states = connector_states(kafka.connect_url)
+        out["connectors"] = {
+            c.name: {
+                "state": c.state,
+                "error": c.error,
+                "tasks": {t.id: t.state + (f": {t.error}" if t.error else "") for t in c.tasks},
+            }
+            for c in states
+        }
+        for c in states:
+            failed = [t for t in c.tasks if t.state == "FAILED"]
+            if c.state == "FAILED" or failed:
+                line = c.error or (failed[0].error if failed else None) or "no error line"
+                out["problem"] = f"connector {c.name} FAILED: {line}"
+                break
+    except (OSError, BankdeError) as exc:
+        out["connectors_error"] = f"Connect at {kafka.connect_url}: {exc}"
+    bootstrap = s.kafka_bootstrap or kafka.bootstrap
+    try:
+        lag: dict[str, int] = {}
+        for g in group_lag(bootstrap, [s.kafka_group]):
+            lag[g.topic] = lag.get(g.topic, 0) + g.lag
+        out["lag"] = lag
+    except BrokerError as exc:
+        out["lag_error"] = str(exc)
+    if warehouse is not None:
+        from bankde.warehouse.ddl import db_names, has_table
+
+        if has_table(warehouse, db_names(s).meta, "cdc_connector_lsn"):
+            from bankde.cdc.envelope import format_lsn
+
+            rows = warehouse.query(
+                f"SELECT connector, max(lsn) FROM {db_names(s).meta_table('cdc_connector_lsn')} "
+                "WHERE slot = {s:String} GROUP BY connector ORDER BY connector",
+                {"s": s.cdc_slot},
+            )
+            out["connector_lsn"] = {str(c): format_lsn(int(v)) for c, v in rows}
+    return out
+
+
+# The registry's entry point (cdc/registry.py).
+Engine = KafkaEngine
