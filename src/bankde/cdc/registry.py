@@ -63,7 +63,7 @@ def _debezium_settings(settings: Settings) -> Settings:
 
 
 def _kafka_settings(settings: Settings) -> Settings:
-    from bankde.cdc.engines.kafka import engine_settings
+    from bankde.cdc.engines.kafka_names import engine_settings
 
     return engine_settings(settings)
 

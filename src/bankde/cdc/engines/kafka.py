@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +24,11 @@ from bankde.cdc.engines.debezium.convert import (
     parse_txn_id,
     table_for,
 )
+from bankde.cdc.engines.kafka_names import (
+    data_topics,
+    engine_settings,
+    marker_topics,
+)
 from bankde.cdc.envelope import ChangeEvent, Relation, Source
 from bankde.cdc.rejects import Reject, key_text
 from bankde.cdc.stream import source_columns
@@ -36,33 +40,12 @@ from bankde.source.connection import cdc_info
 
 log = logging.getLogger(__name__)
 
-# Topic names as the repo's debezium/*.json make them: data topics <topic.prefix>.<schema>.<table>.
-# Each connector's heartbeat emits a logical-decoding message with a prefix of its own, and only
-# that prefix passes its message.prefix.include.list: a message event on <topic.prefix>.message
-# says which connector delivered it, and at which LSN.
-NAME_SUFFIX = "_kafka"
 # Messages taken per consume() call: one pseudo-transaction of the stream.
 CONSUME_BATCH = 20_000
 # How often the consistent cut is re-checked against the stored positions while markers wait.
 CUT_CHECK_SECONDS = 0.5
 # No message for this long: a partition one offset short of its end holds a control record there.
 IDLE_DRAIN_SECONDS = 1.0
-
-
-def data_topics(prefix: str) -> re.Pattern[str]:
-    return re.compile(rf"^{re.escape(prefix)}\.(bank|truth)\.[A-Za-z0-9_]+$")
-
-
-def marker_topics(prefix: str) -> re.Pattern[str]:
-    return re.compile(rf"^{re.escape(prefix)}\.message$")
-
-
-def engine_settings(settings: Settings) -> Settings:
-    """Its own offset row (slot name): the connectors' slots belong to Kafka Connect."""
-    slot = settings.cdc_slot
-    if not slot.endswith(NAME_SUFFIX):
-        slot = slot[: 63 - len(NAME_SUFFIX)] + NAME_SUFFIX
-    return settings.model_copy(update={"cdc_slot": slot})
 
 
 @dataclass
