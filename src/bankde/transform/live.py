@@ -19,9 +19,8 @@ if TYPE_CHECKING:
 # The live alerts are state this module owns (dbt never drops them): one row per (rule, txn_id)
 # like marts.fct_fraud_alerts, versioned by the CDC version of the evaluation that wrote it, so a
 # re-evaluation replaces it and a tombstone (_is_deleted) retracts it.
-_LIVE_DDL = """
-CREATE TABLE IF NOT EXISTS {db}.fraud_alerts_live
-(
+# An alert's columns, as the view fraud_live_alerts returns them (live and scratch tables alike).
+_ALERT_COLUMNS = """\
     rule         LowCardinality(String),
     txn_id       Int64,
     card_id      Nullable(Int64),
@@ -29,7 +28,11 @@ CREATE TABLE IF NOT EXISTS {db}.fraud_alerts_live
     occurred_at  DateTime64(6, 'UTC'),
     score        Float64,
     evidence     String,
-    triggered_at DateTime64(6, 'UTC'),
+    triggered_at DateTime64(6, 'UTC')"""
+_LIVE_DDL = """
+CREATE TABLE IF NOT EXISTS {db}.fraud_alerts_live
+(
+{columns},
     visible_at   DateTime64(3, 'UTC'),
     _version     UInt128,
     _is_deleted  UInt8
@@ -52,14 +55,7 @@ ORDER BY tuple()
 _SCRATCH_DDL = """
 CREATE TABLE IF NOT EXISTS {db}.fraud_alerts_live_scratch
 (
-    rule         LowCardinality(String),
-    txn_id       Int64,
-    card_id      Nullable(Int64),
-    customer_id  Nullable(Int64),
-    occurred_at  DateTime64(6, 'UTC'),
-    score        Float64,
-    evidence     String,
-    triggered_at DateTime64(6, 'UTC')
+{columns}
 )
 ENGINE = MergeTree ORDER BY (rule, txn_id)
 """
@@ -130,7 +126,7 @@ class LiveAlerts:
     def ensure_tables(self) -> None:
         self._command(f"CREATE DATABASE IF NOT EXISTS {self.marts}")
         for ddl in (_LIVE_DDL, _PROGRESS_DDL, _SCRATCH_DDL):
-            self._command(ddl.format(db=self.marts))
+            self._command(ddl.format(db=self.marts, columns=_ALERT_COLUMNS))
 
     def evaluated_version(self) -> int:
         rows = self._query(
