@@ -83,11 +83,8 @@ def pipeline(
     """One source database, slot and warehouse prefix for this module: fill, capture, build.
     Twice: embedded (dbt's chdb adapter in-process), and served by another process (dbt-clickhouse's
     own `clickhouse` target over HTTP, CDC through clickhouse-connect)."""
-    from bankde.cdc.slot import drop_publication, drop_slot
-    from bankde.source.connection import admin_info, connect
     from bankde.source.schema import init_source
     from bankde.transform.evaluation import evaluation_rows
-    from bankde.warehouse.ddl import drop_databases
     from bankde.warehouse.session import open_session
 
     tag = "tdbt_" + uuid.uuid4().hex[:8]
@@ -111,17 +108,29 @@ def pipeline(
         ok = _build(settings, session)
         yield Pipeline(settings, session, ok, evaluation_rows(settings, wh) if ok else [])
     finally:
-        drop_slot(settings, wait=30)
-        drop_publication(settings)
-        wh = session.warehouse(settings)
-        drop_databases(wh)
-        for layer in ("stg", "ods", "marts", "dbt"):
-            wh.command(f"DROP DATABASE IF EXISTS `{settings.wh_prefix}{layer}`")
-        with connect(admin_info(cluster_settings), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(tag))
+        _drop_pipeline(settings, session, cluster_settings)
+
+
+def _drop_pipeline(settings: Settings, session: WarehouseSession, cluster: Settings) -> None:
+    """Drop what a module's pipeline made: its slot, publication, warehouse layers, source
+    database; then close its session."""
+    from bankde.cdc.slot import drop_publication, drop_slot
+    from bankde.source.connection import admin_info, connect
+    from bankde.warehouse.ddl import drop_databases
+
+    drop_slot(settings, wait=30)
+    drop_publication(settings)
+    wh = session.warehouse(settings)
+    drop_databases(wh)
+    for layer in ("stg", "ods", "marts", "dbt"):
+        wh.command(f"DROP DATABASE IF EXISTS `{settings.wh_prefix}{layer}`")
+    with connect(admin_info(cluster), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(settings.db_name)
             )
-        session.close()
+        )
+    session.close()
 
 
 def test_build_passes_every_model_and_test(pipeline: Pipeline) -> None:

@@ -8,11 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from psycopg import sql
 
 from bankde.settings import Settings
 from bankde.warehouse.session import WarehouseSession
-from tests.integration.test_dbt import _build, _fill, _psql, _sync
+from tests.integration.test_dbt import _build, _drop_pipeline, _fill, _psql, _sync
 
 
 @dataclass
@@ -24,11 +23,8 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live(cluster_settings: Settings, warehouse_dir: Path) -> Iterator[Live]:
-    from bankde.cdc.slot import drop_publication, drop_slot
-    from bankde.source.connection import admin_info, connect
     from bankde.source.schema import init_source
     from bankde.transform.live import LiveAlerts
-    from bankde.warehouse.ddl import drop_databases
     from bankde.warehouse.session import open_session
 
     tag = "tlive_" + uuid.uuid4().hex[:8]
@@ -53,17 +49,7 @@ def live(cluster_settings: Settings, warehouse_dir: Path) -> Iterator[Live]:
         yield Live(settings, session, detector)
     finally:
         detector.close()
-        drop_slot(settings, wait=30)
-        drop_publication(settings)
-        wh = session.warehouse(settings)
-        drop_databases(wh)
-        for layer in ("stg", "ods", "marts", "dbt"):
-            wh.command(f"DROP DATABASE IF EXISTS `{settings.wh_prefix}{layer}`")
-        with connect(admin_info(cluster_settings), autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(tag))
-            )
-        session.close()
+        _drop_pipeline(settings, session, cluster_settings)
 
 
 def _keys(live: Live, table: str, final: bool = False) -> set[tuple[str, int]]:
