@@ -30,7 +30,7 @@ INFO = TableInfo.build(1, "bank", "t", COLUMNS, ("id",))
 ROWS: list[dict[str, Any]] = [
     {
         "id": 1,
-        "name": "Müller \"x\"\n",
+        "name": 'Müller "x"\n',
         "amount": "12.30",
         "flag": True,
         "born": 19753,
@@ -117,7 +117,11 @@ def per_event(values: list[bytes]) -> list[tuple[Any, ...]]:
         if op == "r":
             lsn, pos, xid = src["lsn"], 0, 0
         else:
-            lsn, pos, xid = src["lsn"], v["transaction"]["total_order"], int(v["transaction"]["id"].split(":")[0])
+            lsn, pos, xid = (
+                src["lsn"],
+                v["transaction"]["total_order"],
+                int(v["transaction"]["id"].split(":")[0]),
+            )
         ev = change_event(
             INFO, op, v["before"], v["after"], Source(lsn, xid, src["ts_ms"], "bank", "t"), pos
         )

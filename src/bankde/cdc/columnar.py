@@ -113,9 +113,7 @@ class ChangeBatch(Sequence[ChangeEvent]):
             (s, tb, make_version(t.commit_lsn, pos)) for t in built for s, tb, pos in t.truncates
         ]
         # Changes an engine converted in bulk already: one group per table for the whole batch.
-        ready = _merged(
-            [c for t in built if isinstance(t, ColumnarTransaction) for c in t.columns]
-        )
+        ready = _merged([c for t in built if isinstance(t, ColumnarTransaction) for c in t.columns])
         if not raw:
             return (ready, rest), truncates
         entries = np.fromiter((t.entries for t in raw), np.int64, len(raw))

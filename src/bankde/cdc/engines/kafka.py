@@ -274,7 +274,6 @@ class KafkaEngine:
         column new to the catalog, a placeholder, an event that is not a plain envelope."""
         positions: dict[tuple[str, int], int] = {}
         by_topic: dict[str, list[bytes]] = {}
-        others: list[bytes] = []
         topic_tables = self._topic_tables
         for msg in messages:
             if msg.error() is not None:

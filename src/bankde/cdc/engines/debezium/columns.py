@@ -32,6 +32,7 @@ from bankde.cdc.envelope import ChangeColumns
 _MIN_DAY, _MAX_DAY = -719_162, 2_932_896
 _MIN_US, _MAX_US = -62_135_596_800_000_000, 253_402_300_799_999_999
 _OPS = pa.array(["c", "u", "d", "r"], pa.string())
+_TSTZ = r"^([^T]*)T([0-9]{2}:[0-9]{2}:[0-9]{2})(\.[0-9]*[1-9])?\.?0*Z$"
 
 
 class Irregular(Exception):
@@ -178,7 +179,9 @@ def table_columns(plan: TablePlan, values: list[bytes]) -> tuple[ChangeColumns, 
     txn = table.column("transaction").combine_chunks()
     streamed = pc.invert(is_r)
     if pc.any(streamed).as_py():
-        ok = pc.and_(txn.is_valid(), pc.and_(txn.field("id").is_valid(), txn.field("total_order").is_valid()))
+        ok = pc.and_(
+            txn.is_valid(), pc.and_(txn.field("id").is_valid(), txn.field("total_order").is_valid())
+        )
         if not pc.all(pc.or_(is_r, ok)).as_py():
             raise Irregular(f"{rel.schema}.{rel.table}: a change without its transaction block")
     # A snapshot read ('r'): at the consistent point, of no transaction, position 0 (as
@@ -211,10 +214,9 @@ def table_columns(plan: TablePlan, values: list[bytes]) -> tuple[ChangeColumns, 
 def _text(col: _Col, v: pa.Array) -> pa.Array:
     """One column's JSON values -> Postgres text, as the per-event converter prints them."""
     kind = col.kind
-    if kind in ("text", "tstz", "bytea", "py") and v.type == pa.string():
-        # Debezium's placeholder for an unchanged TOAST value: the per-event path fills it.
-        if pc.any(pc.equal(v, UNCHANGED_TOAST)).as_py():
-            raise Irregular(f"{col.name}: unchanged TOAST")
+    # Debezium's placeholder for an unchanged TOAST value: the per-event path fills it.
+    if v.type == pa.string() and pc.any(pc.equal(v, UNCHANGED_TOAST)).as_py():
+        raise Irregular(f"{col.name}: unchanged TOAST")
     if kind == "text":
         return v
     if kind == "int":
@@ -244,12 +246,10 @@ def _text(col: _Col, v: pa.Array) -> pa.Array:
         # takes the per-value converter.
         if v.null_count == len(v):
             return v
-        if not pc.all(pc.ends_with(v, "Z")).as_py():
+        if not pc.all(pc.match_substring_regex(v, _TSTZ)).as_py():
             return _each(_zoned_timestamp_text, v)
-        text = pc.replace_substring(v, "T", " ", max_replacements=1)
-        text = pc.replace_substring_regex(text, r"\.0*Z$", "Z")
-        text = pc.replace_substring_regex(text, r"(\.[0-9]*[1-9])0+Z$", r"\1Z")
-        return pc.replace_substring_regex(text, "Z$", "+00")
+        # One pass: 'T' -> ' ', the fraction without trailing zeros (none when all zero), +00.
+        return pc.replace_substring_regex(v, _TSTZ, r"\1 \2\3+00")
     assert col.fn is not None
     return _each(col.fn, v)
 
