@@ -357,6 +357,11 @@ def main() -> None:
     parser.add_argument(
         "--no-e2e", action="store_true", help="Only the pre-filled topic (no Connect, no load)."
     )
+    parser.add_argument(
+        "--no-per-event",
+        action="store_true",
+        help="Skip the same topic through the per-event path (the baseline before bulk).",
+    )
     args = parser.parse_args()
 
     from bankde.kafka.cluster import ManagedKafka
@@ -394,6 +399,24 @@ def main() -> None:
                 s, capture.open_sink(s, session), engine="kafka", show_progress=False
             )
             rows = session.warehouse().scalar("SELECT count() FROM bk_raw.transaction FINAL")
+            per_event = 0.0
+            if not args.no_per_event:
+                # The same topic through the engine's per-event path (orjson and change_event
+                # per message: the engine before the bulk conversion), its own group and tables.
+                from bankde.cdc.engines.kafka import KafkaEngine
+
+                bulk = KafkaEngine._bulk_batch
+                KafkaEngine._bulk_batch = lambda self, messages: None  # type: ignore[method-assign]
+                try:
+                    pe = s.model_copy(
+                        update={"wh_prefix": "bkp_", "kafka_group": f"bench-pe-{os.getpid()}"}
+                    )
+                    r2 = capture.sync(
+                        pe, capture.open_sink(pe, session), engine="kafka", show_progress=False
+                    )
+                finally:
+                    KafkaEngine._bulk_batch = bulk  # type: ignore[method-assign]
+                per_event = r2.changes / r2.stream_seconds if r2.stream_seconds else 0.0
         applied = res.changes / res.stream_seconds if res.stream_seconds else 0.0
         rss: dict[str, Any] = {}
         for name in ("broker", "worker"):
@@ -414,6 +437,12 @@ def main() -> None:
             f"  RSS: broker {rss.get('broker', '?')} MiB, worker {rss.get('worker', '?')} MiB, "
             f"consumer (peak) {peak_rss_mib():.0f} MiB"
         )
+        if per_event:
+            print(
+                f"  per-event path (orjson + change_event per message, as before the bulk "
+                f"conversion), same topic: {per_event:,.0f} events/s | bulk/per-event "
+                f"{applied / per_event:.2f}"
+            )
         if not args.no_e2e:
             end_to_end(settings, kafka, wh_home / "e2e", args)
         print(f"load average: {Path('/proc/loadavg').read_text().split()[:3]}")

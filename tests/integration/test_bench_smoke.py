@@ -109,6 +109,7 @@ FIGURES = {
         rf"applied in {_N} s = {_N} events/s",
         rf"orjson\.loads only, same topic\): {_N} events/s \| ratio {_N}",
         rf"RSS: broker {_N} MiB, worker {_N} MiB, consumer \(peak\) {_N} MiB",
+        rf"same topic: {_N} events/s \| bulk/per-event {_N}",
         rf"in {_N} s = {_N} rows/s \(registration to warehouse\) \| native snapshot {_N} rows/s",
         rf"steady {_N} changes/s for {_N} s: commit to warehouse p50 {_N} ms, p99 {_N} ms",
         rf"\| native p50 {_N} ms, p99 {_N} ms",
