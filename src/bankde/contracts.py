@@ -177,6 +177,16 @@ class PositionedTransaction(Protocol):
 
 
 @runtime_checkable
+class ColumnarTransaction(Protocol):
+    """Optional transaction feature: changes an engine already converted into Arrow columns,
+    one ChangeColumns per table, besides its `events` (kafka engine: JSON parsed in bulk).
+    `rows` counts both."""
+
+    @property
+    def columns(self) -> list[ChangeColumns]: ...
+
+
+@runtime_checkable
 class CommitsPositions(Protocol):
     """Optional engine feature: told the positions the warehouse now holds (after the sink wrote
     them), e.g. to commit them to a Kafka consumer group for lag monitoring."""

@@ -21,6 +21,10 @@ CASES = {
         *("--duration", "45", "--dbt-every", "10"),
         *("--changes", "2000", "--rounds", "2"),
     ],
+    "kafka": [
+        *("--events", "5000", "--snapshot-rows", "2000"),
+        *("--rate", "500", "--seconds", "3", "--burst", "2000"),
+    ],
     "served": [
         "--rows",
         "20000",
@@ -42,6 +46,7 @@ EXPECT = {
     "dbt": ["full dbt build", "incremental dbt build", "target < 60s", "selected dbt build"],
     "freshness": ["live detection:", "baseline dbt every", "CDC throughput", "load average"],
     "served": ["as Arrow: HTTP", "insert_arrow", "CDC stream", "baseline"],
+    "kafka": ["consumer alone:", "baseline", "Debezium initial snapshot", "end to end", "RSS"],
     "hugetx": ["in parts of 1,000", "captured whole", "peak RSS"],
 }
 
@@ -99,6 +104,17 @@ FIGURES = {
     "hugetx": [
         rf"captured in {_N}s \({_N} rows/s\), capture peak RSS {_N} MiB",
         rf"captured whole \(no parts\): {_N}s \({_N} rows/s\), capture peak RSS {_N} MiB",
+    ],
+    "kafka": [
+        rf"applied in {_N} s = {_N} events/s",
+        rf"orjson\.loads only, same topic\): {_N} events/s \| ratio {_N}",
+        rf"RSS: broker {_N} MiB, worker {_N} MiB, consumer \(peak\) {_N} MiB",
+        rf"same topic: {_N} events/s \| bulk/per-event {_N}",
+        rf"in {_N} s = {_N} rows/s \(registration to warehouse\) \| native snapshot {_N} rows/s",
+        rf"steady {_N} changes/s for {_N} s: commit to warehouse p50 {_N} ms, p99 {_N} ms",
+        rf"\| native p50 {_N} ms, p99 {_N} ms",
+        rf"kafka {_N} changes/s \(commit of the first to the last in the warehouse\) \| native {_N} changes/s",
+        rf"peak RSS end to end: broker {_N} MiB, worker {_N} MiB, consumers .* {_N} MiB",
     ],
     "served": [
         rf"as Arrow: HTTP {_N} rows/s \([0-9.]+s\) \| baseline in-process {_N} rows/s \([0-9.]+s\) \| ratio {_N}",

@@ -9,10 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from bankde.cdc.envelope import ChangeColumns, ChangeEvent, Relation
+from bankde.cdc.envelope import ChangeColumns, ChangeEvent, Relation, Source
 from bankde.cdc.pgoutput import RowChunk, Transaction
 from bankde.cdc.version import make_version
-from bankde.contracts import CapturedTransaction, Truncate
+from bankde.contracts import CapturedTransaction, ColumnarTransaction, Truncate
 from bankde.errors import CaptureError
 
 _T, _N, _U = 0x74, 0x6E, 0x75  # tuple column kinds: text, null, unchanged TOAST
@@ -53,7 +53,7 @@ class ChangeBatch(Sequence[ChangeEvent]):
     # -- Sequence[ChangeEvent] ------------------------------------------------------------
     def _all(self) -> list[ChangeEvent]:
         if self._events is None:
-            self._events = [ev for txn in self.txns for ev in txn.events]
+            self._events = [ev for txn in self.txns for ev in _events_of(txn)]
         return self._events
 
     def __len__(self) -> int:
@@ -112,8 +112,10 @@ class ChangeBatch(Sequence[ChangeEvent]):
         truncates: list[Truncate] = [
             (s, tb, make_version(t.commit_lsn, pos)) for t in built for s, tb, pos in t.truncates
         ]
+        # Changes an engine converted in bulk already: one group per table for the whole batch.
+        ready = _merged([c for t in built if isinstance(t, ColumnarTransaction) for c in t.columns])
         if not raw:
-            return ([], rest), truncates
+            return (ready, rest), truncates
         entries = np.fromiter((t.entries for t in raw), np.int64, len(raw))
         base = np.zeros(len(raw), np.int64)
         np.cumsum(entries[:-1], out=base[1:])
@@ -150,7 +152,56 @@ class ChangeBatch(Sequence[ChangeEvent]):
             for s, tb, seq_i in txn.truncate_seqs:
                 pos = int(first_pos[base[i] + seq_i])
                 truncates.append((s, tb, make_version(txn.commit_lsn, pos)))
-        return (columns, rest), truncates
+        return (columns + ready, rest), truncates
+
+
+def _events_of(txn: CapturedTransaction) -> list[ChangeEvent]:
+    """A transaction's changes as events, bulk-converted ones included (then after the others:
+    versions, not order, decide)."""
+    if not isinstance(txn, ColumnarTransaction) or not txn.columns:
+        return list(txn.events)
+    return [*txn.events, *(ev for cols in txn.columns for ev in _column_events(cols))]
+
+
+def _column_events(cols: ChangeColumns) -> Iterator[ChangeEvent]:
+    """ChangeColumns back as ChangeEvents: the key row as `before` of a delete, else `after`."""
+    values = [v.to_pylist() for v in cols.values]
+    ops = cols.op.to_pylist()
+    for i in range(len(cols)):
+        row = {name: values[j][i] for j, name in enumerate(cols.names)}
+        op = ops[i]
+        ts = int(cols.ts_ms[i])
+        src = Source(int(cols.lsn[i]), int(cols.tx_id[i]), ts, cols.schema, cols.table, op == "r")
+        d = op == "d"
+        yield ChangeEvent(op, row if d else None, None if d else row, src, ts, int(cols.pos[i]))
+
+
+def _merged(groups: list[ChangeColumns]) -> list[ChangeColumns]:
+    """Groups of the same table and columns joined into one (one INSERT per table)."""
+    by_table: dict[tuple[str, str, tuple[str, ...]], list[ChangeColumns]] = {}
+    for g in groups:
+        by_table.setdefault((g.schema, g.table, g.names), []).append(g)
+    out = []
+    for parts in by_table.values():
+        if len(parts) == 1:
+            out.append(parts[0])
+            continue
+        first = parts[0]
+        out.append(
+            ChangeColumns(
+                first.schema,
+                first.table,
+                first.names,
+                [pa.concat_arrays([p.values[j] for p in parts]) for j in range(len(first.names))],
+                pa.concat_arrays([p.op for p in parts]),
+                np.concatenate([p.deleted for p in parts]),
+                np.concatenate([p.lsn for p in parts]),
+                np.concatenate([p.pos for p in parts]),
+                np.concatenate([p.tx_id for p in parts]),
+                np.concatenate([p.ts_ms for p in parts]),
+            )
+        )
+    return out
 
 
 class _Rows:

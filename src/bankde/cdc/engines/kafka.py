@@ -18,6 +18,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from bankde.cdc.engines.debezium.columns import Irregular, TablePlan, plan_for, table_columns
 from bankde.cdc.engines.debezium.convert import (
     TableInfo,
     change_event,
@@ -29,7 +30,7 @@ from bankde.cdc.engines.kafka_names import (
     engine_settings,
     marker_topics,
 )
-from bankde.cdc.envelope import ChangeEvent, Relation, Source
+from bankde.cdc.envelope import ChangeColumns, ChangeEvent, Relation, Source
 from bankde.cdc.rejects import Reject, key_text
 from bankde.cdc.stream import source_columns
 from bankde.contracts import Offset, ProgressFn, Sink, StoresPositions
@@ -41,7 +42,7 @@ from bankde.source.connection import cdc_info
 log = logging.getLogger(__name__)
 
 # Messages taken per consume() call: one pseudo-transaction of the stream.
-CONSUME_BATCH = 20_000
+CONSUME_BATCH = 50_000
 # How often the consistent cut is re-checked against the stored positions while markers wait.
 CUT_CHECK_SECONDS = 0.5
 # No message for this long: a partition one offset short of its end holds a control record there.
@@ -69,10 +70,12 @@ class KafkaBatch:
     # Never cut into parts: a batch is bounded by consume()'s message count.
     part: int = 0
     final: bool = True
+    # The changes converted in bulk (contracts.ColumnarTransaction), one group per table.
+    columns: list[ChangeColumns] = field(default_factory=list)
 
     @property
     def rows(self) -> int:
-        return len(self.events)
+        return len(self.events) + sum(len(c) for c in self.columns)
 
 
 @dataclass
@@ -102,6 +105,9 @@ class KafkaEngine:
         self.snapshot_rows: dict[str, int] = {}
         self.snapshot_seconds = 0.0
         self._tables: dict[tuple[str, str], TableInfo] = {}
+        # Per table, its bulk conversion plan (None: event by event), for the TableInfo it has.
+        self._plans: dict[tuple[str, str], tuple[TableInfo, TablePlan | None]] = {}
+        self._topic_tables: dict[str, tuple[str, str] | None] = {}
         self._described: set[tuple[str, str]] = set()
         self._consumer: Any = None
         self._admin: Any = None
@@ -259,7 +265,79 @@ class KafkaEngine:
             self._cut,
             len(self._markers),
         )
-        return self._batch(messages)
+        batch = self._bulk_batch(messages)
+        return batch if batch is not None else self._batch(messages)
+
+    def _bulk_batch(self, messages: list[Message]) -> KafkaBatch | None:
+        """The messages converted per topic in bulk (one Arrow JSON parse per table), or None
+        when any of them needs the per-event path (_batch): an error, a truncate, a table or
+        column new to the catalog, a placeholder, an event that is not a plain envelope."""
+        positions: dict[tuple[str, int], int] = {}
+        by_topic: dict[str, list[bytes]] = {}
+        topic_tables = self._topic_tables
+        for msg in messages:
+            if msg.error() is not None:
+                return None
+            topic: str = msg.topic()  # type: ignore[assignment]
+            positions[(topic, msg.partition())] = msg.offset() + 1  # type: ignore[index,operator]
+            raw = msg.value()
+            if raw is None:  # a tombstone
+                continue
+            if topic not in topic_tables:
+                topic_tables[topic] = self._topic_table(topic)
+            group = by_topic.get(topic)
+            if group is None:
+                group = by_topic[topic] = []
+            group.append(raw)
+        batch = KafkaBatch(0, self._cut, self._cut, 0, positions=positions)
+        markers: dict[str, int] = {}
+        try:
+            for topic, values in by_topic.items():
+                key = topic_tables[topic]
+                if key is None:
+                    if not self._marker_topic.match(topic):
+                        return None
+                    for raw in values:
+                        value = orjson.loads(raw)
+                        if value.get("op") != "m":
+                            return None
+                        name, at = str(value["message"]["prefix"]), int(value["source"]["lsn"])
+                        if at > markers.get(name, 0):
+                            markers[name] = at
+                    continue
+                plan = self._plan(key)
+                if plan is None:
+                    return None
+                cols, ts = table_columns(plan, values)
+                batch.columns.append(cols)
+                batch.ts_ms = max(batch.ts_ms, ts)
+                if key not in self._described:
+                    batch.relations.append(plan.info.relation)
+        except (Irregular, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            log.debug("kafka: batch read event by event (%s)", exc)
+            return None
+        for rel in batch.relations:
+            self._described.add((rel.schema, rel.table))
+        if markers:
+            self._add_markers(markers)
+        batch.end_lsn = self._written_cut = self._cut
+        return batch
+
+    def _topic_table(self, topic: str) -> tuple[str, str] | None:
+        """(schema, table) of a data topic (<prefix>.<schema>.<table>), None for others."""
+        if not self._data_topic.match(topic):
+            return None
+        schema, _, table = topic[len(self.settings.kafka_topic_prefix) + 1 :].partition(".")
+        return schema, table
+
+    def _plan(self, key: tuple[str, str]) -> TablePlan | None:
+        info = self._tables.get(key)
+        if info is None:
+            return None  # new to the catalog: the per-event path reads it again
+        held = self._plans.get(key)
+        if held is None or held[0] is not info:
+            held = self._plans[key] = (info, plan_for(info))
+        return held[1]
 
     def _batch(self, messages: list[Message]) -> KafkaBatch:
         batch = KafkaBatch(0, self._cut, self._cut, 0)

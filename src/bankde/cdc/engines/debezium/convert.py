@@ -207,6 +207,8 @@ class TableInfo:
     relation: Relation
     converters: tuple[tuple[str, ValueFn], ...]
     names: frozenset[str]
+    # format_type text of each column, in relation order (the bulk conversion's plan).
+    types: tuple[str, ...] = ()
 
     @classmethod
     def build(
@@ -225,7 +227,8 @@ class TableInfo:
             if fn is not None:
                 convs.append((name, fn))
         rel = Relation(relid, schema, table, "f", cols, key)
-        return cls(rel, tuple(convs), frozenset(c.name for c in cols))
+        types = tuple(type_text for *_, type_text in columns)
+        return cls(rel, tuple(convs), frozenset(c.name for c in cols), types)
 
     def text_row(self, row: dict[str, Any]) -> tuple[dict[str, Any], frozenset[str]]:
         """Convert in place; returns the row and the columns Debezium marked unchanged TOAST."""

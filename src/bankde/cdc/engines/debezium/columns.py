@@ -1,0 +1,265 @@
+"""Debezium change events (JSON, no schemas) of one table -> ChangeColumns in bulk, with Arrow."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+
+from bankde.cdc.engines.debezium.convert import (
+    UNCHANGED_TOAST,
+    TableInfo,
+    _bool_text,
+    _bytea_text,
+    _date_text,
+    _interval_text,
+    _micro_time_text,
+    _micro_timestamp_text,
+    _milli_timestamp_text,
+    _timetz_text,
+    _zoned_timestamp_text,
+    value_fn,
+)
+from bankde.cdc.envelope import ChangeColumns
+
+# Python's dates and datetimes (what the per-event conversion prints with) cover years 1..9999;
+# values outside go through that conversion's own text for far dates, value by value.
+_MIN_DAY, _MAX_DAY = -719_162, 2_932_896
+_MIN_US, _MAX_US = -62_135_596_800_000_000, 253_402_300_799_999_999
+_OPS = pa.array(["c", "u", "d", "r"], pa.string())
+_TSTZ = r"^([^T]*)T([0-9]{2}:[0-9]{2}:[0-9]{2})(\.[0-9]*[1-9])?\.?0*Z$"
+
+
+class Irregular(Exception):
+    """Events the bulk conversion leaves to the per-event one (change_event): a truncate, an
+    unchanged-TOAST placeholder, a column the catalog does not show, a value of another JSON
+    type, text that is not one JSON envelope per message. Never a guess: the per-event path
+    then converts, refreshes the catalog, or quarantines exactly as before."""
+
+
+@dataclass(frozen=True)
+class _Col:
+    name: str
+    kind: str  # text int bool date ts_us ts_ms tstz bytea py
+    fn: Callable[[Any], str] | None  # kind py: the per-event converter, value by value
+
+
+# The per-event converter -> (kind, the JSON value's Arrow type). Anything else (arrays, floats,
+# whose JSON spelling Arrow would not keep) makes the table go event by event.
+_KINDS: dict[Any, tuple[str, pa.DataType]] = {
+    None: ("text", pa.string()),
+    str: ("int", pa.int64()),
+    _bool_text: ("bool", pa.bool_()),
+    _date_text: ("date", pa.int64()),
+    _micro_timestamp_text: ("ts_us", pa.int64()),
+    _milli_timestamp_text: ("ts_ms", pa.int64()),
+    _zoned_timestamp_text: ("tstz", pa.string()),
+    _bytea_text: ("bytea", pa.string()),
+    _micro_time_text: ("py", pa.int64()),
+    _interval_text: ("py", pa.string()),
+    _timetz_text: ("py", pa.string()),
+}
+
+
+class TablePlan:
+    """How one table's envelopes are parsed (an explicit Arrow schema from the catalog's types)
+    and each column turned into Postgres text."""
+
+    def __init__(self, info: TableInfo) -> None:
+        rel = info.relation
+        if len(info.types) != len(rel.columns):
+            raise Irregular(f"{rel.schema}.{rel.table}: no column types")
+        self.info = info
+        cols: list[_Col] = []
+        fields = []
+        for column, type_text in zip(rel.columns, info.types, strict=True):
+            fn = value_fn(type_text)
+            if fn is str and type_text.lower() in ("real", "double precision"):
+                raise Irregular(f"{rel.schema}.{rel.table}.{column.name}: floating point")
+            entry = _KINDS.get(fn)
+            if entry is None:
+                raise Irregular(f"{rel.schema}.{rel.table}.{column.name}: {type_text}")
+            kind, arrow = entry
+            cols.append(_Col(column.name, kind, fn if kind == "py" else None))
+            fields.append(pa.field(column.name, arrow))
+        self.cols = cols
+        row = pa.struct(fields)
+        self.row_type = row
+        # Fields not listed (Debezium's other source fields, a column new to the source) are
+        # inferred; a new column then shows in the row struct and sends the batch event by event.
+        self.parse = pj.ParseOptions(
+            explicit_schema=pa.schema(
+                [
+                    ("before", row),
+                    ("after", row),
+                    (
+                        "source",
+                        pa.struct(
+                            [
+                                ("schema", pa.string()),
+                                ("table", pa.string()),
+                                ("lsn", pa.int64()),
+                                ("ts_ms", pa.int64()),
+                            ]
+                        ),
+                    ),
+                    ("transaction", pa.struct([("id", pa.string()), ("total_order", pa.int64())])),
+                    ("op", pa.string()),
+                ]
+            ),
+            unexpected_field_behavior="infer",
+        )
+
+
+def plan_for(info: TableInfo) -> TablePlan | None:
+    """The table's plan, or None when its column types keep it on the per-event path."""
+    try:
+        return TablePlan(info)
+    except Irregular:
+        return None
+
+
+_READ = pj.ReadOptions(use_threads=True, block_size=4 << 20)
+
+
+def table_columns(plan: TablePlan, values: list[bytes]) -> tuple[ChangeColumns, int]:
+    """The envelopes `values` (JSON, one table's data events, in offset order) as ChangeColumns,
+    and the newest source ts_ms among them. Raises Irregular for anything the per-event
+    conversion must see: then nothing of these values is used."""
+    rel = plan.info.relation
+    n = len(values)
+    try:
+        table = pj.read_json(
+            pa.py_buffer(b"\n".join(values)), read_options=_READ, parse_options=plan.parse
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise Irregular(f"{rel.schema}.{rel.table}: {exc}") from None
+    if table.num_rows != n:
+        raise Irregular(f"{rel.schema}.{rel.table}: {table.num_rows} rows for {n} messages")
+    after = table.column("after").combine_chunks()
+    before = table.column("before").combine_chunks()
+    if after.type != plan.row_type or before.type != plan.row_type:
+        raise Irregular(f"{rel.schema}.{rel.table}: columns the catalog does not show")
+    op = table.column("op").combine_chunks()
+    if op.null_count or not pc.all(pc.is_in(op, value_set=_OPS)).as_py():
+        raise Irregular(f"{rel.schema}.{rel.table}: an op other than c/u/d/r")
+    source = table.column("source").combine_chunks()
+    if source.null_count:
+        raise Irregular(f"{rel.schema}.{rel.table}: an event without its source block")
+    schema, tname = source.field("schema"), source.field("table")
+    if not (
+        pc.all(pc.equal(schema, rel.schema)).as_py()
+        and pc.all(pc.equal(tname, rel.table)).as_py()
+        and schema.null_count == 0
+        and tname.null_count == 0
+    ):
+        raise Irregular(f"{rel.schema}.{rel.table}: events of another table on its topic")
+    lsn, ts = source.field("lsn"), source.field("ts_ms")
+    if lsn.null_count or ts.null_count:
+        raise Irregular(f"{rel.schema}.{rel.table}: an event without its LSN or ts_ms")
+    is_d = pc.equal(op, "d")
+    is_r = pc.equal(op, "r")
+    deleted = is_d.to_numpy(zero_copy_only=False)
+    # The key row: `before` for a delete, `after` otherwise; never absent.
+    row_ok = pc.if_else(is_d, before.is_valid(), after.is_valid())
+    if not pc.all(row_ok).as_py():
+        raise Irregular(f"{rel.schema}.{rel.table}: an event without its row")
+    any_d = bool(deleted.any())
+    values_out = []
+    for j, col in enumerate(plan.cols):
+        v = after.field(j)
+        if any_d:
+            v = pc.if_else(is_d, before.field(j), v)
+        values_out.append(_text(col, v))
+    txn = table.column("transaction").combine_chunks()
+    streamed = pc.invert(is_r)
+    if pc.any(streamed).as_py():
+        ok = pc.and_(
+            txn.is_valid(), pc.and_(txn.field("id").is_valid(), txn.field("total_order").is_valid())
+        )
+        if not pc.all(pc.or_(is_r, ok)).as_py():
+            raise Irregular(f"{rel.schema}.{rel.table}: a change without its transaction block")
+    # A snapshot read ('r'): at the consistent point, of no transaction, position 0 (as
+    # change_event's caller versions it); a change: its transaction's xid and total_order.
+    xid_text = pc.replace_substring_regex(txn.field("id"), ":.*$", "")
+    try:
+        xid = pc.cast(xid_text, pa.uint64())
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise Irregular(f"{rel.schema}.{rel.table}: transaction id: {exc}") from None
+    xid = pc.if_else(is_r, pa.scalar(0, pa.uint64()), xid)
+    pos = pc.if_else(is_r, pa.scalar(0, pa.int64()), txn.field("total_order"))
+    if pc.min(pos).as_py() < 0 or pc.max(pos).as_py() >= 2**32:
+        raise Irregular(f"{rel.schema}.{rel.table}: transaction order out of range")
+    ts_np = ts.to_numpy(zero_copy_only=False).astype(np.int64)
+    cols = ChangeColumns(
+        rel.schema,
+        rel.table,
+        rel.names,
+        values_out,
+        op,
+        deleted,
+        lsn.to_numpy(zero_copy_only=False).astype(np.uint64),
+        pos.to_numpy(zero_copy_only=False).astype(np.uint32),
+        pc.fill_null(xid, 0).to_numpy(zero_copy_only=False).astype(np.uint64),
+        ts_np,
+    )
+    return cols, int(ts_np.max()) if n else 0
+
+
+def _text(col: _Col, v: pa.Array) -> pa.Array:
+    """One column's JSON values -> Postgres text, as the per-event converter prints them."""
+    kind = col.kind
+    # Debezium's placeholder for an unchanged TOAST value: the per-event path fills it.
+    if v.type == pa.string() and pc.any(pc.equal(v, UNCHANGED_TOAST)).as_py():
+        raise Irregular(f"{col.name}: unchanged TOAST")
+    if kind == "text":
+        return v
+    if kind == "int":
+        return pc.cast(v, pa.string())
+    if kind == "bool":
+        return pc.if_else(v, "t", "f")
+    if kind == "bytea":
+        return pc.binary_join_element_wise("\\x", v, "")
+    if kind == "date":
+        if _within(v, _MIN_DAY, _MAX_DAY):
+            return pc.cast(pc.cast(pc.cast(v, pa.int32()), pa.date32()), pa.string())
+        return _each(_date_text, v)
+    if kind in ("ts_us", "ts_ms"):
+        us = v if kind == "ts_us" else None
+        if us is None:
+            lo, hi = _MIN_US // 1000, _MAX_US // 1000
+            if not _within(v, lo, hi):
+                return _each(_milli_timestamp_text, v)
+            us = pc.multiply(v, 1000)
+        elif not _within(v, _MIN_US, _MAX_US):
+            return _each(_micro_timestamp_text, v)
+        # Arrow prints six fraction digits always; Postgres none when zero, else no trailing 0s.
+        text = pc.cast(pc.cast(us, pa.timestamp("us")), pa.string())
+        return pc.replace_substring_regex(text, r"\.?0+$", "")
+    if kind == "tstz":
+        # Debezium's ZonedTimestamp is UTC ('...T12:00:00.500000Z'); anything else (infinity)
+        # takes the per-value converter.
+        if v.null_count == len(v):
+            return v
+        if not pc.all(pc.match_substring_regex(v, _TSTZ)).as_py():
+            return _each(_zoned_timestamp_text, v)
+        # One pass: 'T' -> ' ', the fraction without trailing zeros (none when all zero), +00.
+        return pc.replace_substring_regex(v, _TSTZ, r"\1 \2\3+00")
+    assert col.fn is not None
+    return _each(col.fn, v)
+
+
+def _within(v: pa.Array, lo: int, hi: int) -> bool:
+    if v.null_count == len(v):
+        return True
+    mm = pc.min_max(v)
+    return bool(mm["min"].as_py() >= lo and mm["max"].as_py() <= hi)
+
+
+def _each(fn: Callable[[Any], str], v: pa.Array) -> pa.Array:
+    return pa.array([None if x is None else fn(x) for x in v.to_pylist()], pa.string())
