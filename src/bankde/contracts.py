@@ -168,6 +168,38 @@ class SnapshotsTables(Protocol):
 
 
 @runtime_checkable
+class StopsTables(Protocol):
+    """Optional sink feature: one table stopped (a source type change the warehouse cannot
+    take in place) while the others stream. Its changes are held, durably and before the
+    offset that covers them, until `cdc resync --table` reloads it and lets them in."""
+
+    def stop_table(
+        self, schema: str, table: str, columns: Sequence[SourceColumn], reason: str
+    ) -> None:
+        """Hold the table's changes from now on (shaped like `columns`); idempotent."""
+        ...
+
+    def stopped_tables(self) -> dict[str, str]:
+        """schema.table -> reason, of every stopped table."""
+        ...
+
+
+@runtime_checkable
+class RetypesTables(Protocol):
+    """Optional sink feature: reload one table whose types changed (`cdc resync --table`) into
+    a staged table of the new shape, swapped in complete, so readers never see it empty."""
+
+    def stage_table(self, schema: str, table: str, columns: Sequence[SourceColumn]) -> None:
+        """Snapshot rows of the table land in a new staged table shaped like `columns`."""
+        ...
+
+    def swap_in(self, schema: str, table: str, rows: int, lsn: int) -> None:
+        """The staged table replaces the landing table, with the changes held for it; the
+        table, if stopped, streams again."""
+        ...
+
+
+@runtime_checkable
 class PositionedTransaction(Protocol):
     """Optional transaction feature: the topic-partition positions (next offset to read) it
     covers. The streamer hands them to the sink with the batch's Offset (kafka engine)."""

@@ -302,8 +302,13 @@ def _add_quarantined(wh: Warehouse, checks: list[TableCheck]) -> None:
     """Name, per table, the rows the capture held back in meta.cdc_rejects."""
     from bankde.cdc.rejects import reject_summary
 
+    from bankde.warehouse.sink import stopped_tables
+
     found = reject_summary(wh)
+    stopped = stopped_tables(wh)
     for check in checks:
+        if check.table in stopped:
+            check.problems.append(f"stopped: {stopped[check.table]}")
         summary = found.get(check.table)
         if summary is not None:
             check.quarantined = summary.rows
