@@ -301,7 +301,6 @@ def reconcile(
 def _add_quarantined(wh: Warehouse, checks: list[TableCheck]) -> None:
     """Name, per table, the rows the capture held back in meta.cdc_rejects."""
     from bankde.cdc.rejects import reject_summary
-
     from bankde.warehouse.sink import stopped_tables
 
     found = reject_summary(wh)
