@@ -1,0 +1,114 @@
+"""Source schema changes while the stream runs (issue 9 point 1): widened types, stopped tables."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from decimal import Decimal
+
+import pytest
+
+from bankde.cdc import api as capture
+from bankde.cdc.slot import slot_state
+from bankde.cdc.status import status
+from bankde.monitoring.reconcile import reconcile
+from bankde.settings import Settings
+from bankde.source.connection import connect, owner_info
+from bankde.warehouse.ddl import db_names
+from bankde.warehouse.session import WarehouseSession
+from tests.integration import test_cdc as base
+
+# The CDC tests' fixtures: own source database, slot, publication and warehouse prefix.
+cdc_empty = base.cdc_empty
+cdc_settings = base.cdc_settings
+cdc_session = base.cdc_session
+sync = base.sync
+sql = base.sql
+
+WIDE_DDL = """CREATE TABLE bank.w (id int PRIMARY KEY, small smallint, n numeric(18,2) NOT NULL,
+    v varchar(5), t text, u varchar(10))"""
+WIDE_ROWS = """INSERT INTO bank.w SELECT g, g, g / 3.0, 'v' || g, 't' || g, 'u' || g
+    FROM generate_series(1, 50) g"""
+
+
+def _types(wh: object, settings: Settings, table: str) -> dict[str, str]:
+    rows = wh.query(  # type: ignore[attr-defined]
+        "SELECT name, type FROM system.columns WHERE database = {d:String} AND table = {t:String}",
+        {"d": db_names(settings).raw, "t": table},
+    )
+    return {str(n): str(t) for n, t in rows}
+
+
+def test_widening_type_changes_apply_in_place_while_streaming(
+    cdc_settings: Settings, cdc_session: WarehouseSession
+) -> None:
+    """int -> bigint (a key column), smallint -> int, numeric(18,2) -> numeric(20,4),
+    varchar(5) -> varchar(50), text -> varchar, varchar -> text: converted in the warehouse as
+    the stream meets them; old rows keep their values exactly, new ones land with the new
+    types, source and warehouse stay equal, and the staging models still build."""
+    from bankde.transform.runner import run_dbt
+
+    s = cdc_settings
+    sql(s, WIDE_DDL, WIDE_ROWS)
+    sync(s, cdc_session)
+    wh = cdc_session.warehouse(s)
+    raw = db_names(s).raw
+    old_rows = f"SELECT id, small, toString(n), v, t, u FROM `{raw}`.w FINAL WHERE id BETWEEN 3 AND 50 ORDER BY id"
+    before = wh.query(old_rows)
+    # A change with the old shape, then the new types, in one sync: the old row lands first.
+    sql(s, "UPDATE bank.w SET n = 1.11 WHERE id = 1")
+    sql(
+        s,
+        "ALTER TABLE bank.w ALTER COLUMN id TYPE bigint",
+        "ALTER TABLE bank.w ALTER COLUMN small TYPE int",
+        "ALTER TABLE bank.w ALTER COLUMN n TYPE numeric(20,4)",
+        "ALTER TABLE bank.w ALTER COLUMN v TYPE varchar(50)",
+        "ALTER TABLE bank.w ALTER COLUMN t TYPE varchar(100)",
+        "ALTER TABLE bank.w ALTER COLUMN u TYPE text",
+        "ALTER TABLE bank.transaction ALTER COLUMN amount TYPE numeric(20,4)",
+        "ALTER TABLE bank.terminal ALTER COLUMN lat TYPE numeric(12,8)",
+    )
+    sql(
+        s,
+        "INSERT INTO bank.w VALUES (5000000000, 2000000000, 1234567890123456.7891, "
+        "repeat('x', 40), 'tt', 'uu')",
+        "UPDATE bank.w SET n = 2.3456 WHERE id = 2",
+        "UPDATE bank.transaction SET amount = 1.2399 WHERE txn_id = 2",
+        "UPDATE bank.terminal SET lat = 52.12345678 WHERE terminal_id = 1",
+    )
+    res = sync(s, cdc_session)
+    assert res.tables.get("bank.w") == 3 and res.tables.get("bank.transaction") == 1, res.tables
+    types = _types(wh, s, "w")
+    assert (types["id"], types["small"], types["n"]) == ("Int64", "Nullable(Int32)", "Decimal(20, 4)")
+    assert _types(wh, s, "transaction")["amount"] == "Decimal(20, 4)"
+    # No mutation left running: the next batch lands on converted parts.
+    assert not wh.scalar(
+        "SELECT count() FROM system.mutations WHERE database = {d:String} AND NOT is_done",
+        {"d": raw},
+    )
+    assert wh.query(old_rows) == before
+    got = wh.query(
+        f"SELECT id, small, toString(n), length(v) FROM `{raw}`.w FINAL WHERE id IN (1, 2, 5000000000) "
+        "ORDER BY id"
+    )
+    assert got == [
+        (1, 1, "1.11", 2),
+        (2, 2, "2.3456", 2),
+        (5000000000, 2000000000, "1234567890123456.7891", 40),
+    ]
+    amount = wh.scalar(f"SELECT amount FROM `{raw}`.transaction FINAL WHERE txn_id = 2")
+    assert amount == Decimal("1.2399")
+    assert base.diff(s, cdc_session) == []
+    assert reconcile(s, wh).equal
+    # Downstream: the staging models over the widened tables still build on the new types.
+    built = run_dbt(
+        ["run", "--select", "stg_transactions stg_terminals"], s, cdc_session, quiet=True
+    )
+    assert built.success
+    stg = wh.scalar(
+        f"SELECT toString(amount) FROM `{s.wh_prefix}stg`.stg_transactions WHERE txn_id = 2"
+    )
+    assert stg == "1.2399"
+    for layer in ("stg", "dbt"):
+        wh.command(f"DROP DATABASE IF EXISTS `{s.wh_prefix}{layer}`")
