@@ -34,6 +34,7 @@ class IncompatibleTypeChange(CaptureError):
     def __init__(self, source: str, column: str, old: str, new: str) -> None:
         self.source, self.column, self.old, self.new = source, column, old, new
         super().__init__(
-            f"{source}.{column} changed type {old} -> {new}, which the warehouse cannot convert "
-            f"in place: {source} stopped, its changes held; run `bankde cdc resync --table {source}`"
+            f"{source}.{column} changed type: warehouse {old}, source now {new}, which the "
+            f"warehouse cannot convert in place: {source} stopped, its changes held; run "
+            f"`bankde cdc resync --table {source}`"
         )

@@ -80,7 +80,11 @@ def test_widening_type_changes_apply_in_place_while_streaming(
     res = sync(s, cdc_session)
     assert res.tables.get("bank.w") == 3 and res.tables.get("bank.transaction") == 1, res.tables
     types = _types(wh, s, "w")
-    assert (types["id"], types["small"], types["n"]) == ("Int64", "Nullable(Int32)", "Decimal(20, 4)")
+    assert (types["id"], types["small"], types["n"]) == (
+        "Int64",
+        "Nullable(Int32)",
+        "Decimal(20, 4)",
+    )
     assert _types(wh, s, "transaction")["amount"] == "Decimal(20, 4)"
     # No mutation left running: the next batch lands on converted parts.
     assert not wh.scalar(
@@ -112,3 +116,87 @@ def test_widening_type_changes_apply_in_place_while_streaming(
     assert stg == "1.2399"
     for layer in ("stg", "dbt"):
         wh.command(f"DROP DATABASE IF EXISTS `{s.wh_prefix}{layer}`")
+
+
+def test_incompatible_type_change_stops_only_that_table_until_resync(
+    cdc_settings: Settings, cdc_session: WarehouseSession, caplog: pytest.LogCaptureFixture
+) -> None:
+    """numeric(18,2) -> numeric(10,2) (narrowing): one line names table, column, both types and
+    the remedy; the other tables stream on; the table's changes are held in the warehouse (the
+    slot is confirmed past them); status and reconcile show it; `resync --table` while the
+    stream runs reloads it with the new type and it streams again, nothing lost."""
+    from bankde.cdc.tablesnap import snapshot_tables_live
+    from bankde.warehouse.sink import stopped_tables
+
+    s = cdc_settings
+    sync(s, cdc_session)
+    wh = cdc_session.warehouse(s)
+    raw = db_names(s).raw
+    sql(s, "UPDATE bank.transaction SET amount = 1.11 WHERE txn_id = 1")
+    sql(s, "ALTER TABLE bank.transaction ALTER COLUMN amount TYPE numeric(10,2)")
+    sql(
+        s,
+        "UPDATE bank.transaction SET amount = 2.22 WHERE txn_id = 2",
+        "UPDATE bank.account SET balance = 9 WHERE account_id = 4",
+    )
+    with connect(owner_info(s), autocommit=True) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+    assert row is not None
+    from bankde.cdc.envelope import parse_lsn
+
+    written = parse_lsn(row[0])
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):  # stopped, and stays stopped after a restart: nothing is skipped
+            sync(s, cdc_session)
+    lines = [r.getMessage() for r in caplog.records if "changed type" in r.getMessage()]
+    assert len(lines) == 1 and len(lines[0].splitlines()) == 1, lines
+    assert "bank.transaction.amount changed type: warehouse Decimal(18, 2), source now "
+    "numeric(10,2)" in lines[0], lines[0]
+    assert "bankde cdc resync --table bank.transaction" in lines[0], lines[0]
+    # The others streamed; the stopped table kept what came before the change.
+    assert wh.scalar(f"SELECT balance FROM `{raw}`.account FINAL WHERE account_id = 4") == 9
+    amounts = (
+        f"SELECT toString(amount) FROM `{raw}`.transaction FINAL WHERE txn_id <= 2 ORDER BY txn_id"
+    )
+    assert [r[0] for r in wh.query(amounts)][0] == "1.11"
+    # Held, durably, and so confirmed: the slot never passes what the warehouse lacks.
+    held = db_names(s).hold_table("bank", "transaction")
+    assert wh.query(f"SELECT txn_id, toString(amount) FROM {held}") == [(2, "2.22")]
+    confirmed = slot_state(s).confirmed_flush_lsn
+    assert confirmed is not None and confirmed >= written
+    data = status(s, warehouse=wh, counts=False)
+    assert list(data["stopped"]) == ["bank.transaction"]
+    check = reconcile(s, wh)
+    bad = [t.table for t in check.tables if not t.equal]
+    assert bad == ["bank.transaction"], bad
+    assert any("cdc resync --table" in p for t in check.tables for p in t.problems)
+
+    # The remedy, while `cdc run` streams changes to it and to other tables.
+    stop = threading.Event()
+    runner = threading.Thread(
+        target=capture.run,
+        args=(s, stop, base.sink(s, cdc_session)),
+        kwargs={"show_progress": False},
+        daemon=True,
+    )
+    runner.start()
+    try:
+        sql(s, "UPDATE bank.transaction SET amount = 3.33 WHERE txn_id = 3")
+        time.sleep(1)
+        done = snapshot_tables_live(s, base.sink(s, cdc_session), [("bank", "transaction")])
+        assert done.rows["bank.transaction"] > 0
+        sql(
+            s,
+            "UPDATE bank.transaction SET amount = 4.44 WHERE txn_id = 4",
+            "UPDATE bank.account SET balance = 10 WHERE account_id = 4",
+        )
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        runner.join(timeout=60)
+    sync(s, cdc_session)
+    assert stopped_tables(wh) == {}
+    assert wh.scalar(f"EXISTS TABLE {held}") == 0
+    assert _types(wh, s, "transaction")["amount"] == "Decimal(10, 2)"
+    assert base.diff(s, cdc_session) == []
+    assert reconcile(s, wh).equal

@@ -350,9 +350,7 @@ def ensure_columns_in(
                 retyped[col.name] = want
                 continue
             if not widens(have_base, want_base):
-                raise IncompatibleTypeChange(
-                    source, col.name, f"{have[col.name]} (warehouse)", f"{_pg_name(col)} ({want})"
-                )
+                raise IncompatibleTypeChange(source, col.name, have[col.name], _pg_name(col))
             # Every old value fits the new type exactly: convert the column in place.
             widened[col.name] = _wrap_like(have[col.name], want_base, col.not_null is False)
             continue
