@@ -697,7 +697,7 @@ def test_status_lag_seconds_counts_only_captured_changes(
     assert results and results[0].changes >= 1
 
 
-@pytest.mark.embedded_only  # its sink paths run served in test_cdc_schema's resync under a stream
+@pytest.mark.embedded_only  # nine CLI runs; the resync under a stream: test_cdc_schema
 def test_column_type_change_stops_only_that_table_with_one_line(
     cdc_settings: Settings, cli_home: tuple[Path, dict[str, str]]
 ) -> None:

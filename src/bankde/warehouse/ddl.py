@@ -352,11 +352,11 @@ def ensure_columns_in(
             if not widens(have_base, want_base):
                 raise IncompatibleTypeChange(source, col.name, have[col.name], _pg_name(col))
             # Every old value fits the new type exactly: convert the column in place.
-            widened[col.name] = _wrap_like(have[col.name], want_base, col.not_null is False)
+            widened[col.name] = wrap_like(have[col.name], want_base, col.not_null is False)
             continue
         if col.not_null is False and not have_null:
             # The source dropped NOT NULL: the landing column must accept NULL from now on.
-            widened[col.name] = _wrap_like(have[col.name], have_base, True)
+            widened[col.name] = wrap_like(have[col.name], have_base, True)
     if widened:
         retype_columns(wh, database, table, widened, source)
     if retyped:
@@ -364,7 +364,7 @@ def ensure_columns_in(
     return added
 
 
-def _wrap_like(have: str, base: str, nullable: bool) -> str:
+def wrap_like(have: str, base: str, nullable: bool) -> str:
     """`base` wrapped as the column `have` is (LowCardinality, Nullable), Nullable if asked."""
     _, was_null = strip_wrappers(have)
     inner = f"Nullable({base})" if was_null or nullable else base

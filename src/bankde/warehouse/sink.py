@@ -441,6 +441,18 @@ class ClickHouseSink:
             if n == 0:
                 return 0
             info = self._snapshot_columns(schema, table, rows.schema)
+            gone = {
+                name: ddl.wrap_like(t, strip_wrappers(t)[0], True)
+                for name, t in info.columns
+                if name not in rows.schema.names and not strip_wrappers(t)[1]
+            }
+            if gone:
+                # Columns the source no longer has (dropped, renamed): NULL in the copied rows,
+                # as in the streamed ones, rather than the type's default.
+                db, tbl = (p.strip("`") for p in info.name.split(".", 1))
+                ddl.retype_columns(self.wh, db, tbl, gone, f"{schema}.{table}")
+                self._tables.pop((schema, table), None)
+                info = self._snapshot_target(schema, table)
             rows = self._screen_snapshot(schema, table, info, rows, snapshot_lsn)
             n = rows.num_rows
             if n == 0:
@@ -594,7 +606,7 @@ class ClickHouseSink:
             ]
         arrays = self._text_columns(names, rows[:n_full], rows[n_full:])
         deleted = pa.array([False] * n_full + [True] * (len(events) - n_full), pa.bool_())
-        self._check_not_null(schema, table, info, arrays, deleted)
+        info = self._check_not_null(schema, table, info, arrays, deleted)
 
         arrays += [
             pa.array(map(_LSN, events), pa.uint64(), size=len(events)),
@@ -622,7 +634,7 @@ class ClickHouseSink:
             for name in names
         ]
         deleted = pa.array(cols.deleted, pa.bool_())
-        self._check_not_null(schema, table, info, arrays, deleted)
+        info = self._check_not_null(schema, table, info, arrays, deleted)
         arrays += [
             pa.array(cols.lsn, pa.uint64()),
             pa.array(cols.pos, pa.uint32()),
@@ -796,18 +808,41 @@ class ClickHouseSink:
         info: TableInfo,
         arrays: list[pa.Array],
         deleted: pa.Array,
-    ) -> None:
+    ) -> TableInfo:
+        """`info` again, or as it is after making columns Nullable that got a NULL."""
         key = set(info.key)
+        nullable: list[str] = []
         for (name, ch_type), arr in zip(info.columns, arrays, strict=True):
             if not arr.null_count or strip_wrappers(ch_type)[1]:
                 continue
             # Deletes carry only the key: other NOT NULL columns take their type's default there.
             bad = arr.is_null() if name in key else pc.and_(arr.is_null(), pc.invert(deleted))
             if pc.any(bad).as_py():
-                raise CaptureError(
-                    f"{schema}.{table}.{name}: NULL arrived for warehouse column {ch_type} "
-                    "(NOT NULL); the source column allows NULL now: run `bankde cdc resync`"
-                )
+                if name in key:
+                    raise CaptureError(
+                        f"{schema}.{table}.{name}: NULL arrived for key column {ch_type}"
+                    )
+                nullable.append(name)
+        if not nullable:
+            return info
+        # The source dropped NOT NULL (pgoutput's Relation does not say so) or the column
+        # (it arrives missing): the warehouse column takes NULL from now on, old rows unchanged.
+        log.info("%s.%s: warehouse columns now Nullable: %s", schema, table, ", ".join(nullable))
+        types = info.column_types
+        landing = self._find_info(schema, table)
+        assert landing is not None
+        db, tbl = (p.strip("`") for p in landing.name.split(".", 1))
+        ddl.retype_columns(
+            self.wh,
+            db,
+            tbl,
+            {n: ddl.wrap_like(types[n], strip_wrappers(types[n])[0], True) for n in nullable},
+            f"{schema}.{table}",
+        )
+        self._tables.pop((schema, table), None)
+        if (schema, table) in self._txn_tables:
+            self._align_txn_table(schema, table)
+        return self._info(schema, table)
 
     def _fill_unchanged(
         self,
