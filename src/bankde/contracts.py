@@ -281,8 +281,10 @@ class Sink(Protocol):
         returns the columns added (all of them for a table it created).
 
         Call it for every Relation message before applying events that use it, and before a
-        table's snapshot. In the stream, a column whose type changed to another family raises
-        CaptureError naming table and column (the stream stops; `bankde cdc resync` reloads).
+        table's snapshot. A column whose type widened (int -> bigint, numeric precision up) is
+        converted in place; one the warehouse column cannot take raises IncompatibleTypeChange
+        naming table, column and both types (the streamer then stops only that table where the
+        sink StopsTables; `bankde cdc resync --table` reloads it).
         While reset_for_snapshot() has the table staged, the staged copy is shaped instead:
         being still empty, it is re-created with the source's types (key columns included), so
         the landing table it replaces takes them; CaptureError only if rows were staged already.
