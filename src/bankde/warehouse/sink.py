@@ -81,12 +81,14 @@ class ClickHouseSink:
         # meta.hold__ table until a resync swaps in a reloaded table (contracts.StopsTables).
         self._stopped = self._load_stopped()
         self._release_held()
+        self._streaming = False  # whether apply() was called: this sink is the stream's
 
     # --- contract ------------------------------------------------------------------------
     def apply(self, events: Changes, offset: Offset, truncates: Sequence[Truncate] = ()) -> None:
         with self._mutex, _gc_paused():
             started_us = time.time_ns() // 1000
             self._slot = offset.slot
+            self._streaming = True
             if self._stopped:
                 self._release_held()
             if self._txn_open:
@@ -117,6 +119,7 @@ class ClickHouseSink:
 
     def apply_part(self, events: Changes, part: int, truncates: Sequence[Truncate] = ()) -> None:
         with self._mutex, _gc_paused():
+            self._streaming = True
             if part == 0:
                 self._discard_txn_tables()
                 self._rejects = []
@@ -280,10 +283,12 @@ class ClickHouseSink:
                 f"reason, rows, lsn) VALUES ({sql_str(f'{schema}.{table}')}, 'done', "
                 f"'reloaded with the source types', {rows}, {lsn})"
             )
-            if (schema, table) in self._stopped:
-                # This sink held them, under this mutex: nothing more can arrive in the table.
+            if self._streaming and (schema, table) in self._stopped:
+                # This sink is the stream's and held them, under this mutex: nothing more can
+                # arrive in the hold table. Another sink's stream may still write to it: it
+                # moves them in itself once it sees the table resumed (_release_held).
                 self.wh.command(f"DROP TABLE IF EXISTS {hold} SYNC")
-                self._stopped.discard((schema, table))
+            self._stopped.discard((schema, table))
             self._tables.pop((schema, table), None)
 
     def _mark_resumed(self, schema: str, table: str, reason: str) -> None:
