@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 AIRFLOW_STAMP := $(VENV)/.installed-airflow
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo airflow test lint lint-sql typecheck pytest bench-fill bench-sink bench-dbt bench-served bench-hugetx bench-freshness bench-kafka bench venv clean
+.PHONY: demo airflow test lint lint-sql typecheck pytest bench-fill bench-sink bench-dbt bench-served bench-hugetx bench-freshness bench-table-check bench-kafka bench venv clean
 
 # The package alone: enough for `make demo`.
 $(STAMP): pyproject.toml
@@ -75,6 +75,10 @@ bench-hugetx: $(STAMP)
 
 bench-freshness: $(STAMP)
 	$(BIN)/python bench/freshness.py
+
+# The stream's periodic table check, source side: before/after comparing the publication first.
+bench-table-check: $(STAMP)
+	$(BIN)/python bench/table_check.py
 
 # The kafka engine alone on a topic pre-filled with 1M Debezium events (needs Java 17, Maven).
 bench-kafka: $(DEV_STAMP)

@@ -168,6 +168,38 @@ class SnapshotsTables(Protocol):
 
 
 @runtime_checkable
+class StopsTables(Protocol):
+    """Optional sink feature: one table stopped (a source type change the warehouse cannot
+    take in place) while the others stream. Its changes are held, durably and before the
+    offset that covers them, until `cdc resync --table` reloads it and lets them in."""
+
+    def stop_table(
+        self, schema: str, table: str, columns: Sequence[SourceColumn], reason: str
+    ) -> None:
+        """Hold the table's changes from now on (shaped like `columns`); idempotent."""
+        ...
+
+    def stopped_tables(self) -> dict[str, str]:
+        """schema.table -> reason, of every stopped table."""
+        ...
+
+
+@runtime_checkable
+class RetypesTables(Protocol):
+    """Optional sink feature: reload one table whose types changed (`cdc resync --table`) into
+    a staged table of the new shape, swapped in complete, so readers never see it empty."""
+
+    def stage_table(self, schema: str, table: str, columns: Sequence[SourceColumn]) -> None:
+        """Snapshot rows of the table land in a new staged table shaped like `columns`."""
+        ...
+
+    def swap_in(self, schema: str, table: str, rows: int, lsn: int) -> None:
+        """The staged table replaces the landing table, with the changes held for it; the
+        table, if stopped, streams again."""
+        ...
+
+
+@runtime_checkable
 class PositionedTransaction(Protocol):
     """Optional transaction feature: the topic-partition positions (next offset to read) it
     covers. The streamer hands them to the sink with the batch's Offset (kafka engine)."""
@@ -259,8 +291,10 @@ class Sink(Protocol):
         returns the columns added (all of them for a table it created).
 
         Call it for every Relation message before applying events that use it, and before a
-        table's snapshot. In the stream, a column whose type changed to another family raises
-        CaptureError naming table and column (the stream stops; `bankde cdc resync` reloads).
+        table's snapshot. A column whose type widened (int -> bigint, numeric precision up) is
+        converted in place; one the warehouse column cannot take raises IncompatibleTypeChange
+        naming table, column and both types (the streamer then stops only that table where the
+        sink StopsTables; `bankde cdc resync --table` reloads it).
         While reset_for_snapshot() has the table staged, the staged copy is shaped instead:
         being still empty, it is re-created with the source's types (key columns included), so
         the landing table it replaces takes them; CaptureError only if rows were staged already.

@@ -25,3 +25,16 @@ class WarehouseLocked(BankdeError):
 
 class CaptureError(BankdeError):
     """Replication cannot continue safely (invalidated slot, schema change it cannot apply...)."""
+
+
+class IncompatibleTypeChange(CaptureError):
+    """A source column changed to a type its warehouse column cannot take in place: only that
+    table stops (its changes are held) until `bankde cdc resync --table` reloads it."""
+
+    def __init__(self, source: str, column: str, old: str, new: str) -> None:
+        self.source, self.column, self.old, self.new = source, column, old, new
+        super().__init__(
+            f"{source}.{column} changed type: warehouse {old}, source now {new}, which the "
+            f"warehouse cannot convert in place: {source} stopped, its changes held; run "
+            f"`bankde cdc resync --table {source}`"
+        )

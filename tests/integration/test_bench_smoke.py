@@ -16,6 +16,7 @@ CASES = {
     "sink": ["--events", "5000", "--batch", "1000", "--snapshot-rows", "5000", "--passes", "1"],
     "dbt": ["--txns", "20000", "--changes", "2000"],
     "hugetx": ["--rows", "3000", "--baseline-rows", "1000", "--part-rows", "1000"],
+    "table_check": ["--runs", "3"],
     "freshness": [
         *("--txns", "3000", "--customers", "300", "--terminals", "100", "--rate", "200"),
         *("--duration", "45", "--dbt-every", "10"),
@@ -48,6 +49,7 @@ EXPECT = {
     "served": ["as Arrow: HTTP", "insert_arrow", "CDC stream", "baseline"],
     "kafka": ["consumer alone:", "baseline", "Debezium initial snapshot", "end to end", "RSS"],
     "hugetx": ["in parts of 1,000", "captured whole", "peak RSS"],
+    "table_check": ["before (baseline)", "after"],
 }
 
 # Every figure each prints, as a pattern whose group is the number: each must appear and be a
@@ -116,6 +118,7 @@ FIGURES = {
         rf"kafka {_N} changes/s \(commit of the first to the last in the warehouse\) \| native {_N} changes/s",
         rf"peak RSS end to end: broker {_N} MiB, worker {_N} MiB, consumers .* {_N} MiB",
     ],
+    "table_check": [rf"median +{_N} ms"],
     "served": [
         rf"as Arrow: HTTP {_N} rows/s \([0-9.]+s\) \| baseline in-process {_N} rows/s \([0-9.]+s\) \| ratio {_N}",
         rf"insert_arrow {_N} rows: HTTP {_N} rows/s \([0-9.]+s\) \| baseline in-process {_N} rows/s",

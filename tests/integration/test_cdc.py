@@ -697,36 +697,34 @@ def test_status_lag_seconds_counts_only_captured_changes(
     assert results and results[0].changes >= 1
 
 
-def test_column_type_change_stops_the_stream_with_one_line(
+@pytest.mark.embedded_only  # nine CLI runs; the resync under a stream: test_cdc_schema
+def test_column_type_change_stops_only_that_table_with_one_line(
     cdc_settings: Settings, cli_home: tuple[Path, dict[str, str]]
 ) -> None:
-    """numeric(18,2) -> numeric(18,4) while streaming: stop before the change, never truncate."""
-    from bankde.cdc.envelope import parse_lsn
-
+    """numeric(18,2) -> numeric(17,2) (precision down) as a user meets it: `cdc sync` goes on with
+    one line naming it, `cdc status` shows the table stopped, the advised `cdc resync --table`
+    reloads it with the new type, and it streams again."""
     s = cdc_settings
     env = cli_home[1]
     first = bankde(env, "cdc", "sync", "--no-progress")
     assert first.returncode == 0, first.stderr
-    # One sync reads both: the table described with its old type, then with the new one.
     sql(s, "UPDATE bank.transaction SET amount = 1.11 WHERE txn_id = 1")
-    with connect(owner_info(s), autocommit=True) as conn:
-        row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
-    before_change = parse_lsn(row[0]) if row else 0
-    sql(s, "ALTER TABLE bank.transaction ALTER COLUMN amount TYPE numeric(18,4)")
-    sql(s, "UPDATE bank.transaction SET amount = 1.2399 WHERE txn_id = 2")
-    for _ in range(2):  # stopped, and stays stopped: nothing is skipped on a retry
-        res = bankde(env, "cdc", "sync", "--no-progress")
-        assert res.returncode == 1, res.stdout + res.stderr
-        lines = res.stderr.strip().splitlines()
-        assert len(lines) == 1, res.stderr
-        assert "bank.transaction.amount changed type" in lines[0], lines[0]
-        assert "Decimal(18, 4)" in lines[0] and "cdc resync" in lines[0]
-    # Everything before the change is written and acknowledged, nothing after it.
-    confirmed = slot_state(s).confirmed_flush_lsn
-    assert confirmed is not None and confirmed <= before_change
+    sql(s, "ALTER TABLE bank.transaction ALTER COLUMN amount TYPE numeric(17,2)")
+    sql(
+        s,
+        "UPDATE bank.transaction SET amount = 1.2 WHERE txn_id = 2",
+        "UPDATE bank.account SET balance = 9 WHERE account_id = 4",
+    )
+    res = bankde(env, "cdc", "sync", "--no-progress", "--json")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads(res.stdout)["tables"]["bank.account"] == 1
+    lines = [line for line in res.stderr.splitlines() if "changed type" in line]
+    assert len(lines) == 1, res.stderr
+    assert "bank.transaction.amount changed type" in lines[0], lines[0]
+    assert "numeric(17,2)" in lines[0] and "cdc resync --table bank.transaction" in lines[0]
     status = bankde(env, "cdc", "status", "--json")
     assert status.returncode == 0, status.stderr
-    assert parse_lsn(json.loads(status.stdout)["offset_lsn"]) == confirmed
+    assert list(json.loads(status.stdout)["stopped"]) == ["bank.transaction"]
     raw = env.get("BANKDE_WH_PREFIX", "") + "raw"  # server mode: this test's databases
     query = (
         f"SELECT txn_id, toString(amount) FROM {raw}.transaction FINAL WHERE txn_id <= 2 ORDER BY 1"
@@ -734,11 +732,16 @@ def test_column_type_change_stops_the_stream_with_one_line(
     got = bankde(env, "wh", "sql", query, "--format", "json")
     assert got.returncode == 0, got.stderr
     assert [r["toString(amount)"] for r in json.loads(got.stdout)] == ["1.11", "0.03"]
-    # The advised way out reloads the table with the new type.
-    fixed = bankde(env, "cdc", "resync", "--yes", "--no-progress")
+    fixed = bankde(env, "cdc", "resync", "--table", "bank.transaction", "--no-progress")
     assert fixed.returncode == 0, fixed.stderr
+    sql(s, "UPDATE bank.transaction SET amount = 3.3 WHERE txn_id = 1")
+    again = bankde(env, "cdc", "sync", "--no-progress")
+    assert again.returncode == 0, again.stderr
     got = bankde(env, "wh", "sql", query, "--format", "json")
-    assert [r["toString(amount)"] for r in json.loads(got.stdout)] == ["1.11", "1.2399"]
+    assert [r["toString(amount)"] for r in json.loads(got.stdout)] == ["3.3", "1.2"]
+    status = bankde(env, "cdc", "status", "--json")
+    assert json.loads(status.stdout)["stopped"] == {}
+    assert diff_in_subprocess(s, env) == []
 
 
 # -- transactions larger than a part ---------------------------------------------------------

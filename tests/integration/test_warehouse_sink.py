@@ -373,11 +373,21 @@ def test_added_column_lands_and_type_changes_stop_with_one_line(
     ]
 
 
-def test_null_into_not_null_column_is_refused(wh: Warehouse) -> None:
+def test_null_into_not_null_column_makes_it_nullable_but_never_a_key(wh: Warehouse) -> None:
+    """Postgres sends NULL only where the column allows it now (DROP NOT NULL, or a dropped
+    column): the warehouse column takes NULL from then on, old rows as they were."""
     sink = ClickHouseSink(wh)
-    with pytest.raises(CaptureError, match=r"bank\.account\.iban: NULL"):
-        sink.apply([ev("c", 10, 1, after=account(1, "1.00", iban=None))], Offset("n", 11, True))
-    assert sink.load_offset("n") is None
+    sink.apply([ev("c", 8, 1, after=account(2, "2.00"))], Offset("n", 9, True))
+    sink.apply([ev("c", 10, 1, after=account(1, "1.00", iban=None))], Offset("n", 11, True))
+    table = db_names(wh.settings).landing_table("bank", "account")
+    assert wh.scalar(f"SELECT toTypeName(iban) FROM {table} LIMIT 1") == "Nullable(String)"
+    got = wh.query(f"SELECT account_id, iban FROM {table} FINAL ORDER BY account_id")
+    assert got == [(1, None), (2, "DE00000000000002")]
+    with pytest.raises(CaptureError, match=r"bank\.account\.account_id: NULL arrived for key"):
+        sink.apply(
+            [ev("c", 12, 1, after=account(3, "1.00", account_id=None))], Offset("n", 13, True)
+        )
+    assert sink.load_offset("n") == Offset("n", 11, True)
 
 
 def snapshot_batch(ids: list[int], amount_type: pa.DataType) -> pa.RecordBatch:

@@ -22,6 +22,7 @@ from bankde.warehouse.types import (
     same_family,
     strip_wrappers,
     text_cast_expr,
+    widens,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,3 +152,25 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path: Path) -> None:
     holder = read_holder(path)
     assert holder is not None and holder.pid == os.getpid()
     lock.release()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "ok"),
+    [
+        ("Int16", "Int32", True),
+        ("Int32", "Int64", True),
+        ("Int16", "Int64", True),
+        ("Int64", "Int32", False),
+        ("Decimal(18, 2)", "Decimal(20, 4)", True),
+        ("Decimal(18, 2)", "Decimal(18, 4)", False),  # two integer digits fewer
+        ("Decimal(18, 2)", "Decimal(19, 2)", True),
+        ("Decimal(18, 2)", "Decimal(17, 2)", False),
+        ("Decimal(18, 2)", "Decimal(18, 1)", False),
+        ("String", "Int32", False),
+        ("Int32", "String", False),
+        ("Int32", "Decimal(20, 0)", False),
+        ("Float32", "Float64", False),
+    ],
+)
+def test_widens_only_where_every_old_value_fits_exactly(old: str, new: str, ok: bool) -> None:
+    assert widens(old, new) is ok

@@ -177,8 +177,12 @@ def status(
     else:
         tables = data.pop("tables")
         rejects = data.pop("rejects", {})
+        stopped = data.pop("stopped", {})
         for k, v in data.items():
             out.print(f"{k:>20}: {v}")
+        out.print(f"{'stopped':>20}: {len(stopped)}")
+        for reason in stopped.values():
+            out.print(f"  [yellow]{reason}[/yellow]", soft_wrap=True)
         out.print(f"{'rejects':>20}: {sum(r['rows'] for r in rejects.values())}")
         for name, r in rejects.items():
             out.print(

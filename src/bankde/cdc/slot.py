@@ -109,6 +109,15 @@ def ensure_publication(settings: Settings) -> list[tuple[str, str]]:
     return tables
 
 
+def published_tables_in(conn: psycopg.Connection[Any], publication: str) -> set[tuple[str, str]]:
+    """The tables the publication covers now (any role may read pg_publication_tables)."""
+    rows = conn.execute(
+        "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s",
+        (publication,),
+    ).fetchall()
+    return {(str(a), str(b)) for a, b in rows}
+
+
 def drop_publication(settings: Settings) -> None:
     with connect(owner_info(settings), autocommit=True) as conn:  # bankde-security: owner
         conn.execute(

@@ -40,6 +40,8 @@ def status(
     None before any of that is known (no slot, nothing applied yet).
     rejects: per source table, the rows this slot's capture quarantined in meta.cdc_rejects
     (values the warehouse type cannot hold exactly), {} when none.
+    stopped: schema.table -> the one-line reason, of tables stopped by a source type change the
+    warehouse cannot take in place (their changes held in meta.hold__*), {} when none.
     When another process owns the embedded warehouse, the warehouse part names it instead.
     Read-only: `warehouse` is never written; the error that kept the caller from opening it
     (another process owns it, say) is reported in its place.
@@ -64,6 +66,7 @@ def status(
         "changes_per_s": None,
         "tables": {},
         "rejects": {},
+        "stopped": {},
         "warehouse": "ok",
     }
     if st.lost:
@@ -89,6 +92,10 @@ def status(
 
     # Rows held back in meta.cdc_rejects by this slot's capture, per source table.
     data["rejects"] = {t: r.to_dict() for t, r in reject_summary(wh, settings.cdc_slot).items()}
+    from bankde.warehouse.sink import stopped_tables
+
+    # Tables stopped by a source type change: their changes held until `cdc resync --table`.
+    data["stopped"] = stopped_tables(wh)
     offset = load_offset(wh, settings.cdc_slot)
     if offset is not None:
         data["offset_lsn"] = format_lsn(offset.lsn)

@@ -23,7 +23,9 @@ from bankde.contracts import (
     Sink,
     SnapshotsTables,
     SourceColumn,
+    StopsTables,
 )
+from bankde.errors import IncompatibleTypeChange
 from bankde.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -151,6 +153,7 @@ class Streamer:
             TableSnapshotter(settings, sink) if isinstance(sink, SnapshotsTables) else None
         )
         self._tables_checked = 0.0
+        self._keyless: set[tuple[str, str]] = set()  # reported by ensure_publication
 
     # -- connection lifecycle -----------------------------------------------------------
     def open(self, progress: ProgressFn | None = None) -> Offset:
@@ -178,30 +181,44 @@ class Streamer:
     def _check_tables(self) -> None:
         """Publish tables created in the captured schemas since the last look, and have the
         ones with no landing table copied while the stream goes on (tables without a primary
-        key are reported by ensure_publication and left out)."""
+        key are reported by ensure_publication and left out).
+
+        One catalog read on one connection; ensure_publication (grants, replica identity,
+        ALTER PUBLICATION: several connections as the owner) only when the tables changed."""
         self._tables_checked = time.monotonic()
         if self.tables is None or self.engine is None or self.engine.name != "native":
             return
-        from bankde.cdc.slot import ensure_publication
-        from bankde.source.catalog import catalog_tables
-        from bankde.source.connection import cdc_info
+        from bankde.cdc.slot import ensure_publication, published_tables_in
+        from bankde.source.catalog import catalog_tables_in
+        from bankde.source.connection import cdc_info, connect
 
-        tables = ensure_publication(self.settings)
+        with connect(cdc_info(self.settings)) as conn:
+            catalog = catalog_tables_in(conn)
+            published = published_tables_in(conn, self.settings.cdc_publication)
+        keyed = sorted(k for k, info in catalog.items() if info.key)
+        keyless = set(catalog) - set(keyed)
+        if set(keyed) != published or not keyless <= self._keyless:
+            tables = ensure_publication(self.settings)
+            self._keyless = keyless
+        else:
+            tables = keyed
         assert isinstance(self.sink, SnapshotsTables)
         missing = self.sink.missing_tables(tables)
         self.tables.request(missing, "new table")
         # A column added at the source shows in the stream only with the table's next change;
         # the catalog shows it now (with values Postgres filled in without WAL: copy them).
-        catalog = catalog_tables(cdc_info(self.settings), [t for t in tables if t not in missing])
         flushed = False
-        for key, info in catalog.items():
+        for key in tables:
+            info = catalog.get(key)
+            if info is None or key in missing:
+                continue
             columns = info.source_columns()
             if not self.sink.missing_columns(key[0], key[1], columns):
                 continue
             if not flushed:
                 self.flush()  # rows held have the old columns: written before altering
                 flushed = True
-            if self.sink.ensure_columns(key[0], key[1], columns):
+            if self._ensure_table(key[0], key[1], columns):
                 self._columns.pop(key, None)
                 self.tables.request([key], "column added")
 
@@ -351,12 +368,24 @@ class Streamer:
             self.flush()
             snap = self.tables
             existed = snap is not None and not snap.sink.missing_tables([key])
-            added = self.sink.ensure_columns(rel.schema, rel.table, source_columns(rel))
+            added = self._ensure_table(rel.schema, rel.table, source_columns(rel))
             self._columns[key] = shape
             if snap is not None and added:
                 # Postgres fills an added column's default in without WAL, and a table new to
                 # the stream may hold rows from before it was published: copy it at one point.
                 snap.request([key], "column added" if existed else "new table")
+
+    def _ensure_table(self, schema: str, table: str, columns: list[SourceColumn]) -> list[str]:
+        """sink.ensure_columns; a type change it cannot take stops only that table (its changes
+        held by the sink from here on), where the sink can do that; returns columns added."""
+        try:
+            return self.sink.ensure_columns(schema, table, columns)
+        except IncompatibleTypeChange as exc:
+            if not isinstance(self.sink, StopsTables):
+                raise
+            log.warning("%s", exc)
+            self.sink.stop_table(schema, table, columns, str(exc))
+            return []
 
     @property
     def holding(self) -> bool:

@@ -14,8 +14,8 @@ from bankde.cdc.envelope import parse_lsn
 from bankde.cdc.native import replication_connection
 from bankde.cdc.snapshot import copy_snapshot
 from bankde.cdc.version import make_version
-from bankde.contracts import ProgressFn, Sink, SnapshotsTables
-from bankde.errors import ConfigError
+from bankde.contracts import ProgressFn, RetypesTables, Sink, SnapshotsTables, StopsTables
+from bankde.errors import ConfigError, IncompatibleTypeChange
 from bankde.settings import Settings
 from bankde.source.catalog import catalog_tables
 from bankde.source.connection import cdc_info
@@ -49,6 +49,10 @@ def snapshot_tables_live(
     warehouse missed it) are then hidden. The temporary slot goes away with its connection.
     """
     catalog = catalog_tables(cdc_info(settings), tables)
+    stopped = sink.stopped_tables() if isinstance(sink, StopsTables) else {}
+    # Tables whose landing table cannot take the source's types: copied into a staged table
+    # of the new shape, swapped in once complete (with the changes held meanwhile).
+    retyped: list[tuple[str, str]] = []
     for schema, table in tables:
         info = catalog.get((schema, table))
         if info is None:
@@ -57,7 +61,16 @@ def snapshot_tables_live(
             raise ConfigError(
                 f"{schema}.{table} has no primary key: it cannot be captured (add one)"
             )
-        sink.ensure_columns(schema, table, info.source_columns())
+        columns = info.source_columns()
+        try:
+            if f"{schema}.{table}" in stopped:
+                raise IncompatibleTypeChange(f"{schema}.{table}", "", "", "")
+            sink.ensure_columns(schema, table, columns)
+        except IncompatibleTypeChange:
+            if not isinstance(sink, RetypesTables):
+                raise
+            sink.stage_table(schema, table, columns)
+            retyped.append((schema, table))
     started = time.monotonic()
     conn = replication_connection(settings, "bankde_table_snapshot")
     try:
@@ -69,6 +82,10 @@ def snapshot_tables_live(
         rows = copy_snapshot(cdc_info(settings), snapshot_name, list(tables), sink, lsn, progress)
     finally:
         conn.close()
+    for schema, table in retyped:
+        assert isinstance(sink, RetypesTables)
+        sink.swap_in(schema, table, rows.get(f"{schema}.{table}", 0), lsn)
+        log.info("%s.%s reloaded with the source's types; its changes land again", schema, table)
     for schema, table in tables:
         sink.truncate(schema, table, make_version(lsn, 0))
     return TableSnapshot(rows, lsn, time.monotonic() - started)

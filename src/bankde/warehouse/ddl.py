@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from importlib import resources
 
 from bankde.contracts import SourceColumn
-from bankde.errors import CaptureError
+from bankde.errors import CaptureError, IncompatibleTypeChange
 from bankde.settings import Settings, get_settings
 from bankde.warehouse.client import Warehouse
 from bankde.warehouse.types import (
@@ -19,6 +19,7 @@ from bankde.warehouse.types import (
     same_family,
     sql_str,
     strip_wrappers,
+    widens,
 )
 
 # Metadata columns every raw table carries after the source columns, in this order.
@@ -39,6 +40,8 @@ _LOGICAL_DBS = ("raw", "truth", "meta")
 SNAPSHOT_PREFIX = "snapshot__"
 # Rows of a transaction too large for one batch, held until its commit (sink.apply_part).
 TXN_PREFIX = "txn__"
+# Changes of a table stopped by a type change the warehouse cannot take, until its resync.
+HOLD_PREFIX = "hold__"
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,10 @@ class DbNames:
     def txn_table(self, source_schema: str, table: str) -> str:
         """Where the parts of a transaction too large for one batch wait for its last part."""
         return f"{ident(self.meta)}.{ident(f'{TXN_PREFIX}{source_schema}__{table}')}"
+
+    def hold_table(self, source_schema: str, table: str) -> str:
+        """Where the changes of a stopped table wait for `cdc resync --table` (sink.stop_table)."""
+        return f"{ident(self.meta)}.{ident(f'{HOLD_PREFIX}{source_schema}__{table}')}"
 
     @property
     def offsets(self) -> str:
@@ -322,6 +329,7 @@ def ensure_columns_in(
     have = info.column_types
     added: list[str] = []
     retyped: dict[str, str] = {}
+    widened: dict[str, str] = {}
     after = info.columns[-1][0] if info.columns else None
     for col in columns:
         want = _pg_type(col)
@@ -341,19 +349,65 @@ def ensure_columns_in(
             if retype:
                 retyped[col.name] = want
                 continue
-            raise CaptureError(
-                f"{source}.{col.name} changed type: warehouse {info.name} has {have[col.name]}, "
-                f"source now maps to {want}; run `bankde cdc resync` to reload it"
-            )
+            if not widens(have_base, want_base):
+                raise IncompatibleTypeChange(source, col.name, have[col.name], _pg_name(col))
+            # Every old value fits the new type exactly: convert the column in place.
+            widened[col.name] = wrap_like(have[col.name], want_base, col.not_null is False)
+            continue
         if col.not_null is False and not have_null:
             # The source dropped NOT NULL: the landing column must accept NULL from now on.
-            base, _ = strip_wrappers(have[col.name])
-            low = have[col.name].startswith("LowCardinality(")
-            new_type = f"LowCardinality(Nullable({base}))" if low else f"Nullable({base})"
-            wh.command(f"ALTER TABLE {info.name} MODIFY COLUMN {ident(col.name)} {new_type}")
+            widened[col.name] = wrap_like(have[col.name], have_base, True)
+    if widened:
+        retype_columns(wh, database, table, widened, source)
     if retyped:
         _recreate_retyped(wh, database, table, retyped, source)
     return added
+
+
+def wrap_like(have: str, base: str, nullable: bool) -> str:
+    """`base` wrapped as the column `have` is (LowCardinality, Nullable), Nullable if asked."""
+    _, was_null = strip_wrappers(have)
+    inner = f"Nullable({base})" if was_null or nullable else base
+    return f"LowCardinality({inner})" if have.startswith("LowCardinality(") else inner
+
+
+def _pg_name(col: SourceColumn) -> str:
+    """The source type as Postgres spells it, for messages."""
+    if not isinstance(col.pg_type, int):
+        return col.pg_type
+    t = pg_type_from_oid(col.pg_type, col.typmod)
+    return f"{t.name}({t.precision},{t.scale})" if t.precision is not None else t.name
+
+
+def retype_columns(
+    wh: Warehouse, database: str, table: str, types: dict[str, str], source: str
+) -> None:
+    """Give columns of a table new types whose values hold the old ones exactly (widening).
+
+    Other columns: ALTER TABLE MODIFY COLUMN, a mutation that rewrites the parts; it is waited
+    for (mutations_sync = 2), so the next batch lands on converted parts and readers never see
+    two types. Sort-key columns cannot be altered by ClickHouse: the table is copied into one
+    with the new types and swapped in with EXCHANGE TABLES (atomic for readers); callers hold
+    the writes to it meanwhile (the sink's mutex).
+    """
+    info = table_info(wh, database, table)
+    assert info is not None
+    if set(types) & set(info.key):
+        columns = [(name, types.get(name, typ)) for name, typ in info.columns]
+        work = f"{table}__retype"
+        wh.command(f"DROP TABLE IF EXISTS {ident(database)}.{ident(work)} SYNC")
+        wh.command(_table_sql(database, work, columns, info.key, source))
+        target = f"{ident(database)}.{ident(work)}"
+        # Every version of every row, not only the current ones: history stays as it was.
+        wh.command(f"INSERT INTO {target} SELECT * FROM {info.name}")
+        wh.command(f"EXCHANGE TABLES {info.name} AND {target}")
+        wh.command(f"DROP TABLE {target} SYNC")
+        set_durable(wh, wh.settings.wh_fsync, [info.name])
+        return
+    for name, typ in types.items():
+        wh.command(
+            f"ALTER TABLE {info.name} MODIFY COLUMN {ident(name)} {typ} SETTINGS mutations_sync = 2"
+        )
 
 
 def _recreate_retyped(
@@ -399,8 +453,9 @@ def recreate_tables(wh: Warehouse) -> list[str]:
         dropped.append(f"{database}.{table}")
     staged = wh.query(
         "SELECT name FROM system.tables WHERE database = {m:String} "
-        "AND (startsWith(name, {p:String}) OR startsWith(name, {t:String}))",
-        {"m": names.meta, "p": SNAPSHOT_PREFIX, "t": TXN_PREFIX},
+        "AND (startsWith(name, {p:String}) OR startsWith(name, {t:String}) "
+        "OR startsWith(name, {h:String}))",
+        {"m": names.meta, "p": SNAPSHOT_PREFIX, "t": TXN_PREFIX, "h": HOLD_PREFIX},
     )
     for (name,) in staged:
         wh.command(f"DROP TABLE IF EXISTS {ident(names.meta)}.{ident(str(name))} SYNC")

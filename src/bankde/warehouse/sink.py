@@ -77,12 +77,20 @@ class ClickHouseSink:
         # The slot of the snapshot or stream in progress (snapshot rejects name it).
         self._slot = warehouse.settings.cdc_slot
         ddl.ensure_schema(warehouse)
+        # Tables stopped by a type change the warehouse cannot take: their changes go to their
+        # meta.hold__ table until a resync swaps in a reloaded table (contracts.StopsTables).
+        self._stopped = self._load_stopped()
+        self._release_held()
+        self._streaming = False  # whether apply() was called: this sink is the stream's
 
     # --- contract ------------------------------------------------------------------------
     def apply(self, events: Changes, offset: Offset, truncates: Sequence[Truncate] = ()) -> None:
         with self._mutex, _gc_paused():
             started_us = time.time_ns() // 1000
             self._slot = offset.slot
+            self._streaming = True
+            if self._stopped:
+                self._release_held()
             if self._txn_open:
                 # The final part of a transaction that came in parts: it joins the others, and
                 # then all of them land, each table in one step (its parts' rejects are held).
@@ -111,9 +119,12 @@ class ClickHouseSink:
 
     def apply_part(self, events: Changes, part: int, truncates: Sequence[Truncate] = ()) -> None:
         with self._mutex, _gc_paused():
+            self._streaming = True
             if part == 0:
                 self._discard_txn_tables()
                 self._rejects = []
+                if self._stopped:
+                    self._release_held()
             self._txn_open = True
             self._write_changes(events, to_txn_tables=True)
             # Truncates hide older rows of the landing table, the parts' rows included: they
@@ -210,6 +221,120 @@ class ClickHouseSink:
             f"reason, rows, lsn) VALUES ({sql_str(f'{schema}.{table}')}, 'done', '', {rows}, {lsn})"
         )
 
+    # --- a table stopped by a type change (contracts.StopsTables) ---------------------------
+    def stopped_tables(self) -> dict[str, str]:
+        return stopped_tables(self.wh)
+
+    def stop_table(
+        self, schema: str, table: str, columns: Sequence[SourceColumn], reason: str
+    ) -> None:
+        with self._mutex:
+            if (schema, table) in self._stopped:
+                return
+            # Shaped like the source now is, so that it can hold every change from here on.
+            ddl.ensure_columns_in(
+                self.wh,
+                self.names.meta,
+                f"{ddl.HOLD_PREFIX}{schema}__{table}",
+                columns,
+                f"{schema}.{table}",
+                retype=True,
+            )
+            self.wh.command(
+                f"INSERT INTO {ident(self.names.meta)}.cdc_table_snapshots (source_table, state, "
+                f"reason, rows, lsn) VALUES ({sql_str(f'{schema}.{table}')}, 'stopped', "
+                f"{sql_str(reason)}, 0, 0)"
+            )
+            self._stopped.add((schema, table))
+            self._tables.pop((schema, table), None)
+
+    def stage_table(self, schema: str, table: str, columns: Sequence[SourceColumn]) -> None:
+        """Make an empty meta.snapshot__ table shaped like `columns` the target of the table's
+        snapshot rows (load_snapshot), to be swapped in by swap_in(): the way to reload a table
+        whose types the landing table cannot take, the landing table readable meanwhile."""
+        with self._mutex:
+            staging = self.names.snapshot_table(schema, table)
+            self.wh.command(f"DROP TABLE IF EXISTS {staging} SYNC")
+            ddl.ensure_columns_in(
+                self.wh,
+                self.names.meta,
+                self._staging_name(schema, table),
+                columns,
+                f"{schema}.{table}",
+            )
+            self._staged[_RETYPE + f"{schema}.{table}"] = [(schema, table)]
+
+    def swap_in(self, schema: str, table: str, rows: int, lsn: int) -> None:
+        """Swap the staged table (stage_table) in for the landing table, with the changes held
+        for it, and resume the table: its changes land directly again."""
+        with self._mutex:
+            staging = self.names.snapshot_table(schema, table)
+            hold = self.names.hold_table(schema, table)
+            if ddl.has_table(self.wh, self.names.meta, f"{ddl.HOLD_PREFIX}{schema}__{table}"):
+                # Held changes sort against the copy by version (LSN): later ones win.
+                self._move_rows(hold, staging)
+            landing = self.names.landing_table(schema, table)
+            self.wh.command(f"EXCHANGE TABLES {landing} AND {staging}")
+            self.wh.command(f"DROP TABLE IF EXISTS {staging} SYNC")
+            ddl.set_durable(self.wh, self.wh.settings.wh_fsync, [landing])
+            self._staged.pop(_RETYPE + f"{schema}.{table}", None)
+            self.wh.command(
+                f"INSERT INTO {ident(self.names.meta)}.cdc_table_snapshots (source_table, state, "
+                f"reason, rows, lsn) VALUES ({sql_str(f'{schema}.{table}')}, 'done', "
+                f"'reloaded with the source types', {rows}, {lsn})"
+            )
+            if self._streaming and (schema, table) in self._stopped:
+                # This sink is the stream's and held them, under this mutex: nothing more can
+                # arrive in the hold table. Another sink's stream may still write to it: it
+                # moves them in itself once it sees the table resumed (_release_held).
+                self.wh.command(f"DROP TABLE IF EXISTS {hold} SYNC")
+            self._stopped.discard((schema, table))
+            self._tables.pop((schema, table), None)
+
+    def _mark_resumed(self, schema: str, table: str, reason: str) -> None:
+        self.wh.command(
+            f"INSERT INTO {ident(self.names.meta)}.cdc_table_snapshots (source_table, state, "
+            f"reason, rows, lsn) VALUES ({sql_str(f'{schema}.{table}')}, 'done', "
+            f"{sql_str(reason)}, 0, 0)"
+        )
+        self._stopped.discard((schema, table))
+        self._tables.pop((schema, table), None)
+
+    def _load_stopped(self) -> set[tuple[str, str]]:
+        return {tuple(t.split(".", 1)) for t in self.stopped_tables()}  # type: ignore[misc]
+
+    def _release_held(self) -> None:
+        """Held changes of a table no longer stopped (another sink swapped in its reload):
+        into the landing table, where their versions sort them against the reload's rows."""
+        stopped = self._load_stopped()
+        held = self.wh.query(
+            "SELECT name FROM system.tables WHERE database = {m:String} "
+            "AND startsWith(name, {p:String})",
+            {"m": self.names.meta, "p": ddl.HOLD_PREFIX},
+        )
+        for (name,) in held:
+            schema, _, table = str(name)[len(ddl.HOLD_PREFIX) :].partition("__")
+            if (schema, table) in stopped:
+                continue
+            hold = self.names.hold_table(schema, table)
+            self._move_rows(hold, self.names.landing_table(schema, table))
+            self.wh.command(f"DROP TABLE IF EXISTS {hold} SYNC")
+            log.info("%s.%s: resumed, its held changes written", schema, table)
+        for key in self._stopped - stopped:
+            self._tables.pop(key, None)
+        self._stopped = stopped
+
+    def _move_rows(self, source: str, target: str) -> None:
+        """INSERT every row of `source` into `target`, by the columns they share."""
+        cols = []
+        for name in (source, target):
+            db, tbl = (p.strip("`") for p in name.split(".", 1))
+            info = ddl.table_info(self.wh, db, tbl)
+            cols.append([c for c, _ in info.columns] if info else [])
+        shared = [c for c in cols[1] if c in cols[0]] + [n for n, _ in ddl.META_COLUMNS]
+        names = ", ".join(ident(c) for c in shared)
+        self.wh.command(f"INSERT INTO {target} ({names}) SELECT {names} FROM {source}")
+
     def missing_tables(self, tables: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
         return [(s, t) for s, t in tables if self._find_info(s, t) is None]
 
@@ -238,6 +363,14 @@ class ClickHouseSink:
                     f"{schema}.{table}",
                     retype=True,
                 )
+            elif (schema, table) in self._stopped:
+                added = ddl.ensure_columns_in(
+                    self.wh,
+                    self.names.meta,
+                    f"{ddl.HOLD_PREFIX}{schema}__{table}",
+                    columns,
+                    f"{schema}.{table}",
+                )
             else:
                 added = ddl.ensure_columns(self.wh, schema, table, columns)
             if added:
@@ -263,14 +396,23 @@ class ClickHouseSink:
             {"d": self.names.landing_db(schema), "t": table},
         )
         previous = None
+        retyped: dict[str, str] = {}
         for name, ch_type in wanted:
             name, ch_type = str(name), str(ch_type)
             if name not in have:
                 where = f" AFTER {ident(previous)}" if previous else " FIRST"
                 self.wh.command(f"ALTER TABLE {target} ADD COLUMN {ident(name)} {ch_type}{where}")
             elif have[name] != ch_type:
-                self.wh.command(f"ALTER TABLE {target} MODIFY COLUMN {ident(name)} {ch_type}")
+                retyped[name] = ch_type
             previous = name
+        if retyped:
+            ddl.retype_columns(
+                self.wh,
+                self.names.meta,
+                f"{ddl.TXN_PREFIX}{schema}__{table}",
+                retyped,
+                f"{schema}.{table}",
+            )
 
     def reset_for_snapshot(self, slot: str, tables: Sequence[tuple[str, str]]) -> None:
         with self._mutex:
@@ -280,6 +422,12 @@ class ClickHouseSink:
             self._slot = slot
             staged = []
             for schema, table in tables:
+                if (schema, table) in self._stopped:
+                    # The new snapshot reloads it with the source's types: no longer stopped.
+                    self._mark_resumed(schema, table, "full resync")
+                    self.wh.command(
+                        f"DROP TABLE IF EXISTS {self.names.hold_table(schema, table)} SYNC"
+                    )
                 info = self._find_info(schema, table)
                 staging = self.names.snapshot_table(schema, table)
                 self.wh.command(f"DROP TABLE IF EXISTS {staging} SYNC")
@@ -298,6 +446,18 @@ class ClickHouseSink:
             if n == 0:
                 return 0
             info = self._snapshot_columns(schema, table, rows.schema)
+            gone = {
+                name: ddl.wrap_like(t, strip_wrappers(t)[0], True)
+                for name, t in info.columns
+                if name not in rows.schema.names and not strip_wrappers(t)[1]
+            }
+            if gone:
+                # Columns the source no longer has (dropped, renamed): NULL in the copied rows,
+                # as in the streamed ones, rather than the type's default.
+                db, tbl = (p.strip("`") for p in info.name.split(".", 1))
+                ddl.retype_columns(self.wh, db, tbl, gone, f"{schema}.{table}")
+                self._tables.pop((schema, table), None)
+                info = self._snapshot_target(schema, table)
             rows = self._screen_snapshot(schema, table, info, rows, snapshot_lsn)
             n = rows.num_rows
             if n == 0:
@@ -375,7 +535,11 @@ class ClickHouseSink:
 
     def _find_info(self, schema: str, table: str) -> TableInfo | None:
         info = self._tables.get((schema, table))
-        if info is None:
+        if info is None and (schema, table) in self._stopped:
+            info = ddl.table_info(self.wh, self.names.meta, f"{ddl.HOLD_PREFIX}{schema}__{table}")
+            if info is not None:
+                self._tables[(schema, table)] = info
+        elif info is None:
             info = ddl.table_info(self.wh, self.names.landing_db(schema), table)
             if info is not None:
                 self._tables[(schema, table)] = info
@@ -447,7 +611,7 @@ class ClickHouseSink:
             ]
         arrays = self._text_columns(names, rows[:n_full], rows[n_full:])
         deleted = pa.array([False] * n_full + [True] * (len(events) - n_full), pa.bool_())
-        self._check_not_null(schema, table, info, arrays, deleted)
+        info = self._check_not_null(schema, table, info, arrays, deleted)
 
         arrays += [
             pa.array(map(_LSN, events), pa.uint64(), size=len(events)),
@@ -475,7 +639,7 @@ class ClickHouseSink:
             for name in names
         ]
         deleted = pa.array(cols.deleted, pa.bool_())
-        self._check_not_null(schema, table, info, arrays, deleted)
+        info = self._check_not_null(schema, table, info, arrays, deleted)
         arrays += [
             pa.array(cols.lsn, pa.uint64()),
             pa.array(cols.pos, pa.uint32()),
@@ -649,18 +813,41 @@ class ClickHouseSink:
         info: TableInfo,
         arrays: list[pa.Array],
         deleted: pa.Array,
-    ) -> None:
+    ) -> TableInfo:
+        """`info` again, or as it is after making columns Nullable that got a NULL."""
         key = set(info.key)
+        nullable: list[str] = []
         for (name, ch_type), arr in zip(info.columns, arrays, strict=True):
             if not arr.null_count or strip_wrappers(ch_type)[1]:
                 continue
             # Deletes carry only the key: other NOT NULL columns take their type's default there.
             bad = arr.is_null() if name in key else pc.and_(arr.is_null(), pc.invert(deleted))
             if pc.any(bad).as_py():
-                raise CaptureError(
-                    f"{schema}.{table}.{name}: NULL arrived for warehouse column {ch_type} "
-                    "(NOT NULL); the source column allows NULL now: run `bankde cdc resync`"
-                )
+                if name in key:
+                    raise CaptureError(
+                        f"{schema}.{table}.{name}: NULL arrived for key column {ch_type}"
+                    )
+                nullable.append(name)
+        if not nullable:
+            return info
+        # The source dropped NOT NULL (pgoutput's Relation does not say so) or the column
+        # (it arrives missing): the warehouse column takes NULL from now on, old rows unchanged.
+        log.info("%s.%s: warehouse columns now Nullable: %s", schema, table, ", ".join(nullable))
+        types = info.column_types
+        landing = self._find_info(schema, table)
+        assert landing is not None
+        db, tbl = (p.strip("`") for p in landing.name.split(".", 1))
+        ddl.retype_columns(
+            self.wh,
+            db,
+            tbl,
+            {n: ddl.wrap_like(types[n], strip_wrappers(types[n])[0], True) for n in nullable},
+            f"{schema}.{table}",
+        )
+        self._tables.pop((schema, table), None)
+        if (schema, table) in self._txn_tables:
+            self._align_txn_table(schema, table)
+        return self._info(schema, table)
 
     def _fill_unchanged(
         self,
@@ -860,6 +1047,8 @@ class ClickHouseSink:
     def _write_snapshot_metrics(self, schema: str, table: str, rows: int, lsn: int) -> None:
         now = time.time_ns() // 1000
         slot = next((s for s, t in self._staged.items() if (schema, table) in t), "")
+        if slot.startswith(_RETYPE):
+            slot = self._slot
         self._hold_metrics(
             slot, "snapshot", now, now, lsn, lsn, rows, rows, 0, 0, {f"{schema}.{table}": rows}, 0
         )
@@ -935,6 +1124,23 @@ _POS = attrgetter("pos")
 _OP = attrgetter("op")
 _TX = attrgetter("source.tx_id")
 _TS = attrgetter("source.ts_ms")
+
+
+def stopped_tables(wh: Warehouse) -> dict[str, str]:
+    """schema.table -> reason, of every table stopped by a type change (read-only: {} in a
+    warehouse nothing was captured into)."""
+    meta = DbNames(wh.settings.wh_prefix).meta
+    if not ddl.has_table(wh, meta, "cdc_table_snapshots"):
+        return {}
+    rows = wh.query(
+        f"SELECT source_table, reason FROM {ident(meta)}.cdc_table_snapshots FINAL "
+        "WHERE state = 'stopped' ORDER BY source_table"
+    )
+    return {str(t): str(r) for t, r in rows}
+
+
+# Key of a table staged by stage_table() among the staged snapshots (self._staged).
+_RETYPE = "retype:"
 
 
 def _unknown_column(schema: str, table: str, name: str, info: TableInfo) -> CaptureError:

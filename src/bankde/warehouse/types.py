@@ -184,6 +184,25 @@ def same_family(a: str, b: str) -> bool:
     return norm(a) == norm(b)
 
 
+_INT_RANK = {"Int8": 1, "Int16": 2, "Int32": 3, "Int64": 4}
+_DECIMAL_RE = re.compile(r"^Decimal\((\d+),(\d+)\)$")
+
+
+def widens(old: str, new: str) -> bool:
+    """Whether base type `new` holds every value of `old` exactly, so that the warehouse can
+    convert a column in place (int -> bigint, numeric(18,2) -> numeric(20,4)); text types map
+    to one String and never get here."""
+    old, new = old.replace(" ", ""), new.replace(" ", "")
+    if old in _INT_RANK and new in _INT_RANK:
+        return _INT_RANK[new] > _INT_RANK[old]
+    a, b = _DECIMAL_RE.match(old), _DECIMAL_RE.match(new)
+    if a and b:
+        p1, s1, p2, s2 = (int(x) for x in (*a.groups(), *b.groups()))
+        # As many fraction digits at least, and as many integer digits at least.
+        return s2 >= s1 and p2 - s2 >= p1 - s1
+    return False
+
+
 def sql_str(value: str) -> str:
     """A ClickHouse string literal."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
