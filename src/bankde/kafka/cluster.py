@@ -73,6 +73,9 @@ plugin.discovery=service_load
 # re-delivers nothing that a read_committed consumer has seen (connectors opt in with
 # exactly.once.support=required). BANKDE_KAFKA_EXACTLY_ONCE=false turns it off.
 exactly.once.source.support={exactly_once}
+# Without exactly-once, source offsets are flushed this often (Connect's default: 60 s): what a
+# killed worker re-sends, and until the first flush a restarted connector snapshots again.
+offset.flush.interval.ms=10000
 # The connector files (debezium/*.json) name no host or credential: `${{file:...}}` reads them from
 # a 0600 properties file under the worker's working directory ($BANKDE_HOME), `${{env:...}}` from
 # its environment.
