@@ -72,13 +72,53 @@ def _assignments(text: str) -> list[tuple[str, int, int | None]]:
     return [(m[1], int(m[2]), None if m[3] is None else int(m[3])) for m in ASSIGNED.finditer(text)]
 
 
+def _light_workload(settings: Settings, stop: Any, rng: Any) -> int:
+    """Small transactions of a few rows each (inserts, updates, deletes, key changes) until
+    `stop`: the events stay few however long a restart makes the test write."""
+    done, next_id = 0, 50_000
+    with connect(owner_info(settings)) as conn:
+        while not stop.is_set():
+            n = rng.randint(1, 4)
+            conn.execute(
+                """INSERT INTO bank.transaction (txn_id, account_id, txn_type, status, amount,
+                    currency, description, occurred_at)
+                SELECT g, 1 + g %% 50, 'deposit', 'approved', 12.34, 'EUR', 'live ' || g, now()
+                FROM generate_series(%s::bigint, %s::bigint) g""",
+                (next_id, next_id + n - 1),
+            )
+            next_id += n
+            conn.execute(
+                "UPDATE bank.transaction SET amount = amount + 0.01, updated_at = now() "
+                "WHERE txn_id IN (%s, %s)",
+                (rng.randint(1, next_id), rng.randint(1, next_id)),
+            )
+            kind = rng.random()
+            if kind < 0.3:
+                conn.execute(
+                    "DELETE FROM bank.transaction WHERE txn_id = (SELECT txn_id FROM "
+                    "bank.transaction WHERE txn_id > 30 ORDER BY random() LIMIT 1)"
+                )
+            elif kind < 0.4:
+                conn.execute(
+                    "UPDATE bank.transaction SET txn_id = %s WHERE txn_id = (SELECT max(txn_id) "
+                    "FROM bank.transaction)",
+                    (next_id,),
+                )
+                next_id += 1
+            conn.commit()
+            done += 1
+            time.sleep(0.02)
+    return done
+
+
 @contextmanager
-def _writer(settings: Settings, seed: int) -> Iterator[list[int]]:
+def _writer(settings: Settings, seed: int, light: bool = False) -> Iterator[list[int]]:
     """The random workload in a thread for the block's duration; yields [transactions done]."""
     stop = threading.Event()
     done: list[int] = []
+    work = _light_workload if light else _workload
     thread = threading.Thread(
-        target=lambda: done.append(_workload(settings, stop, random.Random(seed))), daemon=True
+        target=lambda: done.append(work(settings, stop, random.Random(seed))), daemon=True
     )
     thread.start()
     try:
@@ -373,10 +413,10 @@ def test_kill_dash_nine_of_the_connect_worker(
             env = _env(settings, home, "kafka", regs)
             regs.wait_running()
             _sync_until(env, _current_lsn(settings))  # Debezium's snapshot, applied
-            with _writer(settings, 13) as done:
+            with _writer(settings, 13, light=True) as done:
                 # Mid-stream: the workload's changes are reaching the topic.
                 start = _end(regs, "bank.transaction")
-                _wait(lambda: _end(regs, "bank.transaction") > start + 200, 120, "changes flow")
+                _wait(lambda: _end(regs, "bank.transaction") > start + 100, 120, "changes flow")
                 # ... and the worker stored an offset among them (without exactly-once it does
                 # so every 10 s; a connector killed before its first one snapshots again).
                 flushed = _source_offset(regs)
@@ -417,37 +457,46 @@ def test_broker_killed_and_restarted_mid_stream(
         regs.wait_running()
         _sync_until(env, _current_lsn(settings))
         log = home / "consumer.log"
-        proc = _consumer(env, log)
-        try:
-            with _writer(settings, 19) as done:
-                before = _group_offsets(regs)
-                _wait(lambda: _group_offsets(regs) != before, 120, "the consumer wrote")
-                time.sleep(random.Random(23).uniform(1, 3))
-                try:
-                    _signal(kafka_cluster, "broker", signal.SIGKILL)
-                    time.sleep(3)  # the workload goes on while no broker runs
-                finally:
-                    out = _kafka_up(kafka_cluster)
-                assert "broker started" in out and "worker already running" in out, out
-                # The tasks run on; the connectors' own status may stay UNASSIGNED (the worker
-                # does not rewrite it after its group came back): the data flow is what counts.
-                _wait(
-                    lambda: all(v.endswith("/RUNNING") for v in regs.states().values()),
-                    180,
-                    "the connectors' tasks running",
-                )
-                time.sleep(3)
-            assert done and done[0] > 20
-            target = _current_lsn(settings)
-            _wait(lambda: proc.poll() is not None or _kafka_lsn(env) >= target, 240,
-                  "the consumer applied everything", 2)  # fmt: skip
-            assert proc.poll() is None, log.read_text()[-3000:]
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            rc = proc.wait(timeout=60)
-        assert rc == 0, log.read_text()[-3000:]
+        with _served(env, home):
+            _broker_restart(kafka_cluster, regs, settings, env, log)
         _reconcile(env)
+
+
+def _broker_restart(
+    kafka_cluster: Any, regs: Connectors, settings: Settings, env: dict[str, str], log: Path
+) -> None:
+    """The consumer running against the served warehouse while the broker is killed and back."""
+    proc = _consumer(env, log)
+    try:
+        with _writer(settings, 19, light=True) as done:
+            before = _group_offsets(regs)
+            _wait(lambda: _group_offsets(regs) != before, 120, "the consumer wrote")
+            time.sleep(random.Random(23).uniform(1, 3))
+            try:
+                _signal(kafka_cluster, "broker", signal.SIGKILL)
+                time.sleep(3)  # the workload goes on while no broker runs
+            finally:
+                out = _kafka_up(kafka_cluster)
+            assert "broker started" in out and "worker already running" in out, out
+            # The tasks run on; the connectors' own status may stay UNASSIGNED (the worker
+            # does not rewrite it after its group came back): the data flow is what counts.
+            _wait(
+                lambda: all(v.endswith("/RUNNING") for v in regs.states().values()),
+                180,
+                "the connectors' tasks running",
+            )
+            time.sleep(3)
+        assert done and done[0] > 20
+        target = _current_lsn(settings)
+        _wait(lambda: proc.poll() is not None or _kafka_lsn(env) >= target, 240,
+              "the consumer applied everything", 2)  # fmt: skip
+        assert proc.poll() is None, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+    assert rc == 0, log.read_text()[-3000:]
+    _reconcile(env)  # through the served warehouse
 
 
 # --- bad input ---------------------------------------------------------------------------------
