@@ -216,6 +216,7 @@ def _served(env: dict[str, str], home: Path) -> Iterator[str]:
         proc.wait(timeout=60)
 
 
+@pytest.mark.slow
 def test_two_consumers_share_the_partitions_and_one_takes_over(
     kafka_stack: Stack, workspace: tuple[Settings, Path]
 ) -> None:
