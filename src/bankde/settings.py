@@ -102,6 +102,10 @@ class Settings(BaseSettings):
     # The broker's, worker's and Debezium plugin's jars (a cache shared by every home, like
     # ~/.m2). Unset: $XDG_CACHE_HOME/bankde/kafka-jars (~/.cache/bankde/kafka-jars).
     kafka_jars_dir: Path | None = None
+    # The worker's exactly.once.source.support (read by each `kafka up`): records and source
+    # offsets in one transaction. Off, a killed worker re-sends what followed its last offset
+    # flush (the versions absorb it); connectors saying exactly.once.support=required then fail.
+    kafka_exactly_once: bool = True
 
     # --- transform (dbt) --------------------------------------------------------------
     # Salt of the PII tokens in stg_ models. Unset: the public development salt (with a warning).

@@ -23,6 +23,13 @@ def test_decimal_specials_and_overflow_are_unfit() -> None:
     assert got == [False, True, True, True, False, False, True, True, False, True]
 
 
+def test_decimal_text_that_is_no_number_is_unfit() -> None:
+    # From Kafka an event may hold anything: the cast would make these NULL (or 0), silently.
+    values = pa.array(["a lot", "", "1e3", "-0.5", "12", "1.2.3", " 1", "-", "7."])
+    got = _mask(screen.unfit_text("x", values, "Decimal(18, 2)"), len(values))
+    assert got == [True, True, True, False, False, True, True, True, False]
+
+
 def test_dates_and_timestamps_outside_the_range_are_unfit() -> None:
     values = pa.array(
         [

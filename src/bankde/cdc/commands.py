@@ -197,7 +197,8 @@ def status(
                 flag = "" if c["warehouse"] == c["source"] else "  [yellow]differs[/yellow]"
                 out.print(f"{name:<24} {c['source']:>12,} {wh:>12}{flag}")
     if data.get("problem"):
-        err.print(f"[red]{data['problem']}[/red]")
+        # One line, never wrapped to the terminal's width (a connector's error line is long).
+        err.print(f"[red]{data['problem']}[/red]", soft_wrap=True, highlight=False)
         raise typer.Exit(1)
 
 

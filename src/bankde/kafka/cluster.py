@@ -71,8 +71,11 @@ plugin.path={plugin_path}
 plugin.discovery=service_load
 # Source connectors write records and their offsets in one Kafka transaction: a killed worker
 # re-delivers nothing that a read_committed consumer has seen (connectors opt in with
-# exactly.once.support=required).
-exactly.once.source.support=enabled
+# exactly.once.support=required). BANKDE_KAFKA_EXACTLY_ONCE=false turns it off.
+exactly.once.source.support={exactly_once}
+# Without exactly-once, source offsets are flushed this often (Connect's default: 60 s): what a
+# killed worker re-sends, and until the first flush a restarted connector snapshots again.
+offset.flush.interval.ms=10000
 # The connector files (debezium/*.json) name no host or credential: `${{file:...}}` reads them from
 # a 0600 properties file under the worker's working directory ($BANKDE_HOME), `${{env:...}}` from
 # its environment.
@@ -260,6 +263,7 @@ class ManagedKafka:
                 group=CONNECT_GROUP,
                 topics=CONNECT_TOPICS,
                 plugin_path=jars.plugin_path,
+                exactly_once="enabled" if self.settings.kafka_exactly_once else "disabled",
             ),
         )
         _write_private(self.conf / "log4j2.properties", LOG4J2)

@@ -46,10 +46,11 @@ def unfit_text(column: str, values: pa.Array, ch_type: str) -> Unfit | None:
     m = _DECIMAL_RE.match(base.replace(" ", ""))
     if m:
         precision, scale = int(m.group(1)), int(m.group(2))
-        # NaN, Infinity, -Infinity: the only non-digit starts Postgres prints for numeric
-        # (lower case from drivers that print them their own way).
-        special = pc.match_substring_regex(values, "^-?[IiNn]")
-        mask = pc.fill_null(special, False)
+        # Anything but digits with an optional sign and point: NaN, Infinity, -Infinity (what
+        # Postgres prints besides numbers), and text that is no number at all (an event from
+        # Kafka may hold anything), which the cast would otherwise turn into NULL or 0.
+        number = pc.match_substring_regex(values, r"^-?[0-9]+(\.[0-9]*)?$")
+        mask = pc.fill_null(pc.invert(number), False)
         # Digits before and after the point, in bulk; the few candidates are checked exactly
         # (trailing fraction zeros beyond the scale lose nothing).
         length = pc.utf8_length(values)

@@ -227,11 +227,19 @@ class KafkaEngine:
             tp.offset = at if at is not None else OFFSET_BEGINNING
             self._seeked[(tp.topic, tp.partition)] = at if at is not None else 0
             self._assigned.add((tp.topic, tp.partition))
+            # Which partitions moved here and where they resume: what a rebalance did.
+            log.info(
+                "kafka: %s[%d] assigned, from %s",
+                tp.topic,
+                tp.partition,
+                "the beginning (none stored)" if at is None else f"stored offset {at}",
+            )
         consumer.incremental_assign(partitions)
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self._assigned.discard((tp.topic, tp.partition))
+            log.info("kafka: %s[%d] revoked", tp.topic, tp.partition)
         # Messages of those partitions not handed out yet: the new owner reads them.
         gone = {(tp.topic, tp.partition) for tp in partitions}
         self._held = [m for m in self._held if (m.topic(), m.partition()) not in gone]
