@@ -54,6 +54,8 @@ TXN_TOPICS_SECONDS = 5.0
 TXN_BATCH = 50_000
 # Messages held behind changes that wait for their END record before reading stops.
 HOLD_MAX = 4 * CONSUME_BATCH
+# Commit LSNs kept before those below the cut are dropped outside a cut's advance.
+COMMITS_MAX = 1_000_000
 
 
 @dataclass
@@ -163,13 +165,35 @@ class KafkaEngine:
             sink.apply([], offset)
         self._cut = self._written_cut = offset.lsn
         self._connector_lsn = sink.load_connector_lsns(self.slot)
-        self._connectors = set(self._connector_lsn)
+        self._connectors = set(self._connector_lsn) | self._registered_connectors()
         self._consumer = self._connect()
         from confluent_kafka.admin import AdminClient
 
         self._admin = AdminClient({"bootstrap.servers": self.bootstrap})
         self._txn_consumer = self._connect_transactions()
         return offset
+
+    def _registered_connectors(self) -> set[str]:
+        """The heartbeat prefixes of the connectors registered on the Connect worker for our
+        topic prefix: the cut waits for each of them, also for one whose first marker has not
+        come yet (still snapshotting), which a cut from the markers seen alone would skip. An
+        unreachable worker (Kafka of one's own without its REST API here): the markers seen."""
+        from bankde.errors import BankdeError
+        from bankde.kafka.cluster import ManagedKafka, rest_get
+
+        try:
+            found = rest_get(ManagedKafka(self.settings).connect_url, "/connectors?expand=info")
+        except (OSError, BankdeError, ValueError) as exc:
+            log.info("kafka: connectors not listed (%s): the cut follows the markers seen", exc)
+            return set()
+        names: set[str] = set()
+        for entry in (found or {}).values():
+            config = (entry.get("info") or {}).get("config") or {}
+            if config.get("topic.prefix") != self.settings.kafka_topic_prefix:
+                continue
+            prefixes = str(config.get("message.prefix.include.list") or "")
+            names.update(p.strip() for p in prefixes.split(",") if p.strip())
+        return names
 
     def _connect(self) -> Any:
         conf = {
@@ -601,10 +625,14 @@ class KafkaEngine:
         self._cut_checked = time.monotonic()
         assert self._stored is not None
         stored = self._stored.load_positions(self.slot)
+        # A partition holding a change at its last offset is not one control record short.
+        held = {(m.topic() or "", m.partition() or 0) for m in self._held}
         done: dict[str, int] = {}
         waiting = []
         for m in self._markers:
-            if all(self._reached(stored.get(k, 0), end) for k, end in m.targets.items()):
+            if all(
+                self._reached(stored.get(k, 0), end, k not in held) for k, end in m.targets.items()
+            ):
                 done[m.connector] = max(done.get(m.connector, 0), m.lsn)
             else:
                 waiting.append(m)
@@ -652,12 +680,14 @@ class KafkaEngine:
                     f"kafka {msg.topic()}[{msg.partition()}]@{msg.offset()}: not a Debezium "
                     f"transaction record ({type(exc).__name__}: {exc})"
                 ) from None
-            if lsn <= self._cut:
-                continue  # its changes are below the cut: applied by now
             self._commits[xid] = lsn
-            key = (msg.topic() or "", msg.partition() or 0)
-            self._txn_ends.setdefault(key, deque()).append((lsn, msg.offset() or 0))
             ends += 1
+            if lsn > self._cut:
+                key = (msg.topic() or "", msg.partition() or 0)
+                self._txn_ends.setdefault(key, deque()).append((lsn, msg.offset() or 0))
+        if len(self._commits) > COMMITS_MAX:
+            # Read from the start of a long topic: what is below the cut is applied already.
+            self._forget_commits()
         return ends
 
     def _assign_transaction_topics(self) -> None:
@@ -706,14 +736,19 @@ class KafkaEngine:
             if last.get(key, -1) < at:
                 positions[key] = at
 
-    def _reached(self, at: int, end: int) -> bool:
+    def _reached(self, at: int, end: int, idle_gap: bool = True) -> bool:
         """Whether position `at` is at the partition's last stable offset `end`. With exactly-once
         producers each transaction leaves a control record the consumer never returns, so a
         partition whose last record is one stays one short; after IDLE_DRAIN_SECONDS without any
-        message that gap is taken as that record."""
+        message that gap is taken as that record (unless `idle_gap` is off: a change is held
+        there)."""
         if at >= end:
             return True
-        return at == end - 1 and time.monotonic() - self._last_message_at >= IDLE_DRAIN_SECONDS
+        return (
+            idle_gap
+            and at == end - 1
+            and time.monotonic() - self._last_message_at >= IDLE_DRAIN_SECONDS
+        )
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
