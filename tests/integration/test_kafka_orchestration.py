@@ -114,7 +114,9 @@ def test_airflow_dags_with_the_kafka_engine(
     settings, env = pipeline_settings, api_server
     t0 = datetime.now(UTC).replace(microsecond=0)
     _fill(settings, 1000, seed=31, backfill_days=1, as_of=t0)
-    start_kafka(settings)  # as `bankde kafka connect` (the DAGs expect running connectors)
+    # As `bankde kafka connect` in the worker's home (the DAGs expect running connectors): the
+    # connectors read the source's address from secrets/ under the worker's working directory.
+    start_kafka(settings.model_copy(update={"home": kafka_cluster.home}))
     conf = ["-c", json.dumps({"engine": "kafka"})]
     _dags_test(env, "cdc_to_dwh", extra=conf)
     _fill(settings, 800, seed=32, backfill_days=0, as_of=t0 + timedelta(hours=25))
