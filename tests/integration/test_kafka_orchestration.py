@@ -136,10 +136,13 @@ def test_airflow_dags_with_the_kafka_engine(
     assert "'equal': True" in _task_log(settings, "cdc_monitoring", "reconciliation")
 
     # A failed connector task fails the check with its error line.
-    from bankde.source.connection import connect, owner_info
+    from bankde.source.connection import admin_info, connect, owner_info
 
     with connect(owner_info(settings), autocommit=True) as conn:
         conn.execute("DROP PUBLICATION bankde_kc_terminal")
+    with connect(
+        admin_info(settings.model_copy(update={"home": kafka_cluster.home})), autocommit=True
+    ) as conn:
         conn.execute(
             "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
             "WHERE slot_name = 'bankde_kc_terminal' AND active_pid IS NOT NULL"
