@@ -7,14 +7,12 @@ from typing import Any
 
 from bankde.cdc.stream import SyncResult
 from bankde.contracts import Sink, StoresPositions
-from bankde.errors import BankdeError, CaptureError, ConfigError
+from bankde.errors import CaptureError, ConfigError
 from bankde.settings import Settings
 
 ENGINE = "kafka"
 # Until every connector task runs (a first registration snapshots empty tables: seconds).
 CONNECT_WAIT = 180.0
-# Connector registration is tried this many times when Connect answers 500.
-REGISTER_ATTEMPTS = 4
 # `sync_kafka` gives up when the connectors have not delivered up to the target after this long.
 SYNC_WAIT = 900.0
 
@@ -36,16 +34,9 @@ def start_kafka(settings: Settings) -> dict[str, Any]:
     if settings.kafka_bootstrap is None:
         started = kafka.up()
     files = connector_files()
-    for attempt in range(REGISTER_ATTEMPTS):
-        try:
-            restarted = register(settings, kafka.connect_url, files)
-            break
-        except BankdeError as exc:
-            # Connect answers 500 to a PUT while it still digests the deletion of a connector
-            # of that name (seen after `kafka disconnect`): a moment later the same PUT works.
-            if "HTTP 500" not in str(exc) or attempt == REGISTER_ATTEMPTS - 1:
-                raise
-            time.sleep(2.0 * (attempt + 1))
+    # The connectors read the source's address from secrets/ under the worker's working
+    # directory, $BANKDE_HOME: the same home as the worker's (else Connect answers HTTP 500).
+    restarted = register(settings, kafka.connect_url, files)
     wait_running(kafka.connect_url, [f.name for f in files], CONNECT_WAIT, restarted)
     return {"started": started, "connectors": len(files), "connect_url": kafka.connect_url}
 
