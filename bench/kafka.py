@@ -19,6 +19,9 @@ from bankde.warehouse.session import open_session
 
 PREFIX = "benchk"
 TOPIC = f"{PREFIX}.bank.transaction"
+# The connector's transaction topic: each END record carries its transaction's commit LSN,
+# which versions the changes (the engine holds a change until its END is read).
+TXN_TOPIC = f"{PREFIX}.transaction.bench"
 PARTITIONS = 3
 
 
@@ -75,6 +78,7 @@ def fill_topic(bootstrap: str, events: int) -> float:
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
     admin.create_topics([NewTopic(TOPIC, PARTITIONS, 1)])[TOPIC].result()
+    admin.create_topics([NewTopic(TXN_TOPIC, 1, 1)])[TXN_TOPIC].result()
     prod = Producer(
         {
             "bootstrap.servers": bootstrap,
@@ -94,6 +98,14 @@ def fill_topic(bootstrap: str, events: int) -> float:
                 break
             except BufferError:
                 prod.poll(0.05)
+        if i % 10 == 9 or i == events:  # the last change of transaction 1000 + i // 10
+            end = {"status": "END", "id": f"{1000 + i // 10}:{lsn}", "event_count": 10}
+            while True:
+                try:
+                    prod.produce(TXN_TOPIC, orjson.dumps(end))
+                    break
+                except BufferError:
+                    prod.poll(0.05)
     prod.flush()
     return time.perf_counter() - started
 

@@ -184,7 +184,9 @@ def api_server(pipeline_settings: Settings) -> Iterator[dict[str, str]]:
         log.close()
 
 
-def _dags_test(env: dict[str, str], dag_id: str, timeout: float = 600) -> str:
+def _dags_test(
+    env: dict[str, str], dag_id: str, timeout: float = 600, extra: list[str] | None = None
+) -> str:
     """`airflow dags test --use-executor`: the LocalExecutor runs each task in its own process.
 
     Airflow 3.3's `dags test` sometimes never returns after its run has finished (its executor
@@ -197,7 +199,7 @@ def _dags_test(env: dict[str, str], dag_id: str, timeout: float = 600) -> str:
 
     with tempfile.TemporaryFile(mode="w+") as out:
         proc = subprocess.Popen(
-            [str(airflow_bin()), "dags", "test", "--use-executor", dag_id],
+            [str(airflow_bin()), "dags", "test", "--use-executor", *(extra or []), dag_id],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -11,6 +11,24 @@ from bankde.errors import BankdeError, ConfigError
 from bankde.settings import get_settings
 from bankde.warehouse.options import WaitOption, settings_with_wait
 
+ENGINE_OPTION = typer.Option(
+    "native",
+    "--engine",
+    help="Capture engine: native (pgoutput), debezium (in-process), kafka (the managed Kafka "
+    "and Connect worker brought up, debezium/*.json registered).",
+)
+
+
+def _check_engine(engine: str) -> None:
+    """A wrong name or a missing extra fails before anything starts (exit 2)."""
+    from bankde.cdc.registry import get_engine
+
+    spec = get_engine(engine)
+    try:
+        spec.engine_class()
+    except BankdeError as exc:
+        raise ConfigError(str(exc)) from None
+
 
 class DemoFailed(BankdeError):
     """The demo ran but source and warehouse differ or dbt failed (the summary says where)."""
@@ -20,6 +38,7 @@ def demo(
     size: str = typer.Option("small", "--size", help="small | medium | large."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     quiet: bool = typer.Option(False, "--quiet", help="No step announcements or progress bars."),
+    engine: str = ENGINE_OPTION,
     wait: WaitOption = None,
 ) -> None:
     """Run the whole pipeline: Postgres, fill, CDC into the warehouse, dbt build, summary.
@@ -33,9 +52,10 @@ def demo(
     if size not in SIZES:
         raise ConfigError(f"--size {size!r}: must be one of {', '.join(SIZES)}")
     chosen: Literal["small", "medium", "large"] = size  # type: ignore[assignment]
+    _check_engine(engine)
     settings = settings_with_wait(wait)
     with open_session(settings) as session:
-        summary = run_demo(settings, session, chosen, quiet=quiet or as_json)
+        summary = run_demo(settings, session, chosen, quiet=quiet or as_json, engine=engine)
     if as_json:
         print_json(summary.as_dict())
     else:
@@ -78,6 +98,7 @@ def run(
         "--live/--no-live",
         help="Re-evaluate the fraud rules on the cards each CDC batch touched (live alerts).",
     ),
+    engine: str = ENGINE_OPTION,
     wait: WaitOption = None,
 ) -> None:
     """Continuous mode: live filler, CDC streaming, dbt every --dbt-every seconds; Ctrl-C stops.
@@ -86,7 +107,9 @@ def run(
     from bankde.orchestration.runloop import RunOptions, run_pipeline
     from bankde.warehouse.session import open_session
 
+    _check_engine(engine)
     options = RunOptions(
+        engine=engine,
         rate=rate,
         dbt_every=dbt_every,
         fill=not no_fill,

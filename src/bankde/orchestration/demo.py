@@ -128,19 +128,34 @@ def newest_event(settings: Settings) -> datetime | None:
 
 
 def run_demo(
-    settings: Settings, session: WarehouseSession, size: Size = "small", *, quiet: bool = False
+    settings: Settings,
+    session: WarehouseSession,
+    size: Size = "small",
+    *,
+    quiet: bool = False,
+    engine: str = "native",
 ) -> PipelineSummary:
     """The whole pipeline once, on the caller's warehouse session: CDC, dbt and the summary all
     use it. On existing data it adds new events and everything downstream updates
-    incrementally (CDC from the stored offset, incremental dbt models)."""
+    incrementally (CDC from the stored offset, incremental dbt models). `engine` kafka also
+    brings up the managed Kafka and registers the repo's connectors before the fill, and the
+    CDC step waits until they have delivered every change of it."""
     from bankde.cdc.api import open_sink, sync
     from bankde.generator import fill
+    from bankde.orchestration.kafka import start_kafka, sync_kafka, uses_kafka
     from bankde.transform.runner import run_dbt
 
     steps = Steps(quiet)
     steps.run(
         "source", "source Postgres: start and apply the schema", lambda: start_source(settings)
     )
+    kafka = uses_kafka(engine)
+    if kafka:
+        steps.run(
+            "kafka",
+            "Kafka: broker and Connect worker up, debezium/*.json registered",
+            lambda: start_kafka(settings),
+        )
     newest = newest_event(settings)
     rerun = newest is not None
     config = fill_config(size, newest)
@@ -150,10 +165,15 @@ def run_demo(
         f"filler: {verb} the source ({config.total_txns:,} transactions, size {size})",
         lambda: fill(settings, config),
     )
+    sink = open_sink(settings, session)
     synced = steps.run(
         "cdc",
-        "CDC: snapshot (first run) and stream the changes into the warehouse",
-        lambda: sync(settings, sink=open_sink(settings, session), show_progress=not quiet),
+        f"CDC ({engine}): snapshot (first run) and stream the changes into the warehouse",
+        lambda: (
+            sync_kafka(settings, sink, show_progress=not quiet)
+            if kafka
+            else sync(settings, sink=sink, engine=engine, show_progress=not quiet)
+        ),
     )
     with contextlib.redirect_stdout(sys.stderr):
         # dbt reports on stdout; keep stdout for the summary (--json reads it).
@@ -168,6 +188,7 @@ def run_demo(
     summary.fill = _plain(fill_summary)
     summary.fill["rerun"] = rerun
     summary.cdc["run"] = synced.to_dict()
+    summary.cdc["engine"] = engine
     summary.dbt = {
         "success": dbt.success,
         "nodes": len(dbt.nodes),

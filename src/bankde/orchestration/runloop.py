@@ -128,6 +128,9 @@ class RunOptions:
     # Live fraud alerts: the rules re-evaluated after CDC batches on their own thread and chDB
     # handle (bankde.transform.live), besides the dbt builds.
     live: bool = True
+    # The capture engine of the registry; kafka also brings the managed Kafka up and registers
+    # the repo's connectors (orchestration/kafka.py).
+    engine: str = "native"
 
 
 @contextmanager
@@ -172,18 +175,31 @@ def run_pipeline(
     from bankde.cdc.api import sync as cdc_sync
     from bankde.monitoring.metrics import serving  # [report hook] issue 11
     from bankde.orchestration.demo import start_source
+    from bankde.orchestration.kafka import start_kafka, sync_kafka, uses_kafka
 
     stop = stop or threading.Event()
     state = RunState()
+    engine = options.engine
+    kafka = uses_kafka(engine)
     if not settings.external_source or options.fill:
         start_source(settings)
+    if kafka:
+        start_kafka(settings)
+
+    def catch_up() -> int:
+        # Through Kafka, "caught up" also waits for the connectors to deliver the newest commits.
+        if kafka:
+            return sync_kafka(settings, sink).changes
+        return cdc_sync(settings, sink, engine=engine, show_progress=False).changes
+
     sink = open_sink(settings, session)
     server = _serve(settings, session) if options.serve and session.embedded else None
 
     threads: list[threading.Thread] = []
     if options.fill:
         threads.append(_start(_filler, "filler", settings, options.rate, stop, state))
-    watcher = _start(_watch_lag, "lag", settings, stop, state)
+    # The native slot's lag; the kafka engine's lag is its consumer group's (`kafka status`).
+    watcher = _start(_watch_lag, "lag", settings, stop, state, not kafka)
     deadline = None if options.duration is None else time.monotonic() + options.duration
 
     cdc: threading.Thread | None = None
@@ -196,11 +212,11 @@ def run_pipeline(
             # Snapshot (first run) and catch up first: a build never sees a half-landed
             # snapshot, whose rows carry no offset to cap the build's pin.
             state.phase = "sync"
-            state.changes += cdc_sync(settings, sink, show_progress=False).changes
+            state.changes += catch_up()
             state.phase = "cdc"
             # One stream for the whole run: a build never pauses capture, so readers and the
             # lag see CDC keep up while dbt works (it ends with the run, cleanly, on `stop`).
-            cdc = _start(_cdc_stream, "cdc", cdc_run, settings, sink, stop, state)
+            cdc = _start(_cdc_stream, "cdc", cdc_run, settings, sink, stop, state, engine)
             if options.live:
                 threads.append(_start(_live, "live", settings, session, stop, state))
                 state.live_wake.set()
@@ -237,8 +253,7 @@ def run_pipeline(
             if not state.errors:
                 # The filler has stopped: apply its last commits so raw equals the source.
                 state.phase = "catch-up"
-                res = cdc_sync(settings, sink, show_progress=False)
-                state.changes += res.changes
+                state.changes += catch_up()
                 if options.live and state.live_evaluations:
                     _live_once(settings, session, state)
         finally:
@@ -289,10 +304,15 @@ def _filler(settings: Settings, rate: float, stop: threading.Event, state: RunSt
 
 
 def _cdc_stream(
-    cdc_run: Any, settings: Settings, sink: Sink, stop: threading.Event, state: RunState
+    cdc_run: Any,
+    settings: Settings,
+    sink: Sink,
+    stop: threading.Event,
+    state: RunState,
+    engine: str = "native",
 ) -> None:
     try:
-        cdc_run(settings, stop, sink, on_batch=state.on_batch, show_progress=False)
+        cdc_run(settings, stop, sink, engine=engine, on_batch=state.on_batch, show_progress=False)
     except Exception as exc:
         state.errors.append(f"CDC stopped: {exc}")
 
@@ -336,11 +356,15 @@ def _live_once(settings: Settings, session: WarehouseSession, state: RunState) -
         detector.close()
 
 
-def _watch_lag(settings: Settings, stop: threading.Event, state: RunState) -> None:
+def _watch_lag(
+    settings: Settings, stop: threading.Event, state: RunState, enabled: bool = True
+) -> None:
     """Slot lag in bytes from the source, every 2 s (Postgres only; never the warehouse)."""
     from bankde.cdc.slot import slot_state
 
     while not stop.wait(2.0):
+        if not enabled:
+            continue
         try:
             state.lag_bytes = slot_state(settings).lag_bytes
         except Exception:

@@ -20,6 +20,7 @@ __all__ = [
     "WAREHOUSE_POOL",
     "MonitoringFailed",
     "build_models",
+    "check_connectors",
     "check_freshness",
     "check_reconciliation",
     "check_slot_lag",
@@ -87,12 +88,18 @@ def snapshot_raw(engine: str = "native") -> dict[str, Any]:
 
 # --- cdc_to_dwh -----------------------------------------------------------------------------
 def sync_changes(skip_when_idle: bool = True, engine: str = "native") -> dict[str, Any]:
-    """Micro-batch: apply every change committed before now (snapshot first if none yet)."""
+    """Micro-batch: apply every change committed before now (snapshot first if none yet). With
+    the kafka engine "before now" includes what the connectors have not delivered to the
+    topics yet: it waits for them (orchestration/kafka.py)."""
     from bankde.cdc.api import open_sink, sync
+    from bankde.orchestration.kafka import sync_kafka, uses_kafka
 
     with warehouse_session() as (settings, session):
         sink = open_sink(settings, session)
-        result = sync(settings, sink=sink, engine=engine, show_progress=False).to_dict()
+        if uses_kafka(engine):
+            result = sync_kafka(settings, sink).to_dict()
+        else:
+            result = sync(settings, sink=sink, engine=engine, show_progress=False).to_dict()
     if skip_when_idle and not result["changes"] and not result["snapshot_rows"]:
         _skip("no new changes in the source; models are up to date")
     return result
@@ -112,11 +119,30 @@ def build_models(select: str | None = None) -> dict[str, Any]:
 
 
 # --- cdc_monitoring -------------------------------------------------------------------------
-def check_slot_lag() -> dict[str, Any]:
-    """Slot lag in bytes of WAL (source only; no warehouse needed)."""
+def _slots(settings: Settings, engine: str) -> list[Settings]:
+    """The slots an engine reads: its own, or with kafka each connector's (debezium/*.json)."""
+    if engine != "kafka":
+        from bankde.cdc.registry import get_engine
+
+        return [get_engine(engine).settings_for(settings)]
+    from bankde.kafka.connect import connector_files
+
+    return [
+        settings.model_copy(update={"cdc_slot": f.config["slot.name"]}) for f in connector_files()
+    ]
+
+
+def check_slot_lag(engine: str = "native") -> dict[str, Any]:
+    """Slot lag in bytes of WAL (source only; no warehouse needed), of each slot the engine
+    reads (kafka: every connector's)."""
+    settings = task_settings()
+    checked = [_check_slot_lag(s) for s in _slots(settings, engine)]
+    return checked[0] if len(checked) == 1 else {"slots": checked}
+
+
+def _check_slot_lag(settings: Settings) -> dict[str, Any]:
     from bankde.cdc.slot import slot_state
 
-    settings = task_settings()
     st = slot_state(settings)
     if not st.exists:
         raise MonitoringFailed(
@@ -137,11 +163,16 @@ def check_slot_lag() -> dict[str, Any]:
     return {"slot": st.name, "lag_bytes": lag, "limit": limit, "active": st.active}
 
 
-def check_wal_retained() -> dict[str, Any]:
-    """WAL the slot keeps on the source's disk."""
+def check_wal_retained(engine: str = "native") -> dict[str, Any]:
+    """WAL the engine's slots keep on the source's disk."""
+    settings = task_settings()
+    checked = [_check_wal_retained(s) for s in _slots(settings, engine)]
+    return checked[0] if len(checked) == 1 else {"slots": checked}
+
+
+def _check_wal_retained(settings: Settings) -> dict[str, Any]:
     from bankde.cdc.slot import slot_state
 
-    settings = task_settings()
     st = slot_state(settings)
     retained = st.retained_bytes or 0
     limit = settings.monitor_max_wal_retained_bytes
@@ -152,6 +183,44 @@ def check_wal_retained() -> dict[str, Any]:
             "cdc_to_dwh catches up"
         )
     return {"slot": st.name, "wal_retained_bytes": retained, "limit": limit}
+
+
+def check_connectors(engine: str = "native") -> dict[str, Any]:
+    """The kafka engine's connectors: every task's state (a failed one fails the check with its
+    error line) and the consumer group's lag per topic (kafka status). Nothing to check for the
+    engines that read a slot themselves (their slot_lag says it)."""
+    if engine != "kafka":
+        return {"engine": engine, "connectors": None, "note": "no Kafka Connect connectors"}
+    from bankde.cdc.engines.kafka import kafka_status
+
+    settings = task_settings()
+    status = kafka_status(settings)
+    if status.get("connectors_error"):
+        raise MonitoringFailed(str(status["connectors_error"]))
+    if status.get("problem"):
+        raise MonitoringFailed(str(status["problem"]))
+    connectors = status.get("connectors") or {}
+    if not connectors:
+        raise MonitoringFailed(
+            "no connector is registered on Kafka Connect: run `bankde kafka connect`"
+        )
+    stopped = sorted(
+        name
+        for name, c in connectors.items()
+        if c["state"] != "RUNNING" or any(t != "RUNNING" for t in c["tasks"].values())
+    )
+    if stopped:
+        raise MonitoringFailed(f"connector(s) not running: {', '.join(stopped)}")
+    if status.get("lag_error"):
+        raise MonitoringFailed(f"consumer lag unknown: {status['lag_error']}")
+    lag = status.get("lag") or {}
+    total = sum(lag.values())
+    return {
+        "engine": engine,
+        "connectors": {name: c["tasks"] for name, c in connectors.items()},
+        "lag": lag,
+        "lag_total": total,
+    }
 
 
 def check_freshness() -> dict[str, Any]:
@@ -179,7 +248,7 @@ def check_freshness() -> dict[str, Any]:
     }
 
 
-def check_reconciliation() -> dict[str, Any]:
+def check_reconciliation(engine: str = "native") -> dict[str, Any]:
     """Source vs warehouse, count and checksum per table, compared as of one LSN: the check
     catches the warehouse up to exactly a consistent point of the source (or waits for the
     running stream to pass it) and reads the source at that point, so a difference fails the
@@ -187,7 +256,7 @@ def check_reconciliation() -> dict[str, Any]:
     from bankde.monitoring.reconcile import reconcile_at_one_lsn
 
     with warehouse_session() as (settings, session):
-        res, info = reconcile_at_one_lsn(settings, session)
+        res, info = reconcile_at_one_lsn(settings, session, engine=engine)
     result = res.to_dict()
     result["differing"] = [t.table for t in res.differing]
     result.update(info)

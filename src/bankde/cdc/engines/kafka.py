@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,7 @@ from bankde.cdc.engines.kafka_names import (
     data_topics,
     engine_settings,
     marker_topics,
+    transaction_topics,
 )
 from bankde.cdc.envelope import ChangeColumns, ChangeEvent, Relation, Source
 from bankde.cdc.rejects import Reject, key_text
@@ -47,6 +49,14 @@ CONSUME_BATCH = 50_000
 CUT_CHECK_SECONDS = 0.5
 # No message for this long: a partition one offset short of its end holds a control record there.
 IDLE_DRAIN_SECONDS = 1.0
+# How often the transaction topics are listed again (a connector registered later adds one).
+TXN_TOPICS_SECONDS = 5.0
+# END records read per call from the transaction topics.
+TXN_BATCH = 50_000
+# Messages held behind changes that wait for their END record before reading stops.
+HOLD_MAX = 4 * CONSUME_BATCH
+# Commit LSNs kept before those below the cut are dropped outside a cut's advance.
+COMMITS_MAX = 1_000_000
 
 
 @dataclass
@@ -54,7 +64,8 @@ class KafkaBatch:
     """One consume() call's changes as a CapturedTransaction (contracts.PositionedTransaction).
 
     Not a source transaction: its events come from many transactions and partitions, each
-    versioned by its own commit LSN and position (from the envelope's `transaction` block), so
+    versioned by its own transaction's commit LSN (from the END record of the connector's
+    transaction topic) and its position in it (the envelope's `transaction.total_order`), so
     per-key order holds whatever the interleaving. `end_lsn` is the consistent cut known when it
     was read (the commit LSN every connector is fully applied up to), which may stay put.
     """
@@ -128,6 +139,16 @@ class KafkaEngine:
         self._written_cut = 0  # the cut last handed out in a batch
         self._data_topic = data_topics(self.settings.kafka_topic_prefix)
         self._marker_topic = marker_topics(self.settings.kafka_topic_prefix)
+        self._txn_topic = transaction_topics(self.settings.kafka_topic_prefix)
+        # The transaction topics, read whole by every process (not shared in the group): xid ->
+        # commit end LSN of each END not yet below the cut, and per partition its ENDs' (commit
+        # LSN, offset) in order, to know where a restart must read them from again.
+        self._txn_consumer: Any = None
+        self._txn_listed = 0.0
+        self._txn_assigned: set[tuple[str, int]] = set()
+        self._commits: dict[int, int] = {}
+        self._txn_ends: dict[tuple[str, int], deque[tuple[int, int]]] = {}
+        self._txn_safe: dict[tuple[str, int], int] = {}  # where a restart reads them from
 
     @property
     def bootstrap(self) -> str:
@@ -150,12 +171,35 @@ class KafkaEngine:
             sink.apply([], offset)
         self._cut = self._written_cut = offset.lsn
         self._connector_lsn = sink.load_connector_lsns(self.slot)
-        self._connectors = set(self._connector_lsn)
+        self._connectors = set(self._connector_lsn) | self._registered_connectors()
         self._consumer = self._connect()
         from confluent_kafka.admin import AdminClient
 
         self._admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        self._txn_consumer = self._connect_transactions()
         return offset
+
+    def _registered_connectors(self) -> set[str]:
+        """The heartbeat prefixes of the connectors registered on the Connect worker for our
+        topic prefix: the cut waits for each of them, also for one whose first marker has not
+        come yet (still snapshotting), which a cut from the markers seen alone would skip. An
+        unreachable worker (Kafka of one's own without its REST API here): the markers seen."""
+        from bankde.errors import BankdeError
+        from bankde.kafka.cluster import ManagedKafka, rest_get
+
+        try:
+            found = rest_get(ManagedKafka(self.settings).connect_url, "/connectors?expand=info")
+        except (OSError, BankdeError, ValueError) as exc:
+            log.info("kafka: connectors not listed (%s): the cut follows the markers seen", exc)
+            return set()
+        names: set[str] = set()
+        for entry in (found or {}).values():
+            config = (entry.get("info") or {}).get("config") or {}
+            if config.get("topic.prefix") != self.settings.kafka_topic_prefix:
+                continue
+            prefixes = str(config.get("message.prefix.include.list") or "")
+            names.update(p.strip() for p in prefixes.split(",") if p.strip())
+        return names
 
     def _connect(self) -> Any:
         conf = {
@@ -188,7 +232,31 @@ class KafkaEngine:
             raise SourceUnavailable(f"kafka at {self.bootstrap}: {exc}") from None
         return consumer
 
+    def _connect_transactions(self) -> Any:
+        """A consumer of its own for the transaction topics, assigned (no group): with several
+        processes in the group each needs every connector's END records, whichever data
+        partitions it owns."""
+        conf = {
+            "bootstrap.servers": self.bootstrap,
+            "group.id": f"{self.settings.kafka_group}.transactions",
+            "client.id": f"bankde-{self.slot}-txn",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            "error_cb": self._on_error,
+        }
+        try:
+            return Consumer(conf)
+        except KafkaException as exc:
+            raise SourceUnavailable(f"kafka at {self.bootstrap}: {exc}") from None
+
     def close(self) -> None:
+        txn, self._txn_consumer = self._txn_consumer, None
+        if txn is not None:
+            try:
+                txn.close()
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("kafka transaction consumer close: %s", exc)
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             try:
@@ -254,6 +322,18 @@ class KafkaEngine:
         consumer = self._consumer
         assert consumer is not None
         self._raise_if_failed()
+        waiting = self._waiting
+        read = self._read_commits(timeout if waiting else 0.0)
+        if self._held and waiting and not read:
+            # Changes wait for their transactions' END records: read on behind them (in order,
+            # and the group keeps us as a live member), hand out only positions and the cut.
+            if len(self._held) < HOLD_MAX:
+                try:
+                    self._held.extend(consumer.consume(CONSUME_BATCH, 0))
+                except KafkaException as exc:
+                    raise SourceUnavailable(f"kafka: {exc}") from None
+            self._check_cut()
+            return self._idle_positions()
         if self._held:
             messages, self._held = self._held, []
         else:
@@ -352,10 +432,19 @@ class KafkaEngine:
         events = batch.events
         positions = batch.positions
         tables = self._tables
+        commits = self._commits
         markers: dict[str, int] = {}
+        # Partitions stopped at a change whose transaction's END is not read yet: the rest of
+        # each waits behind it (in order), and its position stays before it.
+        blocked: set[tuple[str, int]] = set()
+        held: list[Message] = []
+        self._waiting = False
         for i, msg in enumerate(messages):
             err = msg.error()
             topic: str = msg.topic() or ""
+            if blocked and (topic, msg.partition() or 0) in blocked:
+                held.append(msg)
+                continue
             if err is not None:
                 if err.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
                     # A subscribed pattern no topic matches yet (connectors not started): wait.
@@ -381,15 +470,23 @@ class KafkaEngine:
                     positions[(topic, part)] = next_offset
                     continue
                 key = (src["schema"], src["table"])
+                commit = 0
+                if op != "r":
+                    txn = value["transaction"]
+                    xid = parse_txn_id(txn["id"])[0]
+                    commit = commits.get(xid, 0)
+                    if not commit:
+                        blocked.add((topic, part))
+                        held.append(msg)
+                        self._waiting = True
+                        continue
                 if op == "t":
                     if events or batch.truncates:
                         # A truncate is versioned through its batch's commit LSN: it ends one.
-                        self._held = messages[i:]
+                        held.extend(messages[i:])
                         break
-                    batch.commit_lsn = int(src["lsn"])
-                    batch.truncates.append(
-                        (key[0], key[1], int(value["transaction"]["total_order"]))
-                    )
+                    batch.commit_lsn = commit
+                    batch.truncates.append((key[0], key[1], int(txn["total_order"])))
                     positions[(topic, part)] = next_offset
                     continue
                 info = tables.get(key)
@@ -407,14 +504,11 @@ class KafkaEngine:
                     # of no transaction (as the native snapshot lands it).
                     lsn, pos, xid = int(src["lsn"]), 0, 0
                 else:
-                    # Versioned by the change's own LSN: the LSN in Debezium's transaction id is
-                    # the transaction's first, not its commit, and a transaction that began
-                    # earlier may write a key after one that committed first. A change of a key
-                    # always follows (in WAL) the commit of the key's previous change (row locks),
-                    # so the change LSN grows per key in commit order.
-                    txn = value["transaction"]
-                    xid = parse_txn_id(txn["id"])[0]
-                    lsn, pos = int(src["lsn"]), int(txn["total_order"])
+                    # Versioned by its transaction's commit LSN (the END record's; the LSN in
+                    # the data event's transaction id is the transaction's first) and its place
+                    # in it: versions grow in commit order, and a transaction's rows are below
+                    # a cut exactly when the whole transaction is, in every connector.
+                    lsn, pos = commit, int(txn["total_order"])
                 ts = int(src["ts_ms"])
                 events.append(
                     change_event(
@@ -433,8 +527,10 @@ class KafkaEngine:
             except Exception as exc:
                 self._reject(msg, raw, exc)
             positions[(topic, part)] = next_offset
+        self._held = held + self._held
         if markers:
             self._add_markers(markers)
+        self._add_txn_positions(positions)
         batch.end_lsn = self._written_cut = self._cut
         return batch
 
@@ -494,11 +590,16 @@ class KafkaEngine:
             now = consumer.position(tps)
         except KafkaException:
             return None
+        # A partition with messages held is read past them: its position is theirs to move.
+        held = {(m.topic(), m.partition()) for m in self._held}
         positions = {
             (tp.topic, tp.partition): tp.offset
             for tp in now
-            if tp.offset not in (OFFSET_INVALID,) and tp.offset >= 0
+            if tp.offset not in (OFFSET_INVALID,)
+            and tp.offset >= 0
+            and (tp.topic, tp.partition) not in held
         }
+        self._add_txn_positions(positions)
         last = self._last_positions
         moved = {k: v for k, v in positions.items() if last.get(k, -1) < v}
         if not moved and self._cut <= self._written_cut:
@@ -610,10 +711,14 @@ class KafkaEngine:
         self._cut_checked = time.monotonic()
         assert self._stored is not None
         stored = self._stored.load_positions(self.slot)
+        # A partition holding a change at its last offset is not one control record short.
+        held = {(m.topic() or "", m.partition() or 0) for m in self._held}
         done: dict[str, int] = {}
         waiting = []
         for m in self._markers:
-            if all(self._reached(stored.get(k, 0), end) for k, end in m.targets.items()):
+            if all(
+                self._reached(stored.get(k, 0), end, k not in held) for k, end in m.targets.items()
+            ):
                 done[m.connector] = max(done.get(m.connector, 0), m.lsn)
             else:
                 waiting.append(m)
@@ -625,15 +730,111 @@ class KafkaEngine:
         # A connector with a marker topic but no marker applied yet holds the cut where it is.
         if self._connectors <= set(self._connector_lsn):
             self._cut = max(self._cut, min(self._connector_lsn.values()))
+            self._forget_commits()
 
-    def _reached(self, at: int, end: int) -> bool:
+    # -- commit LSNs from the transaction topics ------------------------------------------
+    _waiting = False  # the last batch held changes for want of their END record
+
+    def _read_commits(self, timeout: float) -> int:
+        """Read the transaction topics' new END records (BEGINs only move the position); with
+        changes waiting, for up to `timeout`. Returns how many ENDs were read."""
+        txn = self._txn_consumer
+        if txn is None:
+            return 0
+        self._assign_transaction_topics()
+        if not self._txn_assigned:
+            return 0
+        try:
+            records = txn.consume(TXN_BATCH, timeout)
+        except KafkaException as exc:
+            raise SourceUnavailable(f"kafka: {exc}") from None
+        self._raise_if_failed()
+        ends = 0
+        for msg in records:
+            if msg.error() is not None:
+                continue  # partition EOF, broker hiccups: librdkafka carries on
+            raw = msg.value()
+            if raw is None:
+                continue
+            try:
+                value = orjson.loads(raw)
+                if value.get("status") != "END":
+                    continue
+                xid, lsn = parse_txn_id(value["id"])
+            except Exception as exc:
+                raise CaptureError(
+                    f"kafka {msg.topic()}[{msg.partition()}]@{msg.offset()}: not a Debezium "
+                    f"transaction record ({type(exc).__name__}: {exc})"
+                ) from None
+            self._commits[xid] = lsn
+            ends += 1
+            if lsn > self._cut:
+                key = (msg.topic() or "", msg.partition() or 0)
+                self._txn_ends.setdefault(key, deque()).append((lsn, msg.offset() or 0))
+        if len(self._commits) > COMMITS_MAX:
+            # Read from the start of a long topic: what is below the cut is applied already.
+            self._forget_commits()
+        return ends
+
+    def _assign_transaction_topics(self) -> None:
+        """Every transaction topic of the prefix, from where the warehouse says a restart must
+        read (the first END above the stored cut), or from the beginning."""
+        now = time.monotonic()
+        if now - self._txn_listed < TXN_TOPICS_SECONDS:
+            return
+        self._txn_listed = now
+        assert self._admin is not None and self._stored is not None
+        try:
+            meta = self._admin.list_topics(timeout=10)
+        except KafkaException as exc:
+            raise SourceUnavailable(f"kafka at {self.bootstrap}: {exc}") from None
+        new = [
+            (name, p)
+            for name, topic in meta.topics.items()
+            if self._txn_topic.match(name)
+            for p in topic.partitions
+            if (name, p) not in self._txn_assigned
+        ]
+        if not new:
+            return
+        stored = self._stored.load_positions(self.slot)
+        tps = []
+        for key in new:
+            at = stored.get(key)
+            tps.append(TopicPartition(key[0], key[1], OFFSET_BEGINNING if at is None else at))
+            self._txn_assigned.add(key)
+        self._txn_consumer.incremental_assign(tps)
+
+    def _forget_commits(self) -> None:
+        """ENDs at or below the cut: every change of theirs is applied and its position stored,
+        so a restart never reads them again; the transaction topics' positions move past them."""
+        cut = self._cut
+        for key, ends in self._txn_ends.items():
+            while ends and ends[0][0] <= cut:
+                _, offset = ends.popleft()
+                self._txn_safe[key] = offset + 1
+        self._commits = {x: lsn for x, lsn in self._commits.items() if lsn > cut}
+
+    def _add_txn_positions(self, positions: dict[tuple[str, int], int]) -> None:
+        """The transaction topics' restart positions go to the warehouse with a batch."""
+        last = self._last_positions
+        for key, at in self._txn_safe.items():
+            if last.get(key, -1) < at:
+                positions[key] = at
+
+    def _reached(self, at: int, end: int, idle_gap: bool = True) -> bool:
         """Whether position `at` is at the partition's last stable offset `end`. With exactly-once
         producers each transaction leaves a control record the consumer never returns, so a
         partition whose last record is one stays one short; after IDLE_DRAIN_SECONDS without any
-        message that gap is taken as that record."""
+        message that gap is taken as that record (unless `idle_gap` is off: a change is held
+        there)."""
         if at >= end:
             return True
-        return at == end - 1 and time.monotonic() - self._last_message_at >= IDLE_DRAIN_SECONDS
+        return (
+            idle_gap
+            and at == end - 1
+            and time.monotonic() - self._last_message_at >= IDLE_DRAIN_SECONDS
+        )
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:

@@ -18,6 +18,12 @@ def data_topics(prefix: str) -> re.Pattern[str]:
     return re.compile(rf"^{re.escape(prefix)}\.(bank|truth)\.[A-Za-z0-9_]+$")
 
 
+def transaction_topics(prefix: str) -> re.Pattern[str]:
+    """Each connector's BEGIN/END records (provide.transaction.metadata, topic.transaction):
+    the END's id is '<xid>:<commit end LSN>', the only place the commit's position is."""
+    return re.compile(rf"^{re.escape(prefix)}\.transaction\.[A-Za-z0-9_.-]+$")
+
+
 def marker_topics(prefix: str) -> re.Pattern[str]:
     return re.compile(rf"^{re.escape(prefix)}\.message$")
 
