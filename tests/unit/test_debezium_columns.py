@@ -179,3 +179,22 @@ def test_irregular_events_go_event_by_event(values: list[bytes]) -> None:
 def test_floats_and_arrays_stay_per_event() -> None:
     for col in (("r", 701, -1, "double precision"), ("a", 1007, -1, "integer[]")):
         assert plan_for(TableInfo.build(1, "bank", "t", [COLUMNS[0], col], ("id",))) is None
+
+
+def test_commit_lsns_version_changes_and_a_missing_end_is_irregular() -> None:
+    """With the END records' commit LSNs, a change is versioned by its transaction's commit (a
+    snapshot read keeps its own LSN); a change whose END is not read yet is left to the
+    per-event path, which holds it."""
+    plan = plan_for(INFO)
+    assert plan is not None
+    ops = ["r", "c", "u", "d"]
+    values = [envelope(ops[i % 4], dict(row), i + 1) for i, row in enumerate(ROWS * 2)]
+    xids = [500 + i + 1 for i in range(len(values))]
+    commits = {x: 10_000 + x for x in xids}
+    cols, _ = table_columns(plan, values, commits)
+    for i, op in enumerate(cols.op.to_pylist()):
+        want = 1000 + i + 1 if op == "r" else commits[xids[i]]
+        assert int(cols.lsn[i]) == want, (i, op)
+    missing = {x: lsn for x, lsn in commits.items() if x != xids[1]}
+    with pytest.raises(Irregular, match="END"):
+        table_columns(plan, values, missing)

@@ -396,7 +396,7 @@ class KafkaEngine:
                 plan = self._plan(key)
                 if plan is None:
                     return None
-                cols, ts = table_columns(plan, values)
+                cols, ts = table_columns(plan, values, self._commits)
                 batch.columns.append(cols)
                 batch.ts_ms = max(batch.ts_ms, ts)
                 if key not in self._described:
@@ -406,8 +406,10 @@ class KafkaEngine:
             return None
         for rel in batch.relations:
             self._described.add((rel.schema, rel.table))
+        self._waiting = False  # every change had its END: nothing held
         if markers:
             self._add_markers(markers)
+        self._add_txn_positions(positions)
         batch.end_lsn = self._written_cut = self._cut
         return batch
 

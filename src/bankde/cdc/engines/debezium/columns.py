@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,10 +127,16 @@ def plan_for(info: TableInfo) -> TablePlan | None:
 _READ = pj.ReadOptions(use_threads=True, block_size=4 << 20)
 
 
-def table_columns(plan: TablePlan, values: list[bytes]) -> tuple[ChangeColumns, int]:
+def table_columns(
+    plan: TablePlan, values: list[bytes], commits: Mapping[int, int] | None = None
+) -> tuple[ChangeColumns, int]:
     """The envelopes `values` (JSON, one table's data events, in offset order) as ChangeColumns,
     and the newest source ts_ms among them. Raises Irregular for anything the per-event
-    conversion must see: then nothing of these values is used."""
+    conversion must see: then nothing of these values is used.
+
+    With `commits` (xid -> commit LSN, from the transaction topic's END records) a change is
+    versioned by its transaction's commit LSN, as the kafka engine's per-event path does; a
+    change whose END is not read yet is Irregular (that path holds it back)."""
     rel = plan.info.relation
     n = len(values)
     try:
@@ -196,6 +202,14 @@ def table_columns(plan: TablePlan, values: list[bytes]) -> tuple[ChangeColumns, 
     if pc.min(pos).as_py() < 0 or pc.max(pos).as_py() >= 2**32:
         raise Irregular(f"{rel.schema}.{rel.table}: transaction order out of range")
     ts_np = ts.to_numpy(zero_copy_only=False).astype(np.int64)
+    lsn_np = lsn.to_numpy(zero_copy_only=False).astype(np.uint64)
+    xid_np = pc.fill_null(xid, 0).to_numpy(zero_copy_only=False).astype(np.uint64)
+    if commits is not None:
+        committed = np.fromiter((commits.get(int(x), 0) for x in xid_np), dtype=np.uint64, count=n)
+        streamed_np = ~is_r.to_numpy(zero_copy_only=False)
+        if (committed[streamed_np] == 0).any():
+            raise Irregular(f"{rel.schema}.{rel.table}: a change whose END is not read yet")
+        lsn_np = np.where(streamed_np, committed, lsn_np)
     cols = ChangeColumns(
         rel.schema,
         rel.table,
@@ -203,9 +217,9 @@ def table_columns(plan: TablePlan, values: list[bytes]) -> tuple[ChangeColumns, 
         values_out,
         op,
         deleted,
-        lsn.to_numpy(zero_copy_only=False).astype(np.uint64),
+        lsn_np,
         pos.to_numpy(zero_copy_only=False).astype(np.uint32),
-        pc.fill_null(xid, 0).to_numpy(zero_copy_only=False).astype(np.uint64),
+        xid_np,
         ts_np,
     )
     return cols, int(ts_np.max()) if n else 0
