@@ -8,8 +8,8 @@ DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: demo airflow test lint lint-sql typecheck pytest bench-fill bench-sink bench-dbt bench-served bench-hugetx bench-freshness bench-table-check bench-kafka bench venv clean
 
-# The package alone: enough for `make demo`.
-$(STAMP): pyproject.toml
+# The package alone: enough for `make demo` (setup.py builds the decoder's C part in place).
+$(STAMP): pyproject.toml setup.py src/bankde/cdc/_tuples.c
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --upgrade pip
 	@$(BIN)/python -m pip install -q -e .

@@ -7,8 +7,8 @@ from typing import Any, overload
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from bankde.cdc import _tuples
 from bankde.cdc.envelope import ChangeColumns, ChangeEvent, Relation, Source
 from bankde.cdc.pgoutput import RowChunk, Transaction
 from bankde.cdc.version import make_version
@@ -207,12 +207,11 @@ def _merged(groups: list[ChangeColumns]) -> list[ChangeColumns]:
 class _Rows:
     """The row messages of one relation, decoded in bulk.
 
-    Two walks over the joined messages find every value: the first tuple of each message (the
-    row of inserts, the old row of updates and deletes) and the second tuple of updates that
-    carry an old row. Each walk's values become one zero-copy Arrow string array over the
-    joined buffer (value i is element 2i+1; the even elements are the bytes in between), so
-    building a column is one Arrow `take` per walk instead of Python work per value.
-    `start`/`length`/`kind` arrays have one row per column and one column per message.
+    Two walks over the joined messages (in C, `_tuples.walk`) find where every value lies: the
+    first tuple of each message (the row of inserts, the old row of updates and deletes) and
+    the second tuple of updates that carry an old row. `start`/`length`/`kind` arrays have one
+    row per column and one column per message; building a column is then one copy of its
+    values' byte ranges into a compact Arrow string array (`_tuples.gather`).
     """
 
     def __init__(self, rel: Relation, payloads: list[bytes]) -> None:
@@ -222,25 +221,24 @@ class _Rows:
         at = np.zeros(n, np.int64)
         np.cumsum(sizes[:-1], out=at[1:])
         if int(sizes.sum()) > _MAX_STRING_BYTES:
-            raise _Irregular  # Arrow offsets into the joined buffer would overflow int32
-        # Padding: a length read after a trailing null column stays inside the buffer.
-        self.buf = buf = np.frombuffer(b"".join(payloads) + bytes(8), np.uint8)
-        # Big-endian uint32 at every byte offset (an unaligned view, no copy).
-        be32 = np.ndarray((len(buf) - 3,), np.dtype(">u4"), buf, 0, (1,))
+            raise _Irregular  # a column's values could overflow Arrow's int32 string offsets
+        joined = b"".join(payloads)
+        self.buf = buf = np.frombuffer(joined, np.uint8)
         mtype = buf[at]
-        sub = buf[at + 5]
-        o_start, o_len, o_kind, end = _walk(buf, be32, at + 6, ncols)
-        self.first = _values(buf, o_start, o_len)
+        # A message too short to hold it is caught by the walk, which stays inside each message.
+        sub = buf[np.minimum(at + 5, len(buf) - 1)]
+        msg_end = at + sizes
+        o_start, o_len, o_kind, end = _walk(joined, at + 6, ncols, msg_end)
         self.old = (o_start, o_len, o_kind)
         upd_old = np.flatnonzero((mtype == _UPD) & ((sub == _K) | (sub == _O)))
         self.upd_old = upd_old
-        self.second: pa.Array | None = None
         self.fill = np.zeros((ncols, len(upd_old)), bool)
+        self.joined = joined
         if len(upd_old):
-            if (buf[end[upd_old]] != _NEW).any():
+            nxt = end[upd_old]
+            if (nxt >= len(buf)).any() or (buf[nxt] != _NEW).any():
                 raise CaptureError("pgoutput update without its new row: the stream is malformed")
-            s2, l2, k2, _ = _walk(buf, be32, end[upd_old] + 1, ncols)
-            self.second = _values(buf, s2, l2)
+            s2, l2, k2, _ = _walk(joined, nxt + 1, ncols, msg_end[upd_old])
             self.new2 = (s2, l2, k2)
             unchanged2 = k2 == _U
             if unchanged2.any():
@@ -286,29 +284,26 @@ class _Rows:
         run_a = np.flatnonzero(in_first)
         moved = np.flatnonzero(self.changed)
         order = np.concatenate([run_a, upd_old, moved])
-        o_kind = self.old[2]
-        ncols = self.ncols
-        element_a = 2 * (run_a * ncols) + 1
-        element_c = 2 * (moved * ncols) + 1
-        element_b = 2 * (np.arange(len(upd_old)) * ncols) + 1
-        element_b_old = 2 * (upd_old * ncols) + 1
+        o_start, o_len, o_kind = self.old
         values = []
-        for j in range(ncols):
-            parts = [
-                _take(self.first, element_a + 2 * j, o_kind[j, run_a] == _T),
-            ]
+        for j in range(self.ncols):
+            # Where each row's value lies in the joined messages, then one copy per column.
+            starts, lens, kinds = [o_start[j, run_a]], [o_len[j, run_a]], [o_kind[j, run_a]]
             if len(upd_old):
-                assert self.second is not None
-                k2 = self.new2[2][j]
-                new_b = _take(self.second, element_b + 2 * j, k2 == _T)
+                s2, l2, k2 = (a[j] for a in self.new2)
                 fill = self.fill[j]
-                if fill.any():
-                    old_b = _take(self.first, element_b_old + 2 * j, o_kind[j, upd_old] == _T)
-                    new_b = pc.if_else(pa.array(fill), old_b, new_b)
-                parts.append(new_b)
+                if fill.any():  # unchanged TOAST: the old row's value
+                    s2 = np.where(fill, o_start[j, upd_old], s2)
+                    l2 = np.where(fill, o_len[j, upd_old], l2)
+                    k2 = np.where(fill, o_kind[j, upd_old], k2)
+                starts.append(s2)
+                lens.append(l2)
+                kinds.append(k2)
             if len(moved):
-                parts.append(_take(self.first, element_c + 2 * j, o_kind[j, moved] == _T))
-            values.append(parts[0] if len(parts) == 1 else pa.concat_arrays(parts))
+                starts.append(o_start[j, moved])
+                lens.append(o_len[j, moved])
+                kinds.append(o_kind[j, moved])
+            values.append(_strings(self.joined, starts, lens, kinds))
         op = np.concatenate([self.op[run_a], self.op[upd_old], np.full(len(moved), _D, np.int8)])
         # The d of a key change takes the message's first position, its c the next.
         pos = (first_pos + self.changed)[order[:n]]
@@ -327,51 +322,55 @@ class _Rows:
         )
 
 
-def _walk(buf: Any, be32: Any, at: Any, ncols: int) -> tuple[Any, Any, Any, Any]:
-    """TupleData starting at each offset in `at`: value starts, lengths, kinds, and the end.
+def _walk(joined: bytes, at: Any, ncols: int, limit: Any) -> tuple[Any, Any, Any, Any]:
+    """TupleData starting at each offset in `at`, each inside its message (ending by `limit`):
+    value starts, lengths, kinds (one row per column, one column per message), and where each
+    tuple ends.
 
-    A null or unchanged value gets length 0 and starts right after its kind byte, so starts
-    and ends stay in buffer order (as _values needs).
+    A null or unchanged value gets length 0 and starts right after its kind byte.
     """
     n = len(at)
-    count = (buf[at].astype(np.int64) << 8) | buf[at + 1]
-    if (count != ncols).any():
-        raise _Irregular  # not the relation's column count: leave it to the row decoder
     start = np.empty((ncols, n), np.int64)
     length = np.empty((ncols, n), np.int64)
     kind = np.empty((ncols, n), np.uint8)
-    p = at + 2
-    for j in range(ncols):
-        k = buf[p]
-        is_text = k == _T
-        size = be32[p + 1] * is_text
-        start[j] = p + 1 + 4 * is_text
-        length[j] = size
-        kind[j] = k
-        p = start[j] + size
-    bad = (kind != _T) & (kind != _N) & (kind != _U)
-    if bad.any():
-        raise CaptureError(
-            f"pgoutput tuple column kind {chr(int(kind[bad][0]))!r}: binary tuples must stay off"
-        )
-    return start, length, kind, p
-
-
-def _values(buf: Any, start: Any, length: Any) -> pa.Array:
-    """Every value of one walk as one string array over `buf`, without copying: element
-    2 * (message * ncols + column) + 1 is the value, the elements between are the framing."""
-    bounds = np.stack([start.T, (start + length).T], axis=2).ravel()
-    offsets = np.empty(len(bounds) + 1, np.int32)
-    offsets[0] = 0
-    offsets[1:] = bounds
-    return pa.StringArray.from_buffers(
-        len(bounds), pa.py_buffer(offsets), pa.py_buffer(buf), None, 0
+    end = np.empty(n, np.int64)
+    status, detail = _tuples.walk(
+        joined,
+        np.ascontiguousarray(at, np.int64),
+        np.ascontiguousarray(limit, np.int64),
+        ncols,
+        start,
+        length,
+        kind,
+        end,
     )
+    if status == 1:
+        raise _Irregular  # not the relation's column count: leave it to the row decoder
+    if status == 2:
+        raise CaptureError(
+            f"pgoutput tuple column kind {chr(detail)!r}: binary tuples must stay off"
+        )
+    if status:
+        raise CaptureError(
+            "pgoutput tuple runs past the end of its message: the stream is malformed"
+        )
+    return start, length, kind, end
 
 
-def _take(values: pa.Array, element: Any, valid: Any) -> pa.Array:
-    """The elements at `element` (null where not valid), copied into a compact array."""
-    return values.take(pa.array(element, pa.int64(), mask=~valid))
+def _strings(joined: bytes, starts: list[Any], lens: list[Any], kinds: list[Any]) -> pa.Array:
+    """The values at these ranges of the joined messages as one compact Arrow string array;
+    null where the kind is not text (an unchanged TOAST value was filled from the old row)."""
+    start = np.concatenate(starts) if len(starts) > 1 else starts[0]
+    length = np.concatenate(lens) if len(lens) > 1 else lens[0]
+    valid = (np.concatenate(kinds) if len(kinds) > 1 else kinds[0]) == _T
+    offsets, data = _tuples.gather(
+        joined, np.ascontiguousarray(start, np.int64), np.ascontiguousarray(length, np.int64)
+    )
+    nulls = len(valid) - int(np.count_nonzero(valid))
+    bitmap = pa.py_buffer(np.packbits(valid, bitorder="little")) if nulls else None
+    return pa.StringArray.from_buffers(
+        len(valid), pa.py_buffer(offsets), pa.py_buffer(data), bitmap, nulls
+    )
 
 
 def _differ(buf: Any, a: tuple[Any, Any, Any], b: tuple[Any, Any, Any]) -> Any:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from bankde.cdc._tuples import keep_freed_memory
 from bankde.cdc.columnar import ChangeBatch
 from bankde.cdc.envelope import Relation, format_lsn
 from bankde.cdc.tablesnap import TableSnapshotter
@@ -40,6 +41,8 @@ IDLE_OFFSET_SECONDS = 1.0
 # (source commit time vs this host's clock) the newest held change must be to count as caught up.
 ADAPTIVE_POLL_SECONDS = 0.002
 ADAPTIVE_FRESH_MS = 250
+# Freed memory a streaming process keeps for its next batches (see _tuples.keep_freed_memory).
+KEEP_FREED_BYTES = 256 * 1024 * 1024
 
 
 @dataclass
@@ -120,6 +123,8 @@ class Streamer:
         self.sink = sink
         self.engine_factory = engine_factory
         self.engine: CaptureEngine | None = None
+        # Each batch allocates tens of MB of decode buffers: reuse freed memory, not fresh pages.
+        keep_freed_memory(KEEP_FREED_BYTES)
         self.batch_rows = batch_rows or settings.cdc_batch_rows
         self.batch_seconds = batch_seconds or settings.cdc_batch_seconds
         # Write as soon as the stream has caught up (BANKDE_CDC_BATCH_ADAPTIVE), not only when

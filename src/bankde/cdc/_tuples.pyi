@@ -1,0 +1,9 @@
+"""Types of the C extension `_tuples.c`: the bulk pgoutput decoder's per-value loops."""
+
+from typing import Any
+
+def walk(
+    buf: Any, at: Any, limit: Any, ncols: int, start: Any, length: Any, kind: Any, end: Any
+) -> tuple[int, int]: ...
+def gather(buf: Any, start: Any, length: Any) -> tuple[bytes, bytes]: ...
+def keep_freed_memory(bytes: int) -> bool: ...
