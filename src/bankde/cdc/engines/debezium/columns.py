@@ -128,7 +128,10 @@ _READ = pj.ReadOptions(use_threads=True, block_size=4 << 20)
 
 
 def table_columns(
-    plan: TablePlan, values: list[bytes], commits: Mapping[int, int] | None = None
+    plan: TablePlan,
+    values: list[bytes],
+    commits: Mapping[int, int] | None = None,
+    hold: bool = False,
 ) -> tuple[ChangeColumns, int]:
     """The envelopes `values` (JSON, one table's data events, in offset order) as ChangeColumns,
     and the newest source ts_ms among them. Raises Irregular for anything the per-event
@@ -136,7 +139,8 @@ def table_columns(
 
     With `commits` (xid -> commit LSN, from the transaction topic's END records) a change is
     versioned by its transaction's commit LSN, as the kafka engine's per-event path does; a
-    change whose END is not read yet is Irregular (that path holds it back)."""
+    change whose END is not read yet is Irregular (that path holds it back), or with `hold` it
+    comes back with LSN 0, for the caller to hold back (no streamed change has LSN 0)."""
     rel = plan.info.relation
     n = len(values)
     try:
@@ -205,9 +209,12 @@ def table_columns(
     lsn_np = lsn.to_numpy(zero_copy_only=False).astype(np.uint64)
     xid_np = pc.fill_null(xid, 0).to_numpy(zero_copy_only=False).astype(np.uint64)
     if commits is not None:
-        committed = np.fromiter((commits.get(int(x), 0) for x in xid_np), dtype=np.uint64, count=n)
+        # One lookup per transaction, not per change.
+        uniq, inverse = np.unique(xid_np, return_inverse=True)
+        found = np.fromiter((commits.get(int(x), 0) for x in uniq), np.uint64, len(uniq))
+        committed = found[inverse.reshape(-1)]
         streamed_np = ~is_r.to_numpy(zero_copy_only=False)
-        if (committed[streamed_np] == 0).any():
+        if not hold and (committed[streamed_np] == 0).any():
             raise Irregular(f"{rel.schema}.{rel.table}: a change whose END is not read yet")
         lsn_np = np.where(streamed_np, committed, lsn_np)
     cols = ChangeColumns(
