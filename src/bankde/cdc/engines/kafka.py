@@ -435,8 +435,8 @@ class KafkaEngine:
         if blocked:
             held = []
             for msg in messages:
-                first = blocked.get((msg.topic(), msg.partition()))  # type: ignore[arg-type]
-                if first is not None and msg.offset() >= first:  # type: ignore[operator]
+                at = blocked.get((msg.topic() or "", msg.partition() or 0))
+                if at is not None and (msg.offset() or 0) >= at:
                     held.append(msg)
             self._held = held + self._held
             positions.update(blocked)
