@@ -435,8 +435,8 @@ class KafkaEngine:
         if blocked:
             held = []
             for msg in messages:
-                at = blocked.get((msg.topic() or "", msg.partition() or 0))
-                if at is not None and (msg.offset() or 0) >= at:
+                start = blocked.get((msg.topic() or "", msg.partition() or 0))
+                if start is not None and (msg.offset() or 0) >= start:
                     held.append(msg)
             self._held = held + self._held
             positions.update(blocked)
