@@ -237,6 +237,59 @@ class Applied:
         return time.monotonic()
 
 
+class TopicLag:
+    """Where the kafka engine's latency is spent upstream: a read_committed reader of the
+    transaction topic records, per change of the steady load, its commit time (source.ts_ms),
+    the record's Kafka timestamp (when Connect sent it) and when it became visible here."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        from confluent_kafka import Consumer
+
+        self.rows: list[tuple[int, int, int, float]] = []  # txn_id, commit ms, sent ms, seen ms
+        self._stop = threading.Event()
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"bench-lag-{os.getpid()}",
+                "isolation.level": "read_committed",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+        self._consumer.subscribe([topic])
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for m in self._consumer.consume(10_000, 0.2):
+                if m.error() is not None or m.value() is None:
+                    continue
+                seen = time.time() * 1000
+                v = orjson.loads(m.value())
+                after = v.get("after") or {}
+                if v.get("op") == "c" and "txn_id" in after:
+                    self.rows.append(
+                        (after["txn_id"], v["source"]["ts_ms"], m.timestamp()[1], seen)
+                    )
+
+    def quantiles(self, lo: int, hi: int) -> tuple[float, float, float, float]:
+        """p50/p99 of commit -> sent and commit -> visible, ms, for txn_id in [lo, hi)."""
+        import numpy as np
+
+        sent = np.array([s - c for t, c, s, _ in self.rows if lo <= t < hi], float)
+        seen = np.array([v - c for t, c, _, v in self.rows if lo <= t < hi], float)
+        if not len(sent):
+            return (float("nan"),) * 4  # type: ignore[return-value]
+        q = [50, 99]
+        return (*np.percentile(sent, q), *np.percentile(seen, q))  # type: ignore[return-value]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._consumer.close()
+
+
 def end_to_end(settings: Any, kafka: Any, wh_dir: Path, args: argparse.Namespace) -> None:
     """Debezium's initial snapshot, then a steady load and a burst, through native and kafka
     running side by side in this process on the same source (same load, same moment)."""
@@ -290,6 +343,7 @@ def end_to_end(settings: Any, kafka: Any, wh_dir: Path, args: argparse.Namespace
             f"{snap:.1f} s = {snap_rate:,.0f} rows/s (registration to warehouse) | native "
             f"snapshot {native_snap:,.0f} rows/s | ratio {snap_rate / native_snap:.2f}"
         )
+        upstream = TopicLag(kafka.bootstrap, "bankde.bank.transaction")
         base = {n: a.rows for n, a in applied.items()}
         base["native"] = 0  # native took the snapshot rows with its own snapshot, not the stream
         # Steady load: rate changes/s (inserts of bank.transaction) for `seconds`.
@@ -339,12 +393,19 @@ def end_to_end(settings: Any, kafka: Any, wh_dir: Path, args: argparse.Namespace
         stop.set()
         for r in runners:
             r.join(timeout=120)
+        upstream.stop()
     peak = rss.stop()
+    sent50, sent99, seen50, seen99 = upstream.quantiles(first, burst_from)
     (n50, n99, nn), (k50, k99, kn) = lat["native"], lat["kafka"]
     print(
         f"end to end at a steady {offered:,.0f} changes/s for {args.seconds:.0f} s: commit to "
         f"warehouse p50 {k50:,.0f} ms, p99 {k99:,.0f} ms ({kn:,} rows) | native p50 "
         f"{n50:,.0f} ms, p99 {n99:,.0f} ms ({nn:,} rows) | ratio p50 {k50 / max(n50, 1):.1f}"
+    )
+    print(
+        f"  of which upstream (Debezium, Connect, Kafka): commit to sent by Connect p50 "
+        f"{sent50:,.0f} ms, p99 {sent99:,.0f} ms; commit to visible to a read_committed reader "
+        f"p50 {seen50:,.0f} ms, p99 {seen99:,.0f} ms"
     )
     print(
         f"end to end burst of {args.burst:,} changes: kafka {rates['kafka']:,.0f} changes/s "

@@ -554,13 +554,15 @@ def test_failed_connector_and_unconvertible_events(
         rejects = _rejects(env)
         assert len(rejects) == 2, rejects
         # Not even JSON: held back by the engine, located by topic, partition and offset.
-        garbled = next(r for r in rejects if r["topic"] is not None)
+        garbled = next(r for r in rejects if r["column"] != "amount")
         assert (garbled["topic"], garbled["partition"], garbled["offset"]) == (topic, *located[0])
         assert garbled["source_text"] == "{not json" and "JSON" in garbled["reason"], garbled
-        # A value no Decimal holds: held back by the sink's screen (never landed as 0 or NULL).
+        # A value no Decimal holds: held back by the sink's screen (never landed as 0 or NULL),
+        # located in Kafka as well.
         amount = next(r for r in rejects if r["column"] == "amount")
         assert amount["table"] == "bank.transaction" and amount["source_text"] == "a lot"
         assert amount["key"] == '{"txn_id":"987654321"}', amount
+        assert (amount["topic"], amount["partition"], amount["offset"]) == (topic, *located[1])
 
         # A failed connector: its publication dropped and its walsender cut.
         with connect(owner_info(settings), autocommit=True) as conn:

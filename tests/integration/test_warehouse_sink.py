@@ -578,3 +578,57 @@ def test_snapshot_accepts_arrow_typed_columns(wh: Warehouse, wh_settings: Settin
     bad = card.set_column(4, "pan_hash", pa.array([None], pa.string()))
     with pytest.raises(CaptureError, match=r"bank\.card\.pan_hash: NULL"):
         sink.load_snapshot("bank", "card", bad, 77)
+
+
+def test_screen_rejects_carry_their_kafka_record(wh: Warehouse, wh_settings: Settings) -> None:
+    """A value the warehouse type cannot hold, read from Kafka, is recorded in meta.cdc_rejects
+    with the topic, partition and offset it came from: through the columnar path (the kafka
+    engine's bulk conversion) and through the per-event path alike; rows without a Kafka
+    record (another engine) keep them empty."""
+    import numpy as np
+
+    from bankde.cdc.columnar import ChangeBatch
+    from bankde.cdc.engines.kafka import KafkaBatch
+    from bankde.cdc.envelope import ChangeColumns, Origins
+
+    sink = ClickHouseSink(wh)
+    rows = [account(1, "1.00"), account(2, "a lot"), account(3, "NaN")]
+    names = tuple(rows[0])
+    n = len(rows)
+    cols = ChangeColumns(
+        "bank",
+        "account",
+        names,
+        [pa.array([r[c] for r in rows], pa.string()) for c in names],
+        pa.array(["c"] * n, pa.string()),
+        np.zeros(n, bool),
+        np.full(n, 500, np.uint64),
+        np.arange(1, n + 1, dtype=np.uint32),
+        np.full(n, 77, np.uint64),
+        np.full(n, TS, np.int64),
+        Origins(
+            np.array(["bankde.bank.account"] * n, object),
+            np.array([0, 2, 1], np.int32),
+            np.array([10, 41, 7], np.int64),
+        ),
+    )
+    batch = ChangeBatch()
+    batch.add(KafkaBatch(0, 500, 500, TS, columns=[cols]))
+    sink.apply(batch, Offset("k", 501, True))
+    located = ev("c", 600, 1, after=account(4, "Infinity"))
+    located.origin = ("bankde.bank.account", 1, 99)
+    plain = ev("c", 600, 2, after=account(5, "-Infinity"))
+    sink.apply([located, plain], Offset("k", 601, True))
+    got = wh.query(
+        "SELECT key, column, source_text, topic, partition, offset FROM "
+        + db_names(wh_settings).meta_table("cdc_rejects")
+        + " FINAL ORDER BY key"
+    )
+    assert got == [
+        ('{"account_id":"2"}', "balance", "a lot", "bankde.bank.account", 2, 41),
+        ('{"account_id":"3"}', "balance", "NaN", "bankde.bank.account", 1, 7),
+        ('{"account_id":"4"}', "balance", "Infinity", "bankde.bank.account", 1, 99),
+        ('{"account_id":"5"}', "balance", "-Infinity", None, None, None),
+    ]
+    raw = db_names(wh_settings).landing_table("bank", "account")
+    assert final(wh, raw, "account_id") == [(1,)]

@@ -198,3 +198,26 @@ def test_commit_lsns_version_changes_and_a_missing_end_is_irregular() -> None:
     missing = {x: lsn for x, lsn in commits.items() if x != xids[1]}
     with pytest.raises(Irregular, match="END"):
         table_columns(plan, values, missing)
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [
+        ["2024-03-01T12:00:00.5Z", "2024-03-01T12:00:00Z", None, "2024-03-01T12:00:10.120Z"],
+        ["0001-01-01T00:00:00.000001Z", "9999-12-31T23:59:59.999999Z", "1969-12-31T23:59:59.9Z"],
+        ["2024-03-01T12:00:00Z", "infinity"],
+        ["2024-03-01T12:00:00+01:00"],
+        ["+10000-01-01T00:00:00Z", "0000-12-31T00:00:00Z", "-0001-03-01T00:00:00Z"],
+        ["2024-03-01T12:00:00.1234567Z", "2024-03-01Z"],
+    ],
+)
+def test_zoned_timestamps_in_bulk_print_as_the_per_value_converter(texts: list[Any]) -> None:
+    """The cast-and-trim conversion of ZonedTimestamps, or its fallback, gives exactly the text
+    the per-event converter gives, for regular values and for every shape it must not take."""
+    import pyarrow as pa
+
+    from bankde.cdc.engines.debezium.columns import _Col, _text
+    from bankde.cdc.engines.debezium.convert import _zoned_timestamp_text
+
+    got = _text(_Col("seen", "tstz", None), pa.array(texts, pa.string())).to_pylist()
+    assert got == [None if t is None else _zoned_timestamp_text(t) for t in texts]

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from bankde.cdc import _tuples
-from bankde.cdc.envelope import ChangeColumns, ChangeEvent, Relation, Source
+from bankde.cdc.envelope import ChangeColumns, ChangeEvent, Origins, Relation, Source
 from bankde.cdc.pgoutput import RowChunk, Transaction
 from bankde.cdc.version import make_version
 from bankde.contracts import CapturedTransaction, ColumnarTransaction, Truncate
@@ -173,7 +173,10 @@ def _column_events(cols: ChangeColumns) -> Iterator[ChangeEvent]:
         ts = int(cols.ts_ms[i])
         src = Source(int(cols.lsn[i]), int(cols.tx_id[i]), ts, cols.schema, cols.table, op == "r")
         d = op == "d"
-        yield ChangeEvent(op, row if d else None, None if d else row, src, ts, int(cols.pos[i]))
+        origin = None if cols.origins is None else cols.origins.at(i)
+        yield ChangeEvent(
+            op, row if d else None, None if d else row, src, ts, int(cols.pos[i]), origin=origin
+        )
 
 
 def _merged(groups: list[ChangeColumns]) -> list[ChangeColumns]:
@@ -199,6 +202,7 @@ def _merged(groups: list[ChangeColumns]) -> list[ChangeColumns]:
                 np.concatenate([p.pos for p in parts]),
                 np.concatenate([p.tx_id for p in parts]),
                 np.concatenate([p.ts_ms for p in parts]),
+                Origins.concat([p.origins for p in parts], [len(p) for p in parts]),
             )
         )
     return out

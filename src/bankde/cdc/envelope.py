@@ -65,6 +65,9 @@ class ChangeEvent:
     pos: int = 0
     # Columns whose value the source did not send (unchanged TOAST); the sink keeps the old value.
     unchanged: frozenset[str] = field(default_factory=frozenset)
+    # Where the event was read when it came through Kafka (topic, partition, offset): a value the
+    # sink's screen holds back is recorded with it in meta.cdc_rejects.
+    origin: tuple[str, int, int] | None = None
 
     @property
     def version(self) -> int:
@@ -108,9 +111,64 @@ class ChangeColumns:
     pos: Any  # np.ndarray[uint32]
     tx_id: Any  # np.ndarray[uint64]
     ts_ms: Any  # np.ndarray[int64]
+    # Where each row was read when it came through Kafka (for meta.cdc_rejects); None otherwise.
+    origins: Origins | None = None
 
     def __len__(self) -> int:
         return len(self.deleted)
+
+    def take(self, index: Any) -> ChangeColumns:
+        """The rows at `index` (a numpy integer array), in that order."""
+        import pyarrow as pa
+
+        at = pa.array(index, pa.int64())
+        return ChangeColumns(
+            self.schema,
+            self.table,
+            self.names,
+            [v.take(at) for v in self.values],
+            self.op.take(at),
+            self.deleted[index],
+            self.lsn[index],
+            self.pos[index],
+            self.tx_id[index],
+            self.ts_ms[index],
+            None if self.origins is None else self.origins.take(index),
+        )
+
+
+@dataclass(frozen=True)
+class Origins:
+    """Per row of a ChangeColumns, the Kafka record it was read from."""
+
+    topic: Any  # np.ndarray[object] of str
+    partition: Any  # np.ndarray[int32]
+    offset: Any  # np.ndarray[int64]
+
+    def at(self, i: int) -> tuple[str, int, int]:
+        return str(self.topic[i]), int(self.partition[i]), int(self.offset[i])
+
+    def take(self, index: Any) -> Origins:
+        return Origins(self.topic[index], self.partition[index], self.offset[index])
+
+    @staticmethod
+    def concat(parts: list[Origins | None], sizes: list[int]) -> Origins | None:
+        """Origins of groups joined in order; rows of a group without any get ('', -1, -1)."""
+        import numpy as np
+
+        if all(p is None for p in parts):
+            return None
+        filled = [
+            p
+            if p is not None
+            else Origins(np.full(n, "", object), np.full(n, -1, np.int32), np.full(n, -1, np.int64))
+            for p, n in zip(parts, sizes, strict=True)
+        ]
+        return Origins(
+            np.concatenate([p.topic for p in filled]),
+            np.concatenate([p.partition for p in filled]),
+            np.concatenate([p.offset for p in filled]),
+        )
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bankde.cdc.envelope import Origins
 from bankde.cdc.rejects import Reject, key_text, record_rejects
 from bankde.cdc.version import make_version, sql_make_version, version_lsn
 from bankde.contracts import Changes, ColumnarChanges, Offset, SourceColumn, Truncate
@@ -621,7 +622,15 @@ class ClickHouseSink:
             pa.array([t or 0 for t in map(_TX, events)], pa.uint64()),
             pa.array(map(_TS, events), pa.int64(), size=len(events)),
         ]
-        self._insert_text(schema, table, info, names, arrays)
+        origins = None
+        if any(ev.origin is not None for ev in events):
+            where = [ev.origin or ("", -1, -1) for ev in events]
+            origins = Origins(
+                np.array([w[0] for w in where], object),
+                np.array([w[1] for w in where], np.int32),
+                np.array([w[2] for w in where], np.int64),
+            )
+        self._insert_text(schema, table, info, names, arrays, origins)
 
     def _write_columns(self, cols: ChangeColumns) -> None:
         """One table's changes already in Arrow text columns: one INSERT ... SELECT."""
@@ -648,15 +657,24 @@ class ClickHouseSink:
             pa.array(cols.tx_id, pa.uint64()),
             pa.array(cols.ts_ms, pa.int64()),
         ]
-        self._insert_text(schema, table, info, names, arrays)
+        self._insert_text(schema, table, info, names, arrays, cols.origins)
 
     def _insert_text(
-        self, schema: str, table: str, info: TableInfo, names: list[str], arrays: list[pa.Array]
+        self,
+        schema: str,
+        table: str,
+        info: TableInfo,
+        names: list[str],
+        arrays: list[pa.Array],
+        origins: Origins | None = None,
     ) -> None:
         """INSERT text columns c0.. plus the metadata columns, cast by the engine; rows holding
-        a value the warehouse cannot keep exactly are held back (self._rejects) instead."""
+        a value the warehouse cannot keep exactly are held back (self._rejects) instead, with
+        their Kafka record when `origins` says where each row was read."""
         n = len(names)
-        keep = self._screen_text(schema, table, info, names, arrays[:n], arrays[n], arrays[n + 2])
+        keep = self._screen_text(
+            schema, table, info, names, arrays[:n], arrays[n], arrays[n + 2], origins
+        )
         if keep is not None:
             arrays = [pc.filter(a, keep) for a in arrays]
             if not len(arrays[0]):
@@ -689,6 +707,7 @@ class ClickHouseSink:
         values: list[pa.Array],
         lsn: pa.Array,
         deleted: pa.Array,
+        origins: Origins | None = None,
     ) -> pa.Array | None:
         """Keep-mask of the rows whose every value fits its warehouse type (None: all do); the
         others become Rejects. Tombstones are not screened: only their key is ever read."""
@@ -710,6 +729,9 @@ class ClickHouseSink:
             for row in np.flatnonzero(mask.to_numpy(zero_copy_only=False)):
                 r = int(row)
                 key = {names[k]: values[k][r].as_py() for k in key_at}
+                topic, partition, offset = None, None, None
+                if origins is not None and origins.offset[r] >= 0:
+                    topic, partition, offset = origins.at(r)
                 self._rejects.append(
                     Reject(
                         f"{schema}.{table}",
@@ -718,6 +740,9 @@ class ClickHouseSink:
                         u.column,
                         values[i][r].as_py(),
                         u.reason,
+                        topic,
+                        partition,
+                        offset,
                     )
                 )
         log.warning(

@@ -8,6 +8,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -32,7 +33,7 @@ from bankde.cdc.engines.kafka_names import (
     marker_topics,
     transaction_topics,
 )
-from bankde.cdc.envelope import ChangeColumns, ChangeEvent, Relation, Source
+from bankde.cdc.envelope import ChangeColumns, ChangeEvent, Origins, Relation, Source
 from bankde.cdc.rejects import Reject, key_text
 from bankde.cdc.stream import source_columns
 from bankde.contracts import Offset, ProgressFn, Sink, StoresPositions
@@ -359,28 +360,37 @@ class KafkaEngine:
     def _bulk_batch(self, messages: list[Message]) -> KafkaBatch | None:
         """The messages converted per topic in bulk (one Arrow JSON parse per table), or None
         when any of them needs the per-event path (_batch): an error, a truncate, a table or
-        column new to the catalog, a placeholder, an event that is not a plain envelope."""
+        column new to the catalog, a placeholder, an event that is not a plain envelope.
+
+        A change whose transaction's END record is not read yet holds back only its partition,
+        from its offset on (in order, as the per-event path does); the rest is applied."""
         positions: dict[tuple[str, int], int] = {}
-        by_topic: dict[str, list[bytes]] = {}
+        by_topic: dict[str, tuple[list[bytes], list[int], list[int]]] = {}
         topic_tables = self._topic_tables
         for msg in messages:
             if msg.error() is not None:
                 return None
             topic: str = msg.topic()  # type: ignore[assignment]
-            positions[(topic, msg.partition())] = msg.offset() + 1  # type: ignore[index,operator]
+            part: int = msg.partition()  # type: ignore[assignment]
+            offset: int = msg.offset()  # type: ignore[assignment]
+            positions[(topic, part)] = offset + 1
             raw = msg.value()
             if raw is None:  # a tombstone
                 continue
-            if topic not in topic_tables:
-                topic_tables[topic] = self._topic_table(topic)
             group = by_topic.get(topic)
             if group is None:
-                group = by_topic[topic] = []
-            group.append(raw)
+                if topic not in topic_tables:
+                    topic_tables[topic] = self._topic_table(topic)
+                group = by_topic[topic] = ([], [], [])
+            group[0].append(raw)
+            group[1].append(part)
+            group[2].append(offset)
         batch = KafkaBatch(0, self._cut, self._cut, 0, positions=positions)
         markers: dict[str, int] = {}
+        # Partition -> offset of its first change still waiting for its END record.
+        blocked: dict[tuple[str, int], int] = {}
         try:
-            for topic, values in by_topic.items():
+            for topic, (values, parts, offsets) in by_topic.items():
                 key = topic_tables[topic]
                 if key is None:
                     if not self._marker_topic.match(topic):
@@ -396,9 +406,24 @@ class KafkaEngine:
                 plan = self._plan(key)
                 if plan is None:
                     return None
-                cols, ts = table_columns(plan, values, self._commits)
+                cols, _ = table_columns(plan, values, self._commits, hold=True)
+                part_np = np.array(parts, np.int32)
+                offset_np = np.array(offsets, np.int64)
+                cols.origins = Origins(np.full(len(values), topic, object), part_np, offset_np)
+                waiting = cols.lsn == 0
+                if waiting.any():
+                    for p in np.unique(part_np[waiting]).tolist():
+                        first = int(offset_np[waiting & (part_np == p)].min())
+                        blocked[(topic, p)] = first
+                    keep = np.ones(len(values), bool)
+                    for (t, p), first in blocked.items():
+                        if t == topic:
+                            keep &= ~((part_np == p) & (offset_np >= first))
+                    cols = cols.take(np.flatnonzero(keep))
+                if not len(cols):
+                    continue
                 batch.columns.append(cols)
-                batch.ts_ms = max(batch.ts_ms, ts)
+                batch.ts_ms = max(batch.ts_ms, int(cols.ts_ms.max()))
                 if key not in self._described:
                     batch.relations.append(plan.info.relation)
         except (Irregular, orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
@@ -406,7 +431,15 @@ class KafkaEngine:
             return None
         for rel in batch.relations:
             self._described.add((rel.schema, rel.table))
-        self._waiting = False  # every change had its END: nothing held
+        self._waiting = bool(blocked)
+        if blocked:
+            held = []
+            for msg in messages:
+                start = blocked.get((msg.topic() or "", msg.partition() or 0))
+                if start is not None and (msg.offset() or 0) >= start:
+                    held.append(msg)
+            self._held = held + self._held
+            positions.update(blocked)
         if markers:
             self._add_markers(markers)
         self._add_txn_positions(positions)
@@ -512,16 +545,16 @@ class KafkaEngine:
                     # a cut exactly when the whole transaction is, in every connector.
                     lsn, pos = commit, int(txn["total_order"])
                 ts = int(src["ts_ms"])
-                events.append(
-                    change_event(
-                        info,
-                        op,
-                        value.get("before"),
-                        value.get("after"),
-                        Source(lsn, xid, ts, key[0], key[1], op == "r"),
-                        pos,
-                    )
+                ev = change_event(
+                    info,
+                    op,
+                    value.get("before"),
+                    value.get("after"),
+                    Source(lsn, xid, ts, key[0], key[1], op == "r"),
+                    pos,
                 )
+                ev.origin = (topic, part, next_offset - 1)
+                events.append(ev)
                 if ts > batch.ts_ms:
                     batch.ts_ms = ts
             except CaptureError:
