@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
-from collections.abc import Callable
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -56,63 +60,132 @@ def _types(env: dict[str, str], table: str) -> dict[str, str]:
     return {r["name"]: r["type"] for r in rows}
 
 
+def _until(env: dict[str, str], query: str, want: Any, timeout: float = 180) -> None:
+    """Poll the warehouse (served by the running capture) until `query` gives `want`."""
+    deadline = time.monotonic() + timeout
+    got: Any = None
+    while time.monotonic() < deadline:
+        res = _cli(env, "wh", "sql", query, "--format", "json", timeout=60)
+        if res.returncode == 0:
+            got = json.loads(res.stdout)
+            if got == want:
+                return
+        time.sleep(1)
+    raise AssertionError(f"{query}: {got}, waited for {want}")
+
+
+@contextmanager
+def _running(env: dict[str, str], engine: str) -> Iterator[list[str]]:
+    """`bankde cdc run --engine ENGINE` streaming (the warehouse served to the other commands)
+    until the block ends (SIGTERM, a clean stop); the list then holds its stderr lines."""
+    lines: list[str] = []
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(
+            [BANKDE, "cdc", "run", "--engine", engine, "--no-progress"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            text=True,
+        )
+        failed: BaseException | None = None
+        try:
+            yield lines
+        except BaseException as exc:
+            failed = exc
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=120)
+        err.seek(0)
+        lines.extend(err.read().splitlines())
+        tail = "\n".join(lines[-40:])
+        if failed is not None:
+            raise AssertionError(f"{failed}\ncdc run --engine {engine} said:\n{tail}") from failed
+        assert code == 0, tail
+
+
+@contextmanager
+def _served(settings: Settings, env: dict[str, str], served: Any) -> Iterator[dict[str, str]]:
+    """`env` on the session's served warehouse (`cdc run` does not serve the embedded one: the
+    checks while it streams are clients of the same server), under a prefix of this test's own;
+    its databases dropped afterwards."""
+    from bankde.warehouse.ddl import drop_databases
+    from bankde.warehouse.session import open_session
+
+    url = served.client_url()
+    prefix = f"{env['BANKDE_WH_PREFIX']}{settings.db_name}_"
+    try:
+        yield env | {"BANKDE_CLICKHOUSE_URL": url, "BANKDE_WH_PREFIX": prefix}
+    finally:
+        mine = settings.model_copy(update={"clickhouse_url": url, "wh_prefix": prefix})
+        with open_session(mine) as session:
+            drop_databases(session.warehouse())
+
+
 def _type_changes(
     settings: Settings, env: dict[str, str], engine: str, sync: Callable[[], str]
 ) -> None:
-    """The scenario both engines go through, after their initial snapshot (`sync()` captures
-    what the source committed so far and returns the capture's stderr):
-    numeric(18,2) -> numeric(20,4), smallint -> bigint, numeric(9,6) -> numeric(12,8) are
-    converted in place, old rows kept exactly; char(4) -> integer stops only bank.terminal with
-    one line, its changes held, the others streaming; `cdc resync --table` brings it back;
-    reconcile is equal."""
+    """The scenario both engines go through after their initial snapshot, the ALTERs made while
+    `cdc run` streams (`sync()` captures what the source committed so far, in a process of its
+    own, and returns its stderr): numeric(18,2) -> numeric(20,4), smallint -> bigint,
+    numeric(9,6) -> numeric(12,8) converted in place, old rows kept exactly; char(4) -> integer
+    stops only bank.terminal with one line, its changes held, the others streaming on; it stays
+    stopped across a restart; `cdc resync --table` brings it back; reconcile is equal."""
     raw = env["BANKDE_WH_PREFIX"] + "raw"
-    # A change of the old shape, then the widening, then values only the new types hold.
-    _sql(settings, "UPDATE bank.transaction SET amount = 1.11 WHERE txn_id = 1")
-    _sql(settings, *WIDEN)
-    _sql(settings, *AFTER_WIDEN)
-    sync()
-    assert _types(env, "transaction")["amount"] == "Decimal(20, 4)"
-    terminal = _types(env, "terminal")
-    assert (terminal["floor"], terminal["lat"]) == ("Nullable(Int64)", "Decimal(12, 8)")
-    got = _query(
-        env,
-        f"SELECT txn_id, toString(amount) AS a FROM {raw}.transaction FINAL WHERE txn_id <= 3 "
-        "ORDER BY txn_id",
+    meta = env["BANKDE_WH_PREFIX"] + "meta"
+    balance = f"SELECT toString(balance) AS b FROM {raw}.account FINAL WHERE account_id = 4"
+    amounts = (
+        f"SELECT toString(amount) AS a FROM {raw}.transaction FINAL WHERE txn_id <= 2 "
+        "ORDER BY txn_id"
     )
-    assert [r["a"] for r in got][:2] == ["1.11", "1.2399"], got
-    got = _query(
-        env,
+    terminals = (
         f"SELECT toString(floor) AS f, toString(lat) AS l FROM {raw}.terminal FINAL "
-        "WHERE terminal_id IN (1, 2) ORDER BY terminal_id",
+        "WHERE terminal_id = 1"
     )
-    assert got[0] == {"f": "5000000000", "l": "52.12345678"} and got[1]["f"] == "2", got
-    rec = _cli(env, "reconcile", "--json")
-    assert rec.returncode == 0, rec.stdout[-3000:] + rec.stderr[-2000:]
+    with _running(env, engine) as run:
+        # Streaming (its tables described from the catalog) before anything changes.
+        _sql(settings, "UPDATE bank.account SET balance = 7 WHERE account_id = 4")
+        _until(env, balance, [{"b": "7"}])
+        # A change of the old shape, then the widening, then values only the new types hold.
+        _sql(settings, "UPDATE bank.transaction SET amount = 1.11 WHERE txn_id = 1")
+        _sql(settings, *WIDEN)
+        _sql(settings, *AFTER_WIDEN)
+        _until(env, amounts, [{"a": "1.11"}, {"a": "1.2399"}])
+        _until(env, terminals, [{"f": "5000000000", "l": "52.12345678"}])
+        assert _types(env, "transaction")["amount"] == "Decimal(20, 4)"
+        terminal = _types(env, "terminal")
+        assert (terminal["floor"], terminal["lat"]) == ("Nullable(Int64)", "Decimal(12, 8)")
+        rec = _cli(env, "reconcile", "--json")
+        assert rec.returncode == 0, rec.stdout[-3000:] + rec.stderr[-2000:]
 
-    # Incompatible: char(4) -> integer. Only bank.terminal stops; bank.account streams on.
-    _sql(settings, "UPDATE bank.terminal SET mcc = '1234' WHERE terminal_id = 2")
-    _sql(settings, "ALTER TABLE bank.terminal ALTER COLUMN mcc TYPE integer USING mcc::integer")
-    _sql(
-        settings,
-        "UPDATE bank.terminal SET mcc = 4321 WHERE terminal_id = 3",
-        "UPDATE bank.account SET balance = 9 WHERE account_id = 4",
-    )
-    err = sync() + sync()  # stopped, and still stopped after a restart: one line in all
+        # Incompatible: char(4) -> integer. Only bank.terminal stops; bank.account streams on.
+        _sql(settings, "UPDATE bank.terminal SET mcc = '1234' WHERE terminal_id = 2")
+        _sql(settings, "ALTER TABLE bank.terminal ALTER COLUMN mcc TYPE integer USING mcc::integer")
+        _sql(
+            settings,
+            "UPDATE bank.terminal SET mcc = 4321 WHERE terminal_id = 3",
+            "UPDATE bank.account SET balance = 9 WHERE account_id = 4",
+        )
+        _until(env, balance, [{"b": "9"}])
+        _until(
+            env,
+            f"SELECT mcc FROM {meta}.hold__bank__terminal WHERE terminal_id = 3",
+            [{"mcc": 4321}],
+        )
+    err = "\n".join(run) + sync()  # stopped, and still stopped after a restart: one line
     lines = [line for line in err.splitlines() if "changed type" in line]
     assert len(lines) == 1, err[-3000:]
     assert "bank.terminal.mcc changed type" in lines[0], lines[0]
     assert "cdc resync --table bank.terminal" in lines[0], lines[0]
     status = _cli(env, "cdc", "status", "--engine", engine, "--json")
     assert list(json.loads(status.stdout)["stopped"]) == ["bank.terminal"], status.stdout[-2000:]
-    balance = f"SELECT toString(balance) AS b FROM {raw}.account FINAL WHERE account_id = 4"
-    assert _query(env, balance) == [{"b": "9"}]
-    mcc = f"SELECT toString(mcc) AS m FROM {raw}.terminal FINAL WHERE terminal_id IN (2, 3) ORDER BY terminal_id"
-    # The change before the ALTER landed; the one after is held, not in the landing table.
+    mcc = (
+        f"SELECT toString(mcc) AS m FROM {raw}.terminal FINAL WHERE terminal_id IN (2, 3) "
+        "ORDER BY terminal_id"
+    )
     old = _query(env, mcc)
-    hold = f"{env['BANKDE_WH_PREFIX']}meta.hold__bank__terminal"
+    hold = f"{meta}.hold__bank__terminal"
     held = {r["terminal_id"]: r["mcc"] for r in _query(env, f"SELECT terminal_id, mcc FROM {hold}")}
-    # The change after the ALTER is held, not in the landing table. Debezium reads a table's
-    # columns from the catalog when its relation changes, so the change committed just before
+    # The change after the ALTER is held, not in the landing table. Debezium types a change
+    # with the columns it read when the relation changed, so the change committed just before
     # the ALTER may arrive typed like after it: then it is held too (it lands with the resync).
     assert held.get(3) == 4321 and old[1] != {"m": "4321"}, (old, held)
     assert old[0] == {"m": "1234"} or held.get(2) == 1234, (old, held)
@@ -134,12 +207,17 @@ def _type_changes(
     assert rec.returncode == 0, rec.stdout[-3000:] + rec.stderr[-2000:]
 
 
-def test_type_changes_through_the_debezium_engine(workspace: tuple[Settings, Path]) -> None:
+def test_type_changes_through_the_debezium_engine(
+    workspace: tuple[Settings, Path], served_warehouse: Any
+) -> None:
     settings, home = workspace
     _seed(settings)
     _sql(settings, *ADD_FLOOR)
-    env = dbz_env(settings, home, "debezium")
+    with _served(settings, dbz_env(settings, home, "debezium"), served_warehouse) as env:
+        _debezium(settings, env)
 
+
+def _debezium(settings: Settings, env: dict[str, str]) -> None:
     def sync() -> str:
         res = _cli(env, "cdc", "sync", "--engine", "debezium", "--json", "--no-progress")
         assert res.returncode == 0, res.stderr[-3000:]
@@ -150,36 +228,40 @@ def test_type_changes_through_the_debezium_engine(workspace: tuple[Settings, Pat
 
 
 def test_type_changes_through_the_kafka_engine(
-    kafka_cluster: Any, workspace: tuple[Settings, Path]
+    kafka_cluster: Any, workspace: tuple[Settings, Path], served_warehouse: Any
 ) -> None:
     pytest.importorskip("confluent_kafka", reason="the [kafka] extra is not installed")
-    from tests.integration.test_kafka_engine import _current_lsn, _kafka_lsn
     from tests.integration.test_kafka_engine import _env as kafka_env
     from tests.kafka_stack import Stack, connectors
 
     settings, home = workspace
     _seed(settings)
     _sql(settings, *ADD_FLOOR)
-    with connectors(Stack(kafka_cluster.bootstrap, kafka_cluster.connect_url), settings) as regs:
+    stack = Stack(kafka_cluster.bootstrap, kafka_cluster.connect_url)
+    with connectors(stack, settings) as regs:
         env = kafka_env(settings, home, "kafka", regs)
-        regs.wait_running()
+        with _served(settings, env, served_warehouse) as served_env:
+            regs.wait_running()
+            _kafka(settings, served_env)
 
-        def sync() -> str:
-            """`cdc sync --engine kafka` until every connector is applied past what the source
-            committed so far; the stderr of all of them."""
-            import time
 
-            target = _current_lsn(settings)
-            err = ""
-            deadline = time.monotonic() + 240
-            while True:
-                res = _cli(env, "cdc", "sync", "--engine", "kafka", "--json", "--no-progress")
-                assert res.returncode == 0, res.stderr[-3000:]
-                err += res.stderr
-                if _kafka_lsn(env) >= target:
-                    return err
-                assert time.monotonic() < deadline, f"kafka cut never reached {target:X}"
-                time.sleep(1)
+def _kafka(settings: Settings, env: dict[str, str]) -> None:
+    from tests.integration.test_kafka_engine import _current_lsn, _kafka_lsn
 
-        sync()  # Debezium's initial snapshot through the topics
-        _type_changes(settings, env, "kafka", sync)
+    def sync() -> str:
+        """`cdc sync --engine kafka` until every connector is applied past what the source
+        committed so far; the stderr of all of them."""
+        target = _current_lsn(settings)
+        err = ""
+        deadline = time.monotonic() + 240
+        while True:
+            res = _cli(env, "cdc", "sync", "--engine", "kafka", "--json", "--no-progress")
+            assert res.returncode == 0, res.stderr[-3000:]
+            err += res.stderr
+            if _kafka_lsn(env) >= target:
+                return err
+            assert time.monotonic() < deadline, f"kafka cut never reached {target:X}"
+            time.sleep(1)
+
+    sync()  # Debezium's initial snapshot through the topics
+    _type_changes(settings, env, "kafka", sync)
