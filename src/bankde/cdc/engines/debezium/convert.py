@@ -225,11 +225,21 @@ def _numeric_fits(value: Any, precision: int, scale: int) -> bool:
     more integer digits. NaN and other specials say nothing about the type: they fit."""
     if type(value) is not str:
         return value == UNCHANGED_TOAST
+    whole, _, frac = value.partition(".")
+    if len(frac) <= scale and len(whole) <= precision - scale:
+        return True  # the common case, without the regex (a sign only makes it take that)
     m = _NUMBER.match(value)
     if m is None:
         return True
     whole, frac = m.group(1).lstrip("0"), m.group(2) or ""
     return len(frac) <= scale and len(whole) <= precision - scale
+
+
+def checks_value(pg_type: str) -> bool:
+    """Whether fit_fn(pg_type) looks at the value (a range, a number of digits), not only at
+    its JSON kind (which TableInfo.misfit checks once per combination of kinds)."""
+    t = pg_type.lower()
+    return t in _INT_RANGES or _NUMERIC_TYPMOD.match(t) is not None
 
 
 def fit_fn(pg_type: str) -> Callable[[Any], bool] | None:
@@ -271,6 +281,12 @@ class TableInfo:
     # Per column, whether a value fits the type the catalog gave (fit_fn): a value that does not
     # means the source's type changed and the catalog is read again.
     guards: tuple[tuple[str, Callable[[Any], bool]], ...] = ()
+    # The guards that look at the value itself (checks_value): run on every row; the others
+    # only look at JSON kinds, checked once per combination of the row's kinds (_kinds_ok).
+    value_guards: tuple[tuple[str, Callable[[Any], bool]], ...] = ()
+    _kinds_ok: set[tuple[type, ...]] = field(
+        default_factory=set, init=False, compare=False, repr=False
+    )
 
     @classmethod
     def build(
@@ -291,11 +307,15 @@ class TableInfo:
         rel = Relation(relid, schema, table, "f", cols, key)
         types = tuple(type_text for *_, type_text in columns)
         guards = []
+        value_guards = []
         for name, *_, type_text in columns:
             fits = fit_fn(type_text)
             if fits is not None:
                 guards.append((name, fits))
-        return cls(rel, tuple(convs), frozenset(c.name for c in cols), types, tuple(guards))
+                if checks_value(type_text):
+                    value_guards.append((name, fits))
+        names = frozenset(c.name for c in cols)
+        return cls(rel, tuple(convs), names, types, tuple(guards), tuple(value_guards))
 
     @property
     def shape(self) -> tuple[tuple[str, int, int], ...]:
@@ -305,16 +325,27 @@ class TableInfo:
     def misfit(self, row: dict[str, Any]) -> str | None:
         """The first column of `row` (Debezium JSON, before conversion) whose value the
         catalog's type cannot be the type of, or None."""
-        for name, fits in self.guards:
+        # The JSON kinds of a row's values (in Debezium's fixed column order) take few
+        # combinations (NULLs): each is checked whole once; after that only the values' ranges
+        # and digits are. A placeholder for unchanged TOAST passes any kind: never learned.
+        kinds = tuple(map(type, row.values()))
+        guards = self.value_guards if kinds in self._kinds_ok else self.guards
+        for name, fits in guards:
             v = row.get(name)
             if v is not None and not fits(v):
                 return name
+        if guards is self.guards and UNCHANGED_TOAST not in row.values():
+            self._kinds_ok.add(kinds)
         return None
 
     def without_guard(self, column: str) -> TableInfo:
         """This table without the check of `column` (its values kept failing it against a fresh
         catalog read: not a type change, so it must not cost a catalog read per event)."""
-        return replace(self, guards=tuple(g for g in self.guards if g[0] != column))
+        return replace(
+            self,
+            guards=tuple(g for g in self.guards if g[0] != column),
+            value_guards=tuple(g for g in self.value_guards if g[0] != column),
+        )
 
     def text_row(self, row: dict[str, Any]) -> tuple[dict[str, Any], frozenset[str]]:
         """Convert in place; returns the row and the columns Debezium marked unchanged TOAST."""
