@@ -165,6 +165,11 @@ def test_bulk_equals_per_event() -> None:
         [envelope("c", {**ROWS[0], "name": UNCHANGED_TOAST}, 1)],
         [envelope("c", {**ROWS[0], "new_col": 1}, 1)],  # a column the catalog lacks
         [envelope("c", {**ROWS[0], "id": "1"}, 1)],  # another JSON type
+        # Values the catalog's type cannot hold: the source's type changed (issue 9).
+        [envelope("c", {**ROWS[0], "amount": "2.3456"}, 1)],
+        [envelope("c", {**ROWS[0], "amount": "12345678901234567"}, 1)],
+        [envelope("d", {**ROWS[0], "small": 40000}, 1)],
+        [envelope("c", {**ROWS[0], "name": 5}, 1)],
         [b"not json"],
         [envelope("d", ROWS[0], 1).replace(b'"before":{', b'"before":null,"x":{')],
     ],

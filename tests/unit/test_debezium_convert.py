@@ -7,6 +7,7 @@ import pytest
 from bankde.cdc.engines.debezium.convert import (
     UNCHANGED_TOAST,
     Assembler,
+    TableCatalog,
     TableInfo,
     parse_txn_id,
     value_fn,
@@ -29,6 +30,20 @@ COLS = [
 
 def _info() -> TableInfo:
     return TableInfo.build(1234, "bank", "t", COLS, ("id",))
+
+
+def _catalog(*reads: TableInfo) -> TableCatalog:
+    """A catalog holding _info() whose reads return `reads` in turn (none expected if empty)."""
+    left = list(reads)
+
+    def read(only: object) -> dict[tuple[str, str], TableInfo]:
+        if not left:
+            pytest.fail("no catalog read expected")
+        return {("bank", "t"): left.pop(0)}
+
+    catalog = TableCatalog("debezium", read)
+    catalog.tables[("bank", "t")] = _info()
+    return catalog
 
 
 @pytest.mark.parametrize(
@@ -89,7 +104,7 @@ def _event(op: str, before: dict | None, after: dict | None, table: str = "t") -
 
 
 def test_transaction_positions_versions_and_values() -> None:
-    asm = Assembler({("bank", "t"): _info()}, lambda s, t: pytest.fail("no refresh expected"))
+    asm = Assembler(_catalog())
     asm.begin(7)
     asm.change(_event("c", None, _row(1)))
     asm.change(_event("u", _row(1), _row(1, amount="0.01", note="x")))
@@ -124,7 +139,7 @@ def test_transaction_positions_versions_and_values() -> None:
 
 
 def test_unchanged_toast_taken_from_old_row() -> None:
-    asm = Assembler({("bank", "t"): _info()}, lambda s, t: _info())
+    asm = Assembler(_catalog(_info()))
     asm.begin(1)
     asm.change(_event("u", _row(1, note="long"), _row(1, note=UNCHANGED_TOAST, amount="1.00")))
     asm.change(_event("u", None, _row(1, note=UNCHANGED_TOAST)))
@@ -135,7 +150,7 @@ def test_unchanged_toast_taken_from_old_row() -> None:
 
 def test_truncate_and_new_column() -> None:
     wider = TableInfo.build(1234, "bank", "t", [*COLS, ("extra", 25, -1, "text")], ("id",))
-    asm = Assembler({("bank", "t"): _info()}, lambda s, t: wider)
+    asm = Assembler(_catalog(wider))
     asm.begin(1)
     asm.change(_event("c", None, _row(1)))
     asm.change(
@@ -150,7 +165,7 @@ def test_truncate_and_new_column() -> None:
 
 
 def test_out_of_step_stream_is_refused() -> None:
-    asm = Assembler({("bank", "t"): _info()}, lambda s, t: _info())
+    asm = Assembler(_catalog(_info()))
     with pytest.raises(CaptureError):
         asm.change(_event("c", None, _row(1)))
     asm.begin(1)
@@ -160,3 +175,56 @@ def test_out_of_step_stream_is_refused() -> None:
 
 def test_parse_txn_id() -> None:
     assert parse_txn_id("751:27585416") == (751, 27585416)
+
+
+@pytest.mark.parametrize(
+    ("pg_type", "fits", "misfits"),
+    [
+        ("smallint", [0, -32768, 32767], [32768, "1", True]),
+        ("integer", [2147483647, -2147483648], [2147483648, -2147483649, "5"]),
+        ("bigint", [2**62], ["5", 1.5]),
+        (
+            "numeric(18,2)",
+            ["1.11", "-0.03", "1234567890123456.78", "NaN", "5"],
+            ["2.3456", "1.1000"],
+        ),
+        ("numeric(18,2)", [UNCHANGED_TOAST], ["12345678901234567", 5]),
+        ("text", ["x", UNCHANGED_TOAST], [5, True]),
+        ("character varying(5)", ["abcdefgh"], [1]),
+        ("integer[]", [[1, None]], ["{1}"]),
+        ("boolean", [False], [0]),
+    ],
+)
+def test_values_that_do_not_fit_the_catalog_type(
+    pg_type: str, fits: list[object], misfits: list[object]
+) -> None:
+    """A value the catalog's type cannot hold says the source's type changed (issue 9)."""
+    info = TableInfo.build(1, "bank", "t", [("id", 20, -1, "bigint"), ("c", 0, -1, pg_type)], ())
+    for v in fits:
+        assert info.misfit({"id": 1, "c": v}) is None, v
+    for v in misfits:
+        assert info.misfit({"id": 1, "c": v}) == "c", v
+
+
+def test_a_type_change_reads_the_catalog_and_describes_the_table_again() -> None:
+    """numeric(18,2) -> numeric(20,4): the first value with four decimals reads the table again
+    and the transaction carries its new relation (what the streamer widens the warehouse by);
+    a value that still does not fit after a fresh read costs no further reads."""
+    wider = TableInfo.build(
+        1234, "bank", "t", [COLS[0], ("amount", 1700, 1310728, "numeric(20,4)"), *COLS[2:]], ("id",)
+    )
+    asm = Assembler(_catalog(wider))
+    asm.begin(1)
+    asm.change(_event("c", None, _row(1)))
+    asm.end(1, 100, 0)
+    asm.begin(2)
+    asm.change(_event("u", None, _row(1, amount="1.0000")))
+    asm.change(_event("u", None, _row(1, amount="2.2345")))
+    txn = asm.end(2, 200, 0)
+    assert [r.columns[1].typmod for r in txn.relations] == [1310728]
+    assert [e.after["amount"] for e in txn.events if e.after] == ["1.0000", "2.2345"]
+    # Same shape after a read: not a type change, and the column is not checked again.
+    same = _catalog(_info())
+    info, refreshed = same.for_event(("bank", "t"), _event("c", None, _row(1, note=5)))
+    assert not refreshed and info.misfit(_row(1, note=5)) is None
+    assert same.for_event(("bank", "t"), _event("c", None, _row(1, note=6))) == (info, False)

@@ -381,16 +381,7 @@ class Streamer:
                 snap.request([key], "column added" if existed else "new table")
 
     def _ensure_table(self, schema: str, table: str, columns: list[SourceColumn]) -> list[str]:
-        """sink.ensure_columns; a type change it cannot take stops only that table (its changes
-        held by the sink from here on), where the sink can do that; returns columns added."""
-        try:
-            return self.sink.ensure_columns(schema, table, columns)
-        except IncompatibleTypeChange as exc:
-            if not isinstance(self.sink, StopsTables):
-                raise
-            log.warning("%s", exc)
-            self.sink.stop_table(schema, table, columns, str(exc))
-            return []
+        return ensure_table(self.sink, schema, table, columns)
 
     @property
     def holding(self) -> bool:
@@ -600,6 +591,21 @@ class _Writer:
                     self._positions.update(job.offset.positions)
                 self._job = None
                 self._cond.notify_all()
+
+
+def ensure_table(sink: Sink, schema: str, table: str, columns: list[SourceColumn]) -> list[str]:
+    """sink.ensure_columns: a widened type converted in place; a type change the warehouse
+    cannot take stops only that table (its changes held by the sink from here on, one line on
+    stderr), where the sink can do that. Every engine's way to a new table shape (the streamer
+    with a transaction's relations, an engine at start). Returns the columns added."""
+    try:
+        return sink.ensure_columns(schema, table, columns)
+    except IncompatibleTypeChange as exc:
+        if not isinstance(sink, StopsTables):
+            raise
+        log.warning("%s", exc)
+        sink.stop_table(schema, table, columns, str(exc))
+        return []
 
 
 def source_columns(rel: Relation) -> list[SourceColumn]:

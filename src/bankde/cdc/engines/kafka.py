@@ -22,10 +22,10 @@ from confluent_kafka import (
 
 from bankde.cdc.engines.debezium.columns import Irregular, TablePlan, plan_for, table_columns
 from bankde.cdc.engines.debezium.convert import (
+    TableCatalog,
     TableInfo,
     change_event,
     parse_txn_id,
-    table_for,
 )
 from bankde.cdc.engines.kafka_names import (
     data_topics,
@@ -35,12 +35,10 @@ from bankde.cdc.engines.kafka_names import (
 )
 from bankde.cdc.envelope import ChangeColumns, ChangeEvent, Origins, Relation, Source
 from bankde.cdc.rejects import Reject, key_text
-from bankde.cdc.stream import source_columns
+from bankde.cdc.stream import ensure_table, source_columns
 from bankde.contracts import Offset, ProgressFn, Sink, StoresPositions
 from bankde.errors import CaptureError, ConfigError, SourceUnavailable
 from bankde.settings import Settings
-from bankde.source.catalog import catalog_tables
-from bankde.source.connection import cdc_info
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +114,8 @@ class KafkaEngine:
         self.slot = self.settings.cdc_slot
         self.snapshot_rows: dict[str, int] = {}
         self.snapshot_seconds = 0.0
-        self._tables: dict[tuple[str, str], TableInfo] = {}
+        self._catalog = TableCatalog.of_source(self.settings, self.name)
+        self._tables = self._catalog.tables
         # Per table, its bulk conversion plan (None: event by event), for the TableInfo it has.
         self._plans: dict[tuple[str, str], tuple[TableInfo, TablePlan | None]] = {}
         self._topic_tables: dict[str, tuple[str, str] | None] = {}
@@ -161,9 +160,10 @@ class KafkaEngine:
             raise ConfigError("the kafka engine needs a sink that stores topic positions")
         self._sink = sink
         self._stored = sink
-        self._load_tables()
+        self._catalog.load()
         for (schema, table), info in self._tables.items():
-            sink.ensure_columns(schema, table, source_columns(info.relation))
+            # A type changed while no capture ran: widened, or only that table stopped.
+            ensure_table(sink, schema, table, source_columns(info.relation))
         offset = sink.load_offset(self.slot)
         if offset is None:
             # Debezium's own initial snapshot arrives through the topics as 'r' events, versioned
@@ -264,20 +264,6 @@ class KafkaEngine:
                 consumer.close()
             except (KafkaException, RuntimeError) as exc:
                 log.warning("kafka consumer close: %s", exc)
-
-    # -- catalog ------------------------------------------------------------------------
-    def _load_tables(self, only: tuple[str, str] | None = None) -> None:
-        found = catalog_tables(cdc_info(self.settings), None if only is None else [only])
-        for key, table in found.items():
-            cols = [(c.name, c.type_oid, c.typmod, c.type_name) for c in table.columns]
-            self._tables[key] = TableInfo.build(table.oid, key[0], key[1], cols, table.key)
-
-    def _refresh_table(self, schema: str, table: str) -> TableInfo:
-        self._load_tables((schema, table))
-        info = self._tables.get((schema, table))
-        if info is None:
-            raise CaptureError(f"kafka sent changes of {schema}.{table}, unknown to the catalog")
-        return info
 
     # -- consumer callbacks (run inside consume()) --------------------------------------
     def _on_error(self, err: KafkaError) -> None:
@@ -525,10 +511,14 @@ class KafkaEngine:
                     positions[(topic, part)] = next_offset
                     continue
                 info = tables.get(key)
-                if info is None or not info.names.issuperset(
-                    value.get("after") or value.get("before") or ()
+                row = value.get("after") or value.get("before") or ()
+                if (
+                    info is None
+                    or not info.names.issuperset(row)
+                    or (row and info.misfit(row) is not None)
                 ):
-                    info, refreshed = table_for(tables, self._refresh_table, key, value)
+                    # New to the catalog, or a value its type cannot hold (a type change).
+                    info, refreshed = self._catalog.for_event(key, value)
                     if refreshed:
                         self._described.discard(key)
                 if key not in self._described:

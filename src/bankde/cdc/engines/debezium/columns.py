@@ -12,6 +12,8 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from bankde.cdc.engines.debezium.convert import (
+    _INT_RANGES,
+    _NUMERIC_TYPMOD,
     UNCHANGED_TOAST,
     TableInfo,
     _bool_text,
@@ -46,6 +48,11 @@ class _Col:
     name: str
     kind: str  # text int bool date ts_us ts_ms tstz bytea py
     fn: Callable[[Any], str] | None  # kind py: the per-event converter, value by value
+    # What a value of the catalog's type must satisfy (else the source's type changed and the
+    # per-event path reads the catalog again): (low, high) of a smallint/integer, or the regex
+    # of a numeric(p,s) string (specials such as NaN pass).
+    bounds: tuple[int, int] | None = None
+    pattern: str | None = None
 
 
 # The per-event converter -> (kind, the JSON value's Arrow type). Anything else (arrays, floats,
@@ -84,7 +91,20 @@ class TablePlan:
             if entry is None:
                 raise Irregular(f"{rel.schema}.{rel.table}.{column.name}: {type_text}")
             kind, arrow = entry
-            cols.append(_Col(column.name, kind, fn if kind == "py" else None))
+            t = type_text.lower()
+            limit = _INT_RANGES.get(t)
+            typmod = _NUMERIC_TYPMOD.match(t)
+            cols.append(
+                _Col(
+                    column.name,
+                    kind,
+                    fn if kind == "py" else None,
+                    (-limit, limit - 1) if limit is not None else None,
+                    _numeric_pattern(int(typmod.group(1)), int(typmod.group(2)))
+                    if typmod is not None
+                    else None,
+                )
+            )
             fields.append(pa.field(column.name, arrow))
         self.cols = cols
         row = pa.struct(fields)
@@ -113,6 +133,12 @@ class TablePlan:
             ),
             unexpected_field_behavior="infer",
         )
+
+
+def _numeric_pattern(precision: int, scale: int) -> str:
+    """Decimal strings that fit numeric(precision, scale), or are not plain numbers at all."""
+    frac = rf"(\.[0-9]{{0,{scale}}})?" if scale else r"\.?"
+    return rf"^(-?0*[0-9]{{0,{precision - scale}}}{frac}|.*[^-.0-9].*|)$"
 
 
 def plan_for(info: TableInfo) -> TablePlan | None:
@@ -234,6 +260,13 @@ def table_columns(
 def _text(col: _Col, v: pa.Array) -> pa.Array:
     """One column's JSON values -> Postgres text, as the per-event converter prints them."""
     kind = col.kind
+    if col.bounds is not None and not _within(v, *col.bounds):
+        raise Irregular(f"{col.name}: a value out of its type's range (a type change)")
+    if (
+        col.pattern is not None
+        and not pc.all(pc.match_substring_regex(pc.fill_null(v, ""), col.pattern)).as_py()
+    ):
+        raise Irregular(f"{col.name}: a value with more digits than its type (a type change)")
     # Debezium's placeholder for an unchanged TOAST value: the per-event path fills it.
     if v.type == pa.string() and pc.any(pc.equal(v, UNCHANGED_TOAST)).as_py():
         raise Irregular(f"{col.name}: unchanged TOAST")

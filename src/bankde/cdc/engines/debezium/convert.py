@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bankde.cdc.envelope import ChangeEvent, Column, EventTransaction, Relation, Source
 from bankde.errors import CaptureError
+
+if TYPE_CHECKING:
+    from bankde.settings import Settings
 
 # Debezium's stand-in for an unchanged TOAST value it was not sent (configured to this string).
 UNCHANGED_TOAST = "__bankde_unchanged_toast"
@@ -199,6 +202,72 @@ def value_fn(pg_type: str) -> ValueFn | None:
     return None
 
 
+_INT_RANGES = {"smallint": 1 << 15, "integer": 1 << 31}
+_NUMERIC_TYPMOD = re.compile(r"^numeric\((\d+),(\d+)\)$")
+_NUMBER = re.compile(r"^-?(\d*)(?:\.(\d*))?$")
+# Types whose Debezium JSON value is a string (decimal/binary/interval handling modes).
+_STRING_TYPES = (
+    "text",
+    "character varying",
+    "character",
+    "uuid",
+    "json",
+    "jsonb",
+    "bytea",
+    "numeric",
+    "interval",
+)
+
+
+def _numeric_fits(value: Any, precision: int, scale: int) -> bool:
+    """Whether Debezium's decimal string fits numeric(precision, scale) as the catalog has it:
+    a column widened at the source sends more fraction digits (Postgres pads to the scale) or
+    more integer digits. NaN and other specials say nothing about the type: they fit."""
+    if type(value) is not str:
+        return value == UNCHANGED_TOAST
+    whole, _, frac = value.partition(".")
+    if len(frac) <= scale and len(whole) <= precision - scale:
+        return True  # the common case, without the regex (a sign only makes it take that)
+    m = _NUMBER.match(value)
+    if m is None:
+        return True
+    whole, frac = m.group(1).lstrip("0"), m.group(2) or ""
+    return len(frac) <= scale and len(whole) <= precision - scale
+
+
+def checks_value(pg_type: str) -> bool:
+    """Whether fit_fn(pg_type) looks at the value (a range, a number of digits), not only at
+    its JSON kind (which TableInfo.misfit checks once per combination of kinds)."""
+    t = pg_type.lower()
+    return t in _INT_RANGES or _NUMERIC_TYPMOD.match(t) is not None
+
+
+def fit_fn(pg_type: str) -> Callable[[Any], bool] | None:
+    """A test that a non-null Debezium JSON value can be a value of `pg_type` (format_type
+    spelling) as the catalog described the column: False means the source's type changed since
+    (a smallint/integer value out of range, a numeric with more digits, another JSON kind).
+    None for types whose values tell nothing this way (floats, enums, other types)."""
+    t = pg_type.lower()
+    if t.endswith("[]"):
+        return lambda v: type(v) is list or v == UNCHANGED_TOAST
+    limit = _INT_RANGES.get(t)
+    if limit is not None:
+        return lambda v: type(v) is int and -limit <= v < limit
+    if t in ("bigint", "oid", "date") or (
+        t.startswith(("timestamp", "time")) and t.endswith("without time zone")
+    ):
+        return lambda v: type(v) is int
+    if t == "boolean":
+        return lambda v: type(v) is bool
+    m = _NUMERIC_TYPMOD.match(t)
+    if m is not None:
+        precision, scale = int(m.group(1)), int(m.group(2))
+        return lambda v: _numeric_fits(v, precision, scale)
+    if t.startswith(_STRING_TYPES) or t.endswith("with time zone"):
+        return lambda v: type(v) is str
+    return None
+
+
 @dataclass
 class TableInfo:
     """One captured table: its relation (columns with type OIDs, as the sink wants them) and the
@@ -209,6 +278,15 @@ class TableInfo:
     names: frozenset[str]
     # format_type text of each column, in relation order (the bulk conversion's plan).
     types: tuple[str, ...] = ()
+    # Per column, whether a value fits the type the catalog gave (fit_fn): a value that does not
+    # means the source's type changed and the catalog is read again.
+    guards: tuple[tuple[str, Callable[[Any], bool]], ...] = ()
+    # The guards that look at the value itself (checks_value): run on every row; the others
+    # only look at JSON kinds, checked once per combination of the row's kinds (_kinds_ok).
+    value_guards: tuple[tuple[str, Callable[[Any], bool]], ...] = ()
+    _kinds_ok: set[tuple[type, ...]] = field(
+        default_factory=set, init=False, compare=False, repr=False
+    )
 
     @classmethod
     def build(
@@ -228,7 +306,46 @@ class TableInfo:
                 convs.append((name, fn))
         rel = Relation(relid, schema, table, "f", cols, key)
         types = tuple(type_text for *_, type_text in columns)
-        return cls(rel, tuple(convs), frozenset(c.name for c in cols), types)
+        guards = []
+        value_guards = []
+        for name, *_, type_text in columns:
+            fits = fit_fn(type_text)
+            if fits is not None:
+                guards.append((name, fits))
+                if checks_value(type_text):
+                    value_guards.append((name, fits))
+        names = frozenset(c.name for c in cols)
+        return cls(rel, tuple(convs), names, types, tuple(guards), tuple(value_guards))
+
+    @property
+    def shape(self) -> tuple[tuple[str, int, int], ...]:
+        """(name, type OID, typmod) per column: what a type change alters."""
+        return tuple((c.name, c.type_oid, c.typmod) for c in self.relation.columns)
+
+    def misfit(self, row: dict[str, Any]) -> str | None:
+        """The first column of `row` (Debezium JSON, before conversion) whose value the
+        catalog's type cannot be the type of, or None."""
+        # The JSON kinds of a row's values (in Debezium's fixed column order) take few
+        # combinations (NULLs): each is checked whole once; after that only the values' ranges
+        # and digits are. A placeholder for unchanged TOAST passes any kind: never learned.
+        kinds = tuple(map(type, row.values()))
+        guards = self.value_guards if kinds in self._kinds_ok else self.guards
+        for name, fits in guards:
+            v = row.get(name)
+            if v is not None and not fits(v):
+                return name
+        if guards is self.guards and UNCHANGED_TOAST not in row.values():
+            self._kinds_ok.add(kinds)
+        return None
+
+    def without_guard(self, column: str) -> TableInfo:
+        """This table without the check of `column` (its values kept failing it against a fresh
+        catalog read: not a type change, so it must not cost a catalog read per event)."""
+        return replace(
+            self,
+            guards=tuple(g for g in self.guards if g[0] != column),
+            value_guards=tuple(g for g in self.value_guards if g[0] != column),
+        )
 
     def text_row(self, row: dict[str, Any]) -> tuple[dict[str, Any], frozenset[str]]:
         """Convert in place; returns the row and the columns Debezium marked unchanged TOAST."""
@@ -262,8 +379,7 @@ class Assembler:
     Both grow with commit order, so per-key ordering and re-delivery behave the same.
     """
 
-    tables: dict[tuple[str, str], TableInfo]
-    refresh: Callable[[str, str], TableInfo]
+    catalog: TableCatalog
     _xid: int | None = None
     _pending: list[dict[str, Any]] = field(default_factory=list)
     _described: set[tuple[str, str]] = field(default_factory=set)
@@ -310,7 +426,12 @@ class Assembler:
             before = value.get("before")
             after = value.get("after")
             entry = seen.get(key)
-            if entry is None or not entry[0].names.issuperset(after or before or ()):
+            row = after or before
+            if (
+                entry is None
+                or not entry[0].names.issuperset(row or ())
+                or (row and entry[0].guards and entry[0].misfit(row))
+            ):
                 entry = seen[key] = (
                     self._table(key, value),
                     Source(end_lsn, xid, ts_ms, key[0], key[1]),
@@ -325,42 +446,95 @@ class Assembler:
             events.append(change_event(info, op, before, after, src, pos))
         for key in seen:
             if key not in self._described:
-                txn.relations.append(self.tables[key].relation)
+                txn.relations.append(self.catalog.tables[key].relation)
                 self._described.add(key)
         self._xid = None
         self._pending = []
         return txn
 
     def _table(self, key: tuple[str, str], value: dict[str, Any]) -> TableInfo:
-        info, refreshed = table_for(self.tables, self.refresh, key, value)
+        info, refreshed = self.catalog.for_event(key, value)
         if refreshed:
             self._described.discard(key)
         return info
 
 
-def table_for(
-    tables: dict[tuple[str, str], TableInfo],
-    refresh: Callable[[str, str], TableInfo],
-    key: tuple[str, str],
-    value: dict[str, Any],
-) -> tuple[TableInfo, bool]:
-    """The table of a change event `value`, read again from the catalog when the table or one
-    of the event's columns is new (True then: the sink must widen the landing table first)."""
-    info = tables.get(key)
-    row = value.get("after") or value.get("before") or {}
-    if info is not None and info.names.issuperset(row):
-        return info, False
-    # A table or column the catalog did not have when we started: read it again and let the
-    # sink widen the landing table before these rows are written.
-    info = refresh(*key)
-    tables[key] = info
-    if not info.names.issuperset(row):
-        missing = sorted(set(row) - info.names)
-        raise CaptureError(
-            f"debezium sent column(s) {', '.join(missing)} of {key[0]}.{key[1]} that the "
-            "catalog does not show"
-        )
-    return info, True
+class TableCatalog:
+    """The captured tables as the source's catalog describes them, for the engines fed by
+    Debezium (in-process and Kafka): read at start, and again for one table when an event shows
+    what the description lacks: a table or column new to it, or a value its type cannot hold
+    (the source's type changed: the sink then widens the column or stops the table)."""
+
+    def __init__(
+        self,
+        engine: str,
+        read: Callable[[Sequence[tuple[str, str]] | None], dict[tuple[str, str], TableInfo]],
+    ) -> None:
+        self.engine = engine
+        self._read = read
+        self.tables: dict[tuple[str, str], TableInfo] = {}
+
+    @classmethod
+    def of_source(cls, settings: Settings, engine: str) -> TableCatalog:
+        """The catalog of the source `settings` captures, read as the capture role."""
+        from bankde.source.catalog import catalog_tables
+        from bankde.source.connection import cdc_info
+
+        def read(
+            only: Sequence[tuple[str, str]] | None,
+        ) -> dict[tuple[str, str], TableInfo]:
+            found = catalog_tables(cdc_info(settings), None if only is None else list(only))
+            return {
+                key: TableInfo.build(
+                    table.oid,
+                    key[0],
+                    key[1],
+                    [(c.name, c.type_oid, c.typmod, c.type_name) for c in table.columns],
+                    table.key,
+                )
+                for key, table in found.items()
+            }
+
+        return cls(engine, read)
+
+    def load(self) -> None:
+        """Every captured table, read now."""
+        self.tables.update(self._read(None))
+
+    def refresh(self, schema: str, table: str) -> TableInfo:
+        """One table read again; a CaptureError when the catalog does not have it."""
+        self.tables.update(self._read([(schema, table)]))
+        info = self.tables.get((schema, table))
+        if info is None:
+            raise CaptureError(
+                f"{self.engine} sent changes of {schema}.{table}, unknown to the catalog"
+            )
+        return info
+
+    def for_event(self, key: tuple[str, str], value: dict[str, Any]) -> tuple[TableInfo, bool]:
+        """The table of a change event `value`, read again from the catalog when the table or
+        one of the event's columns is new, or a value does not fit its column's type (True
+        then: the sink must widen or retype the landing table, or stop it, first)."""
+        info = self.tables.get(key)
+        row = value.get("after") or value.get("before") or {}
+        if info is not None and info.names.issuperset(row) and info.misfit(row) is None:
+            return info, False
+        old = info
+        info = self.refresh(*key)
+        if not info.names.issuperset(row):
+            missing = sorted(set(row) - info.names)
+            raise CaptureError(
+                f"{self.engine} sent column(s) {', '.join(missing)} of {key[0]}.{key[1]} that "
+                "the catalog does not show"
+            )
+        column = info.misfit(row)
+        if column is not None:
+            # Read again and still not fitting: the value tells nothing about the type (or the
+            # catalog moved on again); the sink screens it like any value.
+            info = self.tables[key] = info.without_guard(column)
+            while (column := info.misfit(row)) is not None:
+                info = self.tables[key] = info.without_guard(column)
+        return info, old is None or old.shape != info.shape or old.names != info.names
 
 
 def change_event(

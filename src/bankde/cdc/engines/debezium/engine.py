@@ -20,7 +20,7 @@ from bankde.cdc.engines.debezium.config import (
 )
 from bankde.cdc.engines.debezium.convert import (
     Assembler,
-    TableInfo,
+    TableCatalog,
     parse_txn_id,
     snapshot_row,
 )
@@ -31,7 +31,7 @@ from bankde.cdc.stream import source_columns
 from bankde.contracts import Offset, ProgressFn, Sink
 from bankde.errors import CaptureError, SourceUnavailable
 from bankde.settings import Settings
-from bankde.source.catalog import catalog_tables, row_estimates
+from bankde.source.catalog import row_estimates
 from bankde.source.connection import SourceInfo, cdc_info, connect
 
 SNAPSHOT_CHUNK_ROWS = 50_000
@@ -61,8 +61,9 @@ class DebeziumEngine:
         self.slot = self.settings.cdc_slot
         self.snapshot_rows: dict[str, int] = {}
         self.snapshot_seconds = 0.0
-        self._tables: dict[tuple[str, str], TableInfo] = {}
-        self._assembler = Assembler(self._tables, self._refresh_table)
+        self._catalog = TableCatalog.of_source(self.settings, self.name)
+        self._tables = self._catalog.tables
+        self._assembler = Assembler(self._catalog)
         self._out: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._held: deque[tuple[str, Any]] = deque()
         self._queued = 0
@@ -80,20 +81,6 @@ class DebeziumEngine:
         self._polling = threading.Event()
         self._values: BatchValues | None = None
 
-    # -- catalog ------------------------------------------------------------------------
-    def _load_tables(self, only: tuple[str, str] | None = None) -> None:
-        found = catalog_tables(cdc_info(self.settings), None if only is None else [only])
-        for key, table in found.items():
-            cols = [(c.name, c.type_oid, c.typmod, c.type_name) for c in table.columns]
-            self._tables[key] = TableInfo.build(table.oid, key[0], key[1], cols, table.key)
-
-    def _refresh_table(self, schema: str, table: str) -> TableInfo:
-        self._load_tables((schema, table))
-        info = self._tables.get((schema, table))
-        if info is None:
-            raise CaptureError(f"debezium sent changes of {schema}.{table}, unknown to the catalog")
-        return info
-
     # -- lifecycle ----------------------------------------------------------------------
     def open(self, sink: Sink, progress: ProgressFn | None = None) -> Offset:
         from bankde.cdc.slot import drop_slot
@@ -101,7 +88,7 @@ class DebeziumEngine:
         start = preflight(self.settings, sink)
         tables, offset = start.tables, start.offset
         info = cdc_info(self.settings)
-        self._load_tables()
+        self._catalog.load()
         # Whatever lives now (modules, warehouse client) stays alive: out of the cyclic GC's
         # reach, the full collections JPype triggers on every Java GC scan only new objects.
         gc.freeze()
