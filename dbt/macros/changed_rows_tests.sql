@@ -29,7 +29,10 @@
 {% macro changed_rows_scope(relation) -%}
     {#- '' (the whole model) or the condition on `relation` picking the keys changed since this
         test last passed. -#}
-    {%- if not execute or flags.FULL_REFRESH or model.resource_type != 'test' -%}
+    {#- Only where tests run after on-run-start (which creates the watermarks table): dbt
+        compile, docs and show read the whole model. -#}
+    {%- if not execute or flags.FULL_REFRESH or model.resource_type != 'test'
+        or flags.WHICH not in ['build', 'test', 'retry'] -%}
         {{ return('') }}
     {%- endif -%}
     {%- set found = namespace(spec=none, reads=[]) -%}
