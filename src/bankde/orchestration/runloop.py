@@ -388,7 +388,9 @@ def _build(settings: Settings, session: WarehouseSession, state: RunState) -> No
     # A failed build is reported and retried at the next interval; capture keeps streaming.
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            res = run_dbt(["build", *(selection or [])], settings, session, quiet=True)
+            res = run_dbt(
+                ["build", *(selection or [])], settings, session, quiet=True, keep_manifest=True
+            )
         ok, failed = res.success, res.failed
     except BankdeError as exc:
         ok, failed = False, [str(exc)]
