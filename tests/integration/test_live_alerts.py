@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,11 @@ import pytest
 
 from bankde.settings import Settings
 from bankde.warehouse.session import WarehouseSession
-from tests.integration.test_dbt import _build, _drop_pipeline, _fill, _psql, _sync
+from tests.integration.pipeline import build as _build
+from tests.integration.pipeline import fill as _fill
+from tests.integration.pipeline import module_pipeline
+from tests.integration.pipeline import psql as _psql
+from tests.integration.pipeline import sync as _sync
 
 
 @dataclass
@@ -23,33 +26,20 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live(cluster_settings: Settings, warehouse_dir: Path) -> Iterator[Live]:
-    from bankde.source.schema import init_source
     from bankde.transform.live import LiveAlerts
-    from bankde.warehouse.session import open_session
 
-    tag = "tlive_" + uuid.uuid4().hex[:8]
-    settings = cluster_settings.model_copy(
-        update={
-            "db_name": tag,
-            "cdc_slot": f"slot_{tag}",
-            "cdc_publication": f"pub_{tag}",
-            "wh_dir": warehouse_dir,
-            "wh_prefix": f"{tag}_",
-            "clickhouse_url": None,
-        }
-    )
-    init_source(settings)
-    session = open_session(settings)
-    detector = LiveAlerts(settings, session)
-    try:
-        _fill(settings, seed=20250601, as_of="2025-06-01T00:00:00Z", txns=4_000, backfill_days=2)
-        _sync(settings, session)
-        assert _build(settings, session), "first dbt build failed"
-        detector.ensure_tables()
-        yield Live(settings, session, detector)
-    finally:
-        detector.close()
-        _drop_pipeline(settings, session, cluster_settings)
+    with module_pipeline(cluster_settings, warehouse_dir, "tlive_") as (settings, session):
+        detector = LiveAlerts(settings, session)
+        try:
+            _fill(
+                settings, seed=20250601, as_of="2025-06-01T00:00:00Z", txns=4_000, backfill_days=2
+            )
+            _sync(settings, session)
+            assert _build(settings, session), "first dbt build failed"
+            detector.ensure_tables()
+            yield Live(settings, session, detector)
+        finally:
+            detector.close()
 
 
 def _keys(live: Live, table: str, final: bool = False) -> set[tuple[str, int]]:
@@ -236,6 +226,7 @@ def test_build_selects_only_what_changed_and_equals_a_full_rebuild(live: Live) -
         "source:bank.transaction+",
         "--exclude",
         "config.materialized:view",
+        "resource_type:unit_test",
     ]
     res = run_dbt(["build", *selection], s, session, quiet=True)
     assert res.success, res.failed
@@ -276,10 +267,11 @@ def test_tests_of_changed_rows_fail_on_a_bad_change_until_it_is_fixed(live: Live
         assert selection and "source:bank.transaction+" in selection
         return ["build", *selection, "--vars", f"{{cdc_pin_version: {version}}}"]
 
-    amount_test = "expression_is_true_fct_transactions_amount__amount_0"
+    # fct_transactions' row invariants are one test (tests/generic/row_checks.sql).
     args = land("0", top + 1)
     res = run_dbt(args, s, session, quiet=True)
-    assert not res.success and amount_test in res.failed, res.failed
+    assert not res.success, "amount 0 passed the row checks"
+    (amount_test,) = [n for n in res.failed if n.startswith("row_checks_fct_transactions")]
     res = run_dbt(args, s, session, quiet=True)
     assert amount_test in res.failed, "a failed scoped test passed on the same rows later"
     res = run_dbt(land(amount, top + 2), s, session, quiet=True)
