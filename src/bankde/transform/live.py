@@ -211,7 +211,9 @@ class LiveAlerts:
         new = self._query(
             "SELECT rule, toUnixTimestamp64Milli(visible_at) - "
             f"intDiv(toUnixTimestamp64Micro(triggered_at), 1000) FROM {m}.fraud_alerts_live FINAL "
-            f"WHERE _version = toUInt128('{high}') AND visible_at >= toDateTime64('{mark}', 3, 'UTC')"
+            f"WHERE _version = toUInt128('{high}') AND visible_at >= toDateTime64('{mark}', 3, 'UTC') "
+            # The keys this evaluation wrote: read by primary key, not the whole table.
+            f"AND (rule, txn_id) IN (SELECT rule, txn_id FROM {m}.fraud_alerts_live_scratch)"
         )
         self._command(f"INSERT INTO {m}.fraud_alerts_live_progress (cdc_version) VALUES ('{high}')")
         return Evaluation(
