@@ -128,12 +128,6 @@ def latency(args: argparse.Namespace, settings: Settings, session: WarehouseSess
         f"toUnixTimestamp64Micro(triggered_at) / 1e6 from {marts}.fraud_alerts_live final "
         f"where _is_deleted = 0 and triggered_at {between}"
     ).result_rows
-    evaluations = poll.query(
-        "select count(), quantileExact(0.5)(gap) from (select evaluated_at, "
-        "dateDiff('millisecond', lagInFrame(evaluated_at) over (order by evaluated_at "
-        "rows between 1 preceding and current row), evaluated_at) / 1000 as gap "
-        f"from {marts}.fraud_alerts_live_progress) where evaluated_at {between}"
-    ).result_rows[0]
     episodes = scalar(
         f"select count() from `{settings.wh_prefix}truth`.fraud_episode final "
         f"where _is_deleted = 0 and started_at {between}"
@@ -156,8 +150,8 @@ def latency(args: argparse.Namespace, settings: Settings, session: WarehouseSess
         f"{getattr(state, 'live_evaluations', 0)} live evaluations, "
         f"{getattr(state, 'dbt_runs', 0)} dbt builds); live up after {live_up - started:.1f}s, "
         f"dbt after {'never' if dbt_up is None else f'{dbt_up - started:.1f}s'}; measured: "
-        f"trigger commits from {low - started:.0f}s to {high - started:.0f}s ({episodes} fraud episodes started, {int(evaluations[0])} "
-        f"live evaluations, median {float(evaluations[1]):.1f}s apart):"
+        f"trigger commits from {low - started:.0f}s to {high - started:.0f}s ({episodes} "
+        "fraud episodes started):"
     )
     print(f"  live detection: {_quantiles(live)} (target p95 < {P95_TARGET_S:.0f}s)")
     print(
