@@ -229,6 +229,8 @@ def main() -> int:
                 session,
                 threads=opts.threads,
                 quiet=True,
+                # As `bankde run`: the project parsed once per process, no JSON artifacts.
+                keep_manifest=True,
             )
             dt, dc = time.perf_counter() - t, cpu() - c
             if not res.success:

@@ -19,7 +19,8 @@ CASES = {
     "table_check": ["--runs", "3"],
     "freshness": [
         *("--txns", "3000", "--customers", "300", "--terminals", "100", "--rate", "200"),
-        *("--duration", "45", "--dbt-every", "10"),
+        # Counted: commits after both paths are up (first build after 10 s) and a warm-up.
+        *("--duration", "100", "--dbt-every", "10", "--warmup", "5", "--tail", "5"),
         *("--changes", "2000", "--rounds", "2"),
     ],
     "kafka": [

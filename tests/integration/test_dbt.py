@@ -6,20 +6,22 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from psycopg import sql
 
 from bankde.settings import Settings
 from bankde.warehouse.session import WarehouseSession
-from tests.conftest import WAREHOUSE_MODES, cli_env, in_mode, make_home
+from tests.conftest import WAREHOUSE_MODES, cli_env, make_home
+from tests.integration.pipeline import build as _build
+from tests.integration.pipeline import fill as _fill
+from tests.integration.pipeline import module_pipeline
+from tests.integration.pipeline import psql as _psql
+from tests.integration.pipeline import sync as _sync
 
 REPO = Path(__file__).resolve().parents[2]
-BANKDE = str(REPO / ".venv" / "bin" / "bankde")
 DBT = str(REPO / ".venv" / "bin" / "dbt")
 SCENARIOS = {
     "rapid_withdrawals",
@@ -48,34 +50,6 @@ class Pipeline:
     evaluation: list
 
 
-def _fill(settings: Settings, seed: int, as_of: str, txns: int, backfill_days: int) -> None:
-    subprocess.run(
-        [BANKDE, "fill", "--seed", str(seed), "--as-of", as_of, "--n-new-txns", str(txns),
-         "--backfill-days", str(backfill_days), "--backfill-txns-per-day", "4000",
-         "--fraud-share", "0.03", "--json"],
-        env=cli_env(settings), check=True, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-
-
-def _sync(settings: Settings, session: WarehouseSession) -> None:
-    from bankde.cdc import api as capture
-
-    capture.sync(settings, capture.open_sink(settings, session), show_progress=False)
-
-
-def _build(settings: Settings, session: WarehouseSession, *args: str) -> bool:
-    from bankde.transform.runner import run_dbt
-
-    return run_dbt(["build", *args], settings, session, quiet=True).success
-
-
-def _psql(settings: Settings, statement: str) -> None:
-    from bankde.source.connection import connect, owner_info
-
-    with connect(owner_info(settings), autocommit=True) as conn:  # the owner: it deletes rows
-        conn.execute(statement)
-
-
 @pytest.fixture(scope="module", params=WAREHOUSE_MODES)
 def pipeline(
     cluster_settings: Settings, warehouse_dir: Path, request: pytest.FixtureRequest
@@ -83,54 +57,15 @@ def pipeline(
     """One source database, slot and warehouse prefix for this module: fill, capture, build.
     Twice: embedded (dbt's chdb adapter in-process), and served by another process (dbt-clickhouse's
     own `clickhouse` target over HTTP, CDC through clickhouse-connect)."""
-    from bankde.source.schema import init_source
     from bankde.transform.evaluation import evaluation_rows
-    from bankde.warehouse.session import open_session
 
-    tag = "tdbt_" + uuid.uuid4().hex[:8]
-    settings = cluster_settings.model_copy(
-        update={
-            "db_name": tag,
-            "cdc_slot": f"slot_{tag}",
-            "cdc_publication": f"pub_{tag}",
-            "wh_dir": warehouse_dir,
-            "wh_prefix": f"{tag}_",
-        }
-    )
-    settings = in_mode(settings, request.param, request)
-    init_source(settings)
-    # The module's session, as a command's: opened once, handed to capture, dbt and the reads.
-    session = open_session(settings)
-    try:
+    made = module_pipeline(cluster_settings, warehouse_dir, "tdbt_", request.param, request)
+    with made as (settings, session):
         wh = session.warehouse(settings)
         _fill(settings, seed=20250601, as_of="2025-06-01T00:00:00Z", txns=12_000, backfill_days=5)
         _sync(settings, session)
         ok = _build(settings, session)
         yield Pipeline(settings, session, ok, evaluation_rows(settings, wh) if ok else [])
-    finally:
-        _drop_pipeline(settings, session, cluster_settings)
-
-
-def _drop_pipeline(settings: Settings, session: WarehouseSession, cluster: Settings) -> None:
-    """Drop what a module's pipeline made: its slot, publication, warehouse layers, source
-    database; then close its session."""
-    from bankde.cdc.slot import drop_publication, drop_slot
-    from bankde.source.connection import admin_info, connect
-    from bankde.warehouse.ddl import drop_databases
-
-    drop_slot(settings, wait=30)
-    drop_publication(settings)
-    wh = session.warehouse(settings)
-    drop_databases(wh)
-    for layer in ("stg", "ods", "marts", "dbt"):
-        wh.command(f"DROP DATABASE IF EXISTS `{settings.wh_prefix}{layer}`")
-    with connect(admin_info(cluster), autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(settings.db_name)
-            )
-        )
-    session.close()
 
 
 def test_build_passes_every_model_and_test(pipeline: Pipeline) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,11 @@ import pytest
 
 from bankde.settings import Settings
 from bankde.warehouse.session import WarehouseSession
-from tests.integration.test_dbt import _build, _drop_pipeline, _fill, _psql, _sync
+from tests.integration.pipeline import build as _build
+from tests.integration.pipeline import fill as _fill
+from tests.integration.pipeline import module_pipeline
+from tests.integration.pipeline import psql as _psql
+from tests.integration.pipeline import sync as _sync
 
 
 @dataclass
@@ -23,33 +26,20 @@ class Live:
 
 @pytest.fixture(scope="module")
 def live(cluster_settings: Settings, warehouse_dir: Path) -> Iterator[Live]:
-    from bankde.source.schema import init_source
     from bankde.transform.live import LiveAlerts
-    from bankde.warehouse.session import open_session
 
-    tag = "tlive_" + uuid.uuid4().hex[:8]
-    settings = cluster_settings.model_copy(
-        update={
-            "db_name": tag,
-            "cdc_slot": f"slot_{tag}",
-            "cdc_publication": f"pub_{tag}",
-            "wh_dir": warehouse_dir,
-            "wh_prefix": f"{tag}_",
-            "clickhouse_url": None,
-        }
-    )
-    init_source(settings)
-    session = open_session(settings)
-    detector = LiveAlerts(settings, session)
-    try:
-        _fill(settings, seed=20250601, as_of="2025-06-01T00:00:00Z", txns=4_000, backfill_days=2)
-        _sync(settings, session)
-        assert _build(settings, session), "first dbt build failed"
-        detector.ensure_tables()
-        yield Live(settings, session, detector)
-    finally:
-        detector.close()
-        _drop_pipeline(settings, session, cluster_settings)
+    with module_pipeline(cluster_settings, warehouse_dir, "tlive_") as (settings, session):
+        detector = LiveAlerts(settings, session)
+        try:
+            _fill(
+                settings, seed=20250601, as_of="2025-06-01T00:00:00Z", txns=4_000, backfill_days=2
+            )
+            _sync(settings, session)
+            assert _build(settings, session), "first dbt build failed"
+            detector.ensure_tables()
+            yield Live(settings, session, detector)
+        finally:
+            detector.close()
 
 
 def _keys(live: Live, table: str, final: bool = False) -> set[tuple[str, int]]:
@@ -231,7 +221,13 @@ def test_build_selects_only_what_changed_and_equals_a_full_rebuild(live: Live) -
     )
     _sync(s, session)
     selection = build_selection(wh, since)
-    assert selection == ["--select", "source:bank.transaction+"]
+    assert selection == [
+        "--select",
+        "source:bank.transaction+",
+        "--exclude",
+        "config.materialized:view",
+        "resource_type:unit_test",
+    ]
     res = run_dbt(["build", *selection], s, session, quiet=True)
     assert res.success, res.failed
     ran = {name for name, _, _ in res.nodes}
@@ -241,3 +237,44 @@ def test_build_selects_only_what_changed_and_equals_a_full_rebuild(live: Live) -
     selected = _fingerprints(s, session)
     assert _build(s, session, "--full-refresh"), "full-refresh dbt build failed"
     assert _fingerprints(s, session) == selected
+
+
+def test_tests_of_changed_rows_fail_on_a_bad_change_until_it_is_fixed(live: Live) -> None:
+    """The data tests of fct_transactions read only the keys changed since they last passed
+    (macros/changed_rows_tests.sql): a bad change fails them, and keeps failing them on the
+    next build (a failed test keeps its old bound) until a new change fixes it."""
+    from bankde.transform.changed import build_selection
+    from bankde.transform.runner import run_dbt
+
+    s, session = live.settings, live.session
+    wh = session.warehouse(s)
+    p = s.wh_prefix
+    key = int(wh.scalar(f"select max(txn_id) from `{p}ods`.fct_transactions where amount > 1"))
+    top = int(wh.scalar(f"select toString(max(_version)) from `{p}raw`.transaction"))
+    amount = str(
+        wh.scalar(f"select toString(amount) from `{p}ods`.fct_transactions where txn_id = {key}")
+    )
+
+    def land(value: str, version: int) -> list[str]:
+        # A change Postgres would refuse (amount 0), landed as CDC would; the build is pinned at
+        # it (these versions sit above the newest recorded offset, the usual cap of the pin).
+        wh.command(
+            f"insert into `{p}raw`.transaction select * replace (toDecimal64('{value}', 2) as "
+            f"amount, toUInt128('{version}') as _version) from `{p}raw`.transaction final "
+            f"where txn_id = {key}"
+        )
+        selection = build_selection(wh, version - 1)
+        assert selection and "source:bank.transaction+" in selection
+        return ["build", *selection, "--vars", f"{{cdc_pin_version: {version}}}"]
+
+    # fct_transactions' row invariants are one test (tests/generic/row_checks.sql).
+    args = land("0", top + 1)
+    res = run_dbt(args, s, session, quiet=True)
+    assert not res.success, "amount 0 passed the row checks"
+    (amount_test,) = [n for n in res.failed if n.startswith("row_checks_fct_transactions")]
+    res = run_dbt(args, s, session, quiet=True)
+    assert amount_test in res.failed, "a failed scoped test passed on the same rows later"
+    res = run_dbt(land(amount, top + 2), s, session, quiet=True)
+    assert res.success, res.failed
+    ran = {name: status for name, status, _ in res.nodes}
+    assert ran[amount_test] == "pass"

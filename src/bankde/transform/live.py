@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS {db}.fraud_alerts_live
 )
 ENGINE = ReplacingMergeTree(_version, _is_deleted)
 ORDER BY (rule, txn_id)
-COMMENT 'Live fraud alerts (bankde.transform.live): triggered_at = newest commit of the changes that decided it, visible_at = when it first appeared'
+COMMENT 'Live fraud alerts (bankde.transform.live): triggered_at = oldest commit on the card among the changes of the evaluation that raised it, visible_at = when it first appeared'
 """
 # The CDC version evaluated so far (the next evaluation starts above it).
 _PROGRESS_DDL = """
@@ -59,6 +59,8 @@ CREATE TABLE IF NOT EXISTS {db}.fraud_alerts_live_scratch
 )
 ENGINE = MergeTree ORDER BY (rule, txn_id)
 """
+# The dbt models an evaluation reads (parameterised views over the stg views only).
+LIVE_VIEWS = ("fraud_live_alerts", "fraud_live_scope")
 _COLUMNS = "rule, txn_id, card_id, customer_id, occurred_at, score, evidence, triggered_at"
 
 
@@ -119,9 +121,24 @@ class LiveAlerts:
         """Whether dbt has created the live views (the first build does)."""
         rows = self._query(
             "select count() from system.tables where database = "
-            f"'{self.settings.wh_prefix}marts' and name in ('fraud_live_alerts', 'fraud_live_scope')"
+            f"'{self.settings.wh_prefix}marts' and name in {LIVE_VIEWS!r}"
         )
-        return bool(rows) and int(rows[0][0]) == 2
+        return bool(rows) and int(rows[0][0]) == len(LIVE_VIEWS)
+
+    def create_views(self) -> bool:
+        """Create the live views and the stg views they read (`dbt run` of views only, seconds),
+        so detection starts without waiting for the first full build. Never concurrently with
+        another dbt invocation of this process (dbt's flags are global). Whether it succeeded."""
+        from bankde.transform.runner import run_dbt
+
+        res = run_dbt(
+            ["run", "--select", *(f"+{v}" for v in LIVE_VIEWS)],
+            self.settings,
+            self.session,
+            quiet=True,
+            keep_manifest=True,
+        )
+        return res.success
 
     def ensure_tables(self) -> None:
         self._command(f"CREATE DATABASE IF NOT EXISTS {self.marts}")
@@ -194,7 +211,9 @@ class LiveAlerts:
         new = self._query(
             "SELECT rule, toUnixTimestamp64Milli(visible_at) - "
             f"intDiv(toUnixTimestamp64Micro(triggered_at), 1000) FROM {m}.fraud_alerts_live FINAL "
-            f"WHERE _version = toUInt128('{high}') AND visible_at >= toDateTime64('{mark}', 3, 'UTC')"
+            f"WHERE _version = toUInt128('{high}') AND visible_at >= toDateTime64('{mark}', 3, 'UTC') "
+            # The keys this evaluation wrote: read by primary key, not the whole table.
+            f"AND (rule, txn_id) IN (SELECT rule, txn_id FROM {m}.fraud_alerts_live_scratch)"
         )
         self._command(f"INSERT INTO {m}.fraud_alerts_live_progress (cdc_version) VALUES ('{high}')")
         return Evaluation(

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from bankde.errors import BankdeError, ConfigError
@@ -166,6 +166,39 @@ def with_vars(args: Sequence[str], extra: Mapping[str, str]) -> list[str]:
     return [*out, "--vars", yaml.safe_dump(merged, default_flow_style=True).strip()]
 
 
+# Parsed projects a long-running process keeps (`bankde run` builds every interval): a build
+# given its manifest skips dbt's parse, seconds on this project even when partial. Keyed by all
+# the parse reads: the project's files (path, size, mtime), the environment and the --vars.
+_manifests: dict[tuple[object, ...], Any] = {}
+
+
+def _project_files(project: Path) -> tuple[tuple[str, int, int], ...]:
+    found: list[tuple[str, int, int]] = []
+    for root, dirs, files in os.walk(project):
+        # dbt's own output, when plain dbt ran here without bankde's DBT_TARGET_PATH.
+        dirs[:] = [d for d in dirs if d not in ("target", "logs", "dbt_packages")]
+        for name in files:
+            st = os.stat(os.path.join(root, name))
+            found.append((os.path.join(root, name), st.st_size, st.st_mtime_ns))
+    return tuple(sorted(found))
+
+
+def _parsed_manifest(project: Path, env: Mapping[str, str], options: list[str]) -> Any:
+    """The project parsed with `options` (--project-dir ... --vars ...), from this process's
+    cache while nothing it depends on changed. Runs inside run_dbt's environment."""
+    from dbt.cli.main import dbtRunner
+
+    key = (_project_files(project), tuple(sorted(env.items())), tuple(options))
+    manifest = _manifests.get(key)
+    if manifest is None:
+        res = dbtRunner().invoke(["--quiet", "parse", *options])
+        if not res.success or res.result is None:
+            raise DbtFailed(f"dbt parse failed: {res.exception or 'see dbt logs'}")
+        _manifests.clear()
+        manifest = _manifests[key] = res.result
+    return manifest
+
+
 def run_dbt(
     args: Sequence[str],
     settings: Settings,
@@ -174,6 +207,7 @@ def run_dbt(
     prefix: str | None = None,
     threads: int | None = None,
     quiet: bool = False,
+    keep_manifest: bool = False,
 ) -> DbtResult:
     """Invoke dbt with `args` (e.g. ["build", "--select", "marts"]) on the caller's `session`.
 
@@ -182,6 +216,9 @@ def run_dbt(
     dbt.adapters.chdb.client.lend_session). A session that is a client of a served warehouse
     makes dbt use dbt-clickhouse's `clickhouse` target on that URL instead. Never raises for
     failed models or tests: the result says so. Raises ConfigError for unknown commands.
+    With keep_manifest the parsed project is kept in this process for the next invocation
+    (until a project file, the environment or the vars change) and dbt writes no JSON
+    artifacts: for repeated builds.
     """
     from dbt.cli.main import dbtRunner
 
@@ -211,7 +248,15 @@ def run_dbt(
     if quiet:
         full = ["--quiet", *full]
     with _environ(env), lend_session(path, session):
-        res = dbtRunner().invoke(full)
+        manifest = None
+        if keep_manifest:
+            # The vars and where dbt finds the project: what a parse of the same project reads.
+            at = full.index("--project-dir")
+            manifest = _parsed_manifest(project, env, full[at:])
+            # Repeated builds: not rewriting manifest.json and run_results.json (megabytes of
+            # JSON) each time; the result returned here says what ran.
+            full = ["--no-write-json", *full]
+        res = dbtRunner(manifest=manifest).invoke(full)
     nodes: list[tuple[str, str, float]] = []
     result = res.result
     for r in getattr(result, "results", None) or []:
