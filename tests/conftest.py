@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The CDC engine tests' `workspace` fixture (and their workload helpers) live there.
+pytest_plugins = ["tests.workload"]
+
 
 def free_port() -> int:
     with socket.socket() as s:
