@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The CDC engine tests' `workspace` fixture (and their workload helpers) live there.
-pytest_plugins = ["tests.workload"]
+# The CDC engine tests' `workspace` fixture (tests/workload.py); how `make pytest`'s two
+# pytest-xdist workers share the tests (tests/xdist_groups.py).
+pytest_plugins = ["tests.workload", "tests.xdist_groups"]
 
 
 def free_port() -> int:
@@ -90,39 +91,6 @@ def pytest_configure(config: pytest.Config) -> None:
         "served_only: run only against the served warehouse (the test looks into it "
         "while another process writes)",
     )
-
-
-# --- parallel runs: `make pytest` runs the suite in two pytest-xdist workers with
-# `--dist loadgroup`. Each worker has its own session fixtures (Postgres cluster, embedded
-# warehouse, served warehouse: free ports, homes under /tmp), so only what one worker must do
-# alone is grouped here; every other test is scheduled on its own.
-KAFKA_GROUP = "kafka"
-# Benchmarks that start a broker and a Connect worker of their own: never beside the session's.
-KAFKA_BENCHES = ("tests/integration/test_bench_smoke.py::test_benchmark_runs_at_tiny_size[kafka]",)
-
-
-def xdist_group(item: pytest.Item) -> str | None:
-    """The group `item` runs in (one worker runs a whole group), or None."""
-    names = getattr(item, "fixturenames", ())
-    if "kafka_cluster" in names or item.nodeid in KAFKA_BENCHES:
-        # One broker + Connect worker per session (kafka_cluster): all its users in one worker.
-        return KAFKA_GROUP
-    info = getattr(item, "_fixtureinfo", None)
-    if info is not None:
-        for name in names:
-            defs = info.name2fixturedefs.get(name) or ()
-            if any(d.scope in ("module", "class", "package") for d in defs):
-                # A module fixture (a whole pipeline, a browser's report, a built JDBC client)
-                # is built once, in the worker that runs the whole module.
-                return item.nodeid.split("::", 1)[0]
-    return None
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        group = xdist_group(item)
-        if group is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
