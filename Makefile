@@ -55,8 +55,12 @@ lint-sql: $(DEV_STAMP)
 typecheck: $(DEV_STAMP)
 	$(BIN)/mypy src
 
+# Two pytest-xdist workers (the suite waits on subprocesses, JVMs and Postgres about half the
+# time); tests/xdist_groups.py keeps together what one worker must run alone (the session's Kafka
+# broker and Connect worker, module-wide pipelines). PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 2
 pytest: $(DEV_STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS)
 
 bench-fill: $(STAMP)
 	$(BIN)/python bench/fill.py

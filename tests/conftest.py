@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The CDC engine tests' `workspace` fixture (tests/workload.py); how `make pytest`'s two
+# pytest-xdist workers share the tests (tests/xdist_groups.py).
+pytest_plugins = ["tests.workload", "tests.xdist_groups"]
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -32,6 +32,11 @@ class Served:
     def client_url(self, user: str = "bankde") -> str:
         return f"http://{user}:{self.password(user)}@127.0.0.1:{self.port}"
 
+    @property
+    def tmp(self) -> Path:
+        """The server's own $TMPDIR (its INSERT spool lives there, apart from other servers')."""
+        return self.home / "tmp"
+
     def stop(self, timeout: float = 60) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -47,10 +52,13 @@ def serve_env(home: Path) -> dict[str, str]:
 def start_served(home: Path, port: int, timeout: float = 90) -> Served:
     """Start `bankde wh serve --port port` on `home` and wait until the lock file names its URL."""
     log = home / "serve.log"
+    # A $TMPDIR of its own: a test that looks for the server's spool files must not see those of
+    # a server another test worker runs at the same time.
+    (home / "tmp").mkdir(exist_ok=True)
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [BANKDE, "wh", "serve", "--port", str(port)],
-            env=serve_env(home),
+            env={**serve_env(home), "TMPDIR": str(home / "tmp")},
             stdout=out,
             stderr=subprocess.STDOUT,
         )

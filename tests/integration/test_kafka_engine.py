@@ -8,9 +8,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +16,10 @@ import pytest
 
 from bankde.settings import Settings
 from bankde.source.connection import connect, owner_info
-from tests.conftest import cli_env, make_home
-from tests.integration.test_debezium_engine import COMPARE, _changes, _seed, _workload
+from tests.conftest import cli_env
+from tests.integration.test_debezium_engine import COMPARE, _changes, _seed
 from tests.kafka_stack import Connectors, Stack, connectors
+from tests.workload import writer
 
 pytest.importorskip("confluent_kafka", reason="the [kafka] extra is not installed")
 
@@ -43,25 +42,6 @@ print(off.lsn if off else 0)
 def kafka_stack(kafka_cluster: Any) -> Stack:
     """The session's managed broker and Connect worker (tests/kafka.py)."""
     return Stack(kafka_cluster.bootstrap, kafka_cluster.connect_url)
-
-
-@pytest.fixture()
-def workspace(source_settings: Settings) -> Iterator[tuple[Settings, Path]]:
-    tag = source_settings.db_name
-    settings = source_settings.model_copy(
-        update={"cdc_slot": f"slot_{tag}", "cdc_publication": f"pub_{tag}"}
-    )
-    home = make_home("bankde-kafka-wh-")
-    try:
-        yield settings, home
-    finally:
-        from bankde.cdc.slot import drop_publication, drop_slot
-
-        drop_slot(settings, wait=30)
-        drop_publication(settings)
-        import shutil
-
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def _env(
@@ -210,15 +190,9 @@ def test_kill_dash_nine_of_the_kafka_consumer(
         }
         regs.wait_running()
         _sync_until(env, _current_lsn(settings))  # Debezium's snapshot, applied
-        stop = threading.Event()
-        done: list[int] = []
-        writer = threading.Thread(
-            target=lambda: done.append(_workload(settings, stop, random.Random(3))), daemon=True
-        )
-        writer.start()
         rng = random.Random(7)
         committed: list[dict[tuple[str, int], int]] = []
-        try:
+        with writer(settings, 3, rate=100) as done:
             for i in range(5):
                 before = _group_offsets(regs)
                 proc = subprocess.Popen(
@@ -240,9 +214,6 @@ def test_kill_dash_nine_of_the_kafka_consumer(
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(timeout=30)
                 committed.append(_group_offsets(regs))
-        finally:
-            stop.set()
-            writer.join(timeout=30)
         assert done and done[0] > 50
         assert len({tuple(sorted(c.items())) for c in committed}) == 5, "each run moved on"
         _sync_until(env, _current_lsn(settings))

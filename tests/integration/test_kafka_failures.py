@@ -11,7 +11,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +23,7 @@ from bankde.settings import Settings
 from bankde.source.connection import admin_info, connect, owner_info
 from tests.conftest import cli_env
 from tests.integration import test_kafka_engine
-from tests.integration.test_debezium_engine import _seed, _workload
+from tests.integration.test_debezium_engine import _seed
 from tests.integration.test_kafka_engine import (
     BANKDE,
     _cli,
@@ -37,12 +36,13 @@ from tests.integration.test_kafka_engine import (
 )
 from tests.kafka import free_ports
 from tests.kafka_stack import Connectors, Stack, connectors
+from tests.workload import writer
 
 pytest.importorskip("confluent_kafka", reason="the [kafka] extra is not installed")
 
-# The session's broker and worker, the test's source database and warehouse home.
+# The session's broker and worker (`workspace`, the test's source database and warehouse home,
+# is tests/workload.py's).
 kafka_stack = test_kafka_engine.kafka_stack
-workspace = test_kafka_engine.workspace
 
 # `bankde cdc run --engine kafka` with the engine's INFO lines on stderr (the CLI configures no
 # logging): each partition assignment and the offset it resumes from.
@@ -72,60 +72,9 @@ def _assignments(text: str) -> list[tuple[str, int, int | None]]:
     return [(m[1], int(m[2]), None if m[3] is None else int(m[3])) for m in ASSIGNED.finditer(text)]
 
 
-def _light_workload(settings: Settings, stop: Any, rng: Any) -> int:
-    """Small transactions of a few rows each (inserts, updates, deletes, key changes) until
-    `stop`: the events stay few however long a restart makes the test write."""
-    done, next_id = 0, 50_000
-    with connect(owner_info(settings)) as conn:
-        while not stop.is_set():
-            n = rng.randint(1, 4)
-            conn.execute(
-                """INSERT INTO bank.transaction (txn_id, account_id, txn_type, status, amount,
-                    currency, description, occurred_at)
-                SELECT g, 1 + g %% 50, 'deposit', 'approved', 12.34, 'EUR', 'live ' || g, now()
-                FROM generate_series(%s::bigint, %s::bigint) g""",
-                (next_id, next_id + n - 1),
-            )
-            next_id += n
-            conn.execute(
-                "UPDATE bank.transaction SET amount = amount + 0.01, updated_at = now() "
-                "WHERE txn_id IN (%s, %s)",
-                (rng.randint(1, next_id), rng.randint(1, next_id)),
-            )
-            kind = rng.random()
-            if kind < 0.3:
-                conn.execute(
-                    "DELETE FROM bank.transaction WHERE txn_id = (SELECT txn_id FROM "
-                    "bank.transaction WHERE txn_id > 30 ORDER BY random() LIMIT 1)"
-                )
-            elif kind < 0.4:
-                conn.execute(
-                    "UPDATE bank.transaction SET txn_id = %s WHERE txn_id = (SELECT max(txn_id) "
-                    "FROM bank.transaction)",
-                    (next_id,),
-                )
-                next_id += 1
-            conn.commit()
-            done += 1
-            time.sleep(0.02)
-    return done
-
-
-@contextmanager
-def _writer(settings: Settings, seed: int, light: bool = False) -> Iterator[list[int]]:
-    """The random workload in a thread for the block's duration; yields [transactions done]."""
-    stop = threading.Event()
-    done: list[int] = []
-    work = _light_workload if light else _workload
-    thread = threading.Thread(
-        target=lambda: done.append(work(settings, stop, random.Random(seed))), daemon=True
-    )
-    thread.start()
-    try:
-        yield done
-    finally:
-        stop.set()
-        thread.join(timeout=60)
+# Few events per second however long a restart makes the test write: two-row updates, small
+# inserts, at most 50 transactions a second.
+LIGHT: dict[str, Any] = {"rate": 50, "rows": 4, "wide_updates": False}
 
 
 def _consumer(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -236,7 +185,7 @@ def test_two_consumers_share_the_partitions_and_one_takes_over(
         assert {p for t, p in _stored(env) if t == busy} == {0, 1, 2}, "three partitions"
         logs = [home / "consumer-a.log", home / "consumer-b.log"]
         with _served(env, home):
-            with _writer(settings, 11) as done:
+            with writer(settings, 11, rate=100) as done:
                 procs = [_consumer(env, log) for log in logs]
                 try:
                     members = _wait(
@@ -414,7 +363,7 @@ def test_kill_dash_nine_of_the_connect_worker(
             env = _env(settings, home, "kafka", regs)
             regs.wait_running()
             _sync_until(env, _current_lsn(settings))  # Debezium's snapshot, applied
-            with _writer(settings, 13, light=True) as done:
+            with writer(settings, 13, **LIGHT) as done:
                 # Mid-stream: the workload's changes are reaching the topic.
                 start = _end(regs, "bank.transaction")
                 _wait(lambda: _end(regs, "bank.transaction") > start + 100, 120, "changes flow")
@@ -469,7 +418,7 @@ def _broker_restart(
     """The consumer running against the served warehouse while the broker is killed and back."""
     proc = _consumer(env, log)
     try:
-        with _writer(settings, 19, light=True) as done:
+        with writer(settings, 19, **LIGHT) as done:
             before = _group_offsets(regs)
             _wait(lambda: _group_offsets(regs) != before, 120, "the consumer wrote")
             time.sleep(random.Random(23).uniform(1, 3))

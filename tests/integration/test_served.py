@@ -219,7 +219,10 @@ def test_insert_is_all_or_nothing(served_warehouse: Served, db: str) -> None:
     assert _status_headers_body(proc.stdout)[0] >= 400, proc.stdout
     assert client.command("SELECT count() FROM n") == 0
     # The client goes away in the middle of the body: the insert never runs.
-    spool_before = _spool_files()
+    assert list(served_warehouse.tmp.glob("bankde-wh-spool-*")), (
+        "the server spools under its TMPDIR"
+    )
+    spool_before = _spool_files(served_warehouse)
     with socket.create_connection(("127.0.0.1", served_warehouse.port)) as s:
         import base64
 
@@ -234,14 +237,11 @@ def test_insert_is_all_or_nothing(served_warehouse: Served, db: str) -> None:
         time.sleep(0.5)
     time.sleep(1.0)
     assert client.command("SELECT count() FROM n") == 0
-    assert _spool_files() <= spool_before, "the spooled body is removed"
+    assert _spool_files(served_warehouse) <= spool_before, "the spooled body is removed"
 
 
-def _spool_files() -> set[str]:
-    import glob
-    import tempfile
-
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), "bankde-wh-spool-*", "insert-*")))
+def _spool_files(served: Served) -> set[str]:
+    return {str(p) for p in served.tmp.glob("bankde-wh-spool-*/insert-*")}
 
 
 # --- JVM: ClickHouse's JDBC driver (DBeaver, Metabase) -------------------------------------------

@@ -51,6 +51,17 @@ def test_airflow_env_carries_the_settings_to_task_processes(tmp_path: Path) -> N
     assert env["AIRFLOW_HOME"] == str(tmp_path.resolve() / "airflow")
 
 
+def test_two_airflows_never_share_a_log_server_port(tmp_path: Path) -> None:
+    """The scheduler's and the triggerer's log servers get free ports, not Airflow's fixed
+    8793/8794: two Airflows on one machine (two homes, two test workers) both start."""
+    keys = ("AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT", "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT")
+    first = airflow_env(Settings(home=tmp_path / "a"), port=18080)
+    second = airflow_env(Settings(home=tmp_path / "b"), port=18081)
+    ports = [int(env[k]) for env in (first, second) for k in keys]
+    assert not {8793, 8794} & set(ports), ports
+    assert len(set(ports[:2])) == 2 and len(set(ports[2:])) == 2, ports
+
+
 def test_settings_env_round_trips(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, pg_port=55998, cdc_slot="s2", monitor_max_lag_bytes=123)
     for k, v in settings_env(settings).items():

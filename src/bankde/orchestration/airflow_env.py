@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,7 @@ def airflow_env(
     # Airflow's processes (standalone's children, task runners) find each other's scripts on PATH.
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    log_ports = _free_ports(2)
     env.update(
         {
             "AIRFLOW_HOME": str(home),
@@ -98,12 +100,29 @@ def airflow_env(
             # umask: $BANKDE_HOME stays private to its owner.
             "AIRFLOW__LOGGING__FILE_TASK_HANDLER_NEW_FOLDER_PERMISSIONS": "0o700",
             "AIRFLOW__LOGGING__FILE_TASK_HANDLER_NEW_FILE_PERMISSIONS": "0o600",
+            # The scheduler and the triggerer serve task logs on fixed ports (8793, 8794) by
+            # default: a second Airflow on this machine (another home, a parallel test) could
+            # not bind them. Free ports instead; every component gets this same environment.
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(log_ports[0]),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(log_ports[1]),
         }
     )
     # Task processes rebuild the same settings object from these variables.
     env.update(settings_env(settings))
     env.setdefault("BANKDE_WH_LOCK_WAIT", str(int(TASK_LOCK_WAIT)))
     return env
+
+
+def _free_ports(n: int) -> list[int]:
+    """`n` distinct ports free right now (all held open together, so never the same one twice)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
