@@ -143,11 +143,13 @@ def test_run_stops_cleanly_on_ctrl_c(demo_home: tuple[Path, int]) -> None:
     )
     # Long enough for the first snapshot, some streamed batches and a dbt build (CDC streams
     # during the build, so on a busy 2-core machine the first one can take a minute).
+    # A build has finished once the report it rewrites exists (the run's builds keep dbt's
+    # parsed project and write no run_results.json).
     deadline = time.monotonic() + 150
     built = False
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(2)
-        built = any((home / "dbt").rglob("run_results.json"))
+        built = (home / "report.html").is_file()
         if built:
             break
     time.sleep(4)
