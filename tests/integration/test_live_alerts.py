@@ -227,12 +227,14 @@ def test_build_selects_only_what_changed_and_equals_a_full_rebuild(live: Live) -
         "--exclude",
         "config.materialized:view",
         "resource_type:unit_test",
+        "tag:live_scratch",
     ]
     res = run_dbt(["build", *selection], s, session, quiet=True)
     assert res.success, res.failed
     ran = {name for name, _, _ in res.nodes}
     assert "fct_transactions" in ran and "fct_fraud_alerts" in ran
     assert not {n for n in ran if n.startswith("snap_") or n in ("ods_customers", "ods_cards")}
+    assert not {n for n in ran if n.endswith("_scratch")}, "a live scratch table was built"
     assert len(ran) < 100
     selected = _fingerprints(s, session)
     assert _build(s, session, "--full-refresh"), "full-refresh dbt build failed"

@@ -24,6 +24,8 @@ SOURCES: dict[tuple[str, str], str] = {
 # (they run in every build that builds everything: a process's first, a full one).
 VIEWS = "config.materialized:view"
 UNIT_TESTS = "resource_type:unit_test"
+# The live evaluation's scratch tables (models/marts/fraud/live/): a build appends nothing to them.
+LIVE_SCRATCH = "tag:live_scratch"
 
 
 def last_pin(wh: Warehouse) -> int | None:
@@ -69,8 +71,8 @@ def changed_sources(wh: Warehouse, since: int) -> list[str]:
 def build_selection(wh: Warehouse, since: int | None) -> list[str] | None:
     """`dbt build` arguments that select only the nodes downstream of the sources changed since
     the build that pinned `since` (its models, snapshots and their tests; dbt's eager indirect
-    selection adds a test that touches any of them), views and unit tests excluded: [] when nothing changed
-    (no build needed), None when there is no earlier build to compare with (build everything)."""
+    selection adds a test that touches any of them), views, unit tests and the live scratch tables
+    excluded: [] when nothing changed (no build needed), None when there is no earlier build to compare with (build everything)."""
     if since is None:
         return None
     changed = changed_sources(wh, since)
@@ -79,4 +81,11 @@ def build_selection(wh: Warehouse, since: int | None) -> list[str] | None:
     # Views hold no rows: one that the first build of the process (None above) or a full build
     # created needs no new CREATE for changed data (fraud_live_alerts' takes ~1 s on 10M rows).
     # Their tests go with them: fct_transactions' tests cover the same transaction keys.
-    return ["--select", *(f"source:{name}+" for name in changed), "--exclude", VIEWS, UNIT_TESTS]
+    return [
+        "--select",
+        *(f"source:{name}+" for name in changed),
+        "--exclude",
+        VIEWS,
+        UNIT_TESTS,
+        LIVE_SCRATCH,
+    ]

@@ -59,8 +59,15 @@ CREATE TABLE IF NOT EXISTS {db}.fraud_alerts_live_scratch
 )
 ENGINE = MergeTree ORDER BY (rule, txn_id)
 """
-# The dbt models an evaluation reads (parameterised views over the stg views only).
-LIVE_VIEWS = ("fraud_live_alerts", "fraud_live_scope")
+# The dbt models an evaluation reads and fills (models/marts/fraud/live/): the views of its three
+# steps over the stg views, and the scratch tables between the steps.
+LIVE_MODELS = (
+    "fraud_live_scope",
+    "fraud_live_scope_scratch",
+    "fraud_live_facts",
+    "fraud_live_facts_scratch",
+    "fraud_live_alerts",
+)
 _COLUMNS = "rule, txn_id, card_id, customer_id, occurred_at, score, evidence, triggered_at"
 
 
@@ -79,10 +86,9 @@ class Evaluation:
 @dataclass
 class LiveAlerts:
     """Keeps `<prefix>marts.fraud_alerts_live` equal to what the batch rules would say about the
-    data landed so far. `evaluate()` runs the dbt views fraud_live_alerts / fraud_live_scope
-    (models/marts/fraud/live/: the rules' own macros, scoped to the cards the CDC versions above
-    the last evaluation touched), upserts their alerts and retracts the scope's alerts that no
-    longer hold. Idempotent: evaluating the same versions again changes nothing visible. One
+    data landed so far. `evaluate()` runs the dbt models of models/marts/fraud/live/ (the rules'
+    own macros, scoped to the cards the CDC versions above the last evaluation touched) in three
+    steps, upserts their alerts and retracts the scope's alerts that no longer hold. Idempotent: evaluating the same versions again changes nothing visible. One
     evaluator per warehouse prefix at a time (the run loop's thread). Needs a dbt build first
     (the views); until then `ready()` is False."""
 
@@ -118,21 +124,21 @@ class LiveAlerts:
         self._run(lambda c: c.command(sql))
 
     def ready(self) -> bool:
-        """Whether dbt has created the live views (the first build does)."""
+        """Whether dbt has created the live models (the first build does)."""
         rows = self._query(
             "select count() from system.tables where database = "
-            f"'{self.settings.wh_prefix}marts' and name in {LIVE_VIEWS!r}"
+            f"'{self.settings.wh_prefix}marts' and name in {LIVE_MODELS!r}"
         )
-        return bool(rows) and int(rows[0][0]) == len(LIVE_VIEWS)
+        return bool(rows) and int(rows[0][0]) == len(LIVE_MODELS)
 
     def create_views(self) -> bool:
-        """Create the live views and the stg views they read (`dbt run` of views only, seconds),
+        """Create the live models and the stg views they read (`dbt run` of views and two empty tables, seconds),
         so detection starts without waiting for the first full build. Never concurrently with
         another dbt invocation of this process (dbt's flags are global). Whether it succeeded."""
         from bankde.transform.runner import run_dbt
 
         res = run_dbt(
-            ["run", "--select", *(f"+{v}" for v in LIVE_VIEWS)],
+            ["run", "--select", *(f"+{v}" for v in LIVE_MODELS)],
             self.settings,
             self.session,
             quiet=True,
@@ -173,12 +179,18 @@ class LiveAlerts:
         high = self.landed_version() if high is None else high
         if high <= low:
             return Evaluation(low, high, 0.0)
-        m, args = self.marts, f"low = {low}, high = {high}"
-        self._command(f"TRUNCATE TABLE {m}.fraud_alerts_live_scratch")
-        self._command(
-            f"INSERT INTO {m}.fraud_alerts_live_scratch ({_COLUMNS}) "
-            f"SELECT {_COLUMNS} FROM {m}.fraud_live_alerts({args})"
+        m = self.marts
+        # Three steps, each into a table: ClickHouse plans the query of scope, facts and rules as
+        # one in seconds whatever the scope (2.4 s measured); each step alone in milliseconds.
+        steps = (
+            ("fraud_live_scope_scratch", f"fraud_live_scope(low = {low}, high = {high})", "*"),
+            ("fraud_live_facts_scratch", "fraud_live_facts", "*"),
+            ("fraud_alerts_live_scratch", "fraud_live_alerts", _COLUMNS),
         )
+        for table, source, columns in steps:
+            self._command(f"TRUNCATE TABLE {m}.{table}")
+            into = "" if columns == "*" else f" ({columns})"
+            self._command(f"INSERT INTO {m}.{table}{into} SELECT {columns} FROM {m}.{source}")
         mark = self._query("select toString(now64(3))")[0][0]
         # Upsert: an alert already visible keeps when it first appeared and what triggered it.
         self._command(
@@ -195,7 +207,7 @@ class LiveAlerts:
         # Retract: alerts of the scope's cards and days that this evaluation did not confirm.
         retract = (
             f"FROM {m}.fraud_alerts_live AS a FINAL "
-            f"INNER JOIN {m}.fraud_live_scope({args}) AS s ON a.card_id = s.card_id "
+            f"INNER JOIN {m}.fraud_live_scope_scratch AS s ON a.card_id = s.card_id "
             f"WHERE a._version < toUInt128('{high}') "
             "AND toDate(a.occurred_at) >= addDays(s.first_day, -1) "
             "AND toDate(a.occurred_at) <= addDays(s.last_day, 1)"

@@ -1,38 +1,20 @@
-{#- Parameterised view (low, high): every alert of every rule on the cards and days the CDC
-    versions in (low, high] touch (fraud_live_scope), from the landing tables through the stg_
-    views, so it needs no dbt build to see a change. The rules are the batch marts' macros
-    (macros/fraud_rules.sql) over the same transaction facts (macros/transaction_facts.sql);
-    only their inputs are scoped: a card's transactions two days either side of its changed days
-    (windows are < 1 day), alerts one day either side. -#}
+{#- Every alert of every fraud rule on the cards and days one live evaluation re-decides
+    (bankde.transform.live, step 3 of 3): the batch marts' macros (macros/fraud_rules.sql) over
+    the scoped facts step 2 wrote to fraud_live_facts_scratch, alerts one day either side of the
+    scope's changed days (fraud_live_scope_scratch, step 1). The steps go through tables because
+    ClickHouse plans one query of scope, facts and rules together in seconds whatever the scope's
+    size; each step alone plans in milliseconds (docs/freshness.md). -#}
 with
 
 scope as (
 
-    {{ live_scope() }}
-
-),
-
-scoped_transactions as (
-
-    -- Every version of the scoped cards' transactions names the keys; FINAL then reads their
-    -- current state by primary key.
-    select * from {{ ref('stg_transactions') }}
-    where txn_id in (
-        select changes.txn_id
-        from {{ ref('stg_transaction_changes') }} as changes
-        inner join scope on changes.card_id = scope.card_id
-        where
-            toDate(changes.occurred_at) >= addDays(scope.first_day, -2)
-            and toDate(changes.occurred_at) <= addDays(scope.last_day, 2)
-    )
+    select * from {{ ref('fraud_live_scope_scratch') }}
 
 ),
 
 live_facts as (
 
-    {{ transaction_facts(
-        'scoped_transactions', ref('stg_accounts'), ref('stg_cards'), ref('stg_terminals')
-    ) }}
+    select * from {{ ref('fraud_live_facts_scratch') }}
 
 ),
 
