@@ -76,6 +76,8 @@ FIGURES = {
         rf"streaming phase alone {_N}/s",
         rf"\(pg_recvlogical\) {_N} changes/s, ratio {_N}",
         rf"read\+decode without warehouse {_N} changes/s, ratio {_N}",
+        rf"fsync cost \({_N} alternating rounds, medians\): every insert fsynced {_N} changes/s "
+        rf"\| baseline without fsync {_N} changes/s \| ratio {_N}",
         rf"cold JVM\): {_N} changes at {_N} changes/s \({_N}s with connector start; process CPU {_N} us/change",
         rf"warm JVM\): {_N} changes at {_N} changes/s \({_N}s with connector start; process CPU {_N} us/change",
         rf"stream: native {_N} changes/s \| debezium engine {_N} changes/s \| ratio native/debezium {_N}",
