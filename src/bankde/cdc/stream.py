@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -43,6 +44,13 @@ ADAPTIVE_POLL_SECONDS = 0.002
 ADAPTIVE_FRESH_MS = 250
 # Freed memory a streaming process keeps for its next batches (see _tuples.keep_freed_memory).
 KEEP_FREED_BYTES = 256 * 1024 * 1024
+
+
+@functools.cache
+def _keep_freed_memory() -> None:
+    """Once per process (a malloc setting): each batch allocates tens of MB of decode buffers,
+    so freed memory is reused rather than returned and faulted in again as fresh pages."""
+    keep_freed_memory(KEEP_FREED_BYTES)
 
 
 @dataclass
@@ -123,8 +131,7 @@ class Streamer:
         self.sink = sink
         self.engine_factory = engine_factory
         self.engine: CaptureEngine | None = None
-        # Each batch allocates tens of MB of decode buffers: reuse freed memory, not fresh pages.
-        keep_freed_memory(KEEP_FREED_BYTES)
+        _keep_freed_memory()
         self.batch_rows = batch_rows or settings.cdc_batch_rows
         self.batch_seconds = batch_seconds or settings.cdc_batch_seconds
         # Write as soon as the stream has caught up (BANKDE_CDC_BATCH_ADAPTIVE), not only when

@@ -347,20 +347,17 @@ def _live(
 
 def _live_views(settings: Settings, session: WarehouseSession) -> None:
     """The live views for detection to start; on failure it waits for the first build."""
-    from bankde.transform.live import LiveAlerts
+    from bankde.transform.live import create_live_models
 
-    detector = LiveAlerts(settings, session)
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            ok = detector.create_views()
+            ok = create_live_models(settings, session)
         if not ok:
             err.print(
                 "[yellow]live alerts: dbt run of the live views failed; they start after the first build[/yellow]"
             )
     except BankdeError as exc:
         err.print(f"[yellow]live alerts: {exc}; they start after the first build[/yellow]")
-    finally:
-        detector.close()
 
 
 def _live_once(settings: Settings, session: WarehouseSession, state: RunState) -> None:

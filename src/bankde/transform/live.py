@@ -131,21 +131,6 @@ class LiveAlerts:
         )
         return bool(rows) and int(rows[0][0]) == len(LIVE_MODELS)
 
-    def create_views(self) -> bool:
-        """Create the live models and the stg views they read (`dbt run` of views and two empty tables, seconds),
-        so detection starts without waiting for the first full build. Never concurrently with
-        another dbt invocation of this process (dbt's flags are global). Whether it succeeded."""
-        from bankde.transform.runner import run_dbt
-
-        res = run_dbt(
-            ["run", "--select", *(f"+{v}" for v in LIVE_MODELS)],
-            self.settings,
-            self.session,
-            quiet=True,
-            keep_manifest=True,
-        )
-        return res.success
-
     def ensure_tables(self) -> None:
         self._command(f"CREATE DATABASE IF NOT EXISTS {self.marts}")
         for ddl in (_LIVE_DDL, _PROGRESS_DDL, _SCRATCH_DDL):
@@ -247,6 +232,23 @@ class LiveAlerts:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def create_live_models(settings: Settings, session: WarehouseSession) -> bool:
+    """Create the live models and the stg views they read (`dbt run` of views and two empty
+    tables, seconds), so detection starts without waiting for the first full build. Never
+    concurrently with another dbt invocation of this process (dbt's flags are global). Whether
+    it succeeded."""
+    from bankde.transform.runner import run_dbt
+
+    res = run_dbt(
+        ["run", "--select", *(f"+{v}" for v in LIVE_MODELS)],
+        settings,
+        session,
+        quiet=True,
+        keep_manifest=True,
+    )
+    return res.success
 
 
 def run_live_alerts(
