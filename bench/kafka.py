@@ -110,8 +110,16 @@ def fill_topic(bootstrap: str, events: int) -> float:
     return time.perf_counter() - started
 
 
-def decode_baseline(bootstrap: str, events: int) -> float:
-    """Events/s of consuming the topic and orjson-decoding each value, nothing else."""
+def cpu_seconds() -> float:
+    """User and system CPU of this process so far, all its threads (librdkafka's, Arrow's and
+    chDB's included): what a step costs whatever else runs on a shared machine."""
+    t = os.times()
+    return t.user + t.system
+
+
+def decode_baseline(bootstrap: str, events: int) -> tuple[float, float]:
+    """Events/s of consuming the topic and orjson-decoding each value, nothing else, and the
+    CPU microseconds it took per event."""
     from confluent_kafka import Consumer
 
     c = Consumer(
@@ -127,6 +135,7 @@ def decode_baseline(bootstrap: str, events: int) -> float:
     )
     c.subscribe([TOPIC])
     n = 0
+    cpu = cpu_seconds()
     started: float | None = None
     while n < events:
         msgs = c.consume(20_000, 1.0)
@@ -137,8 +146,9 @@ def decode_baseline(bootstrap: str, events: int) -> float:
         n += len(msgs)
     assert started is not None
     secs = time.perf_counter() - started
+    cpu = cpu_seconds() - cpu
     c.close()
-    return events / secs
+    return events / secs, cpu / events * 1e6
 
 
 def rss_mib(pid: int | None) -> int:
@@ -457,7 +467,7 @@ def main() -> None:
         bootstrap = kafka.bootstrap
         fill = fill_topic(bootstrap, args.events)
         print(f"filled {TOPIC} ({PARTITIONS} partitions): {args.events:,} events in {fill:.1f} s")
-        baseline = decode_baseline(bootstrap, args.events)
+        baseline, baseline_cpu = decode_baseline(bootstrap, args.events)
         s = settings.model_copy(
             update={
                 "kafka_bootstrap": bootstrap,
@@ -468,9 +478,10 @@ def main() -> None:
             }
         )
         with open_session(s) as session:
-            res = capture.sync(
-                s, capture.open_sink(s, session), engine="kafka", show_progress=False
-            )
+            sink = capture.open_sink(s, session)
+            cpu = cpu_seconds()
+            res = capture.sync(s, sink, engine="kafka", show_progress=False)
+            cpu = cpu_seconds() - cpu
             rows = session.warehouse().scalar("SELECT count() FROM bk_raw.transaction FINAL")
             per_event = 0.0
             if not args.no_per_event:
@@ -501,6 +512,11 @@ def main() -> None:
         print(
             f"consumer alone: {res.changes:,} events applied in {res.stream_seconds:.1f} s = "
             f"{applied:,.0f} events/s ({rows:,} rows through FINAL)"
+        )
+        print(
+            f"  CPU of this process (all threads) per event: consumer {cpu / max(res.changes, 1) * 1e6:.1f}"
+            f" us (whole sync, warehouse included) | baseline {baseline_cpu:.1f} us | ratio "
+            f"{cpu / max(res.changes, 1) * 1e6 / baseline_cpu:.2f}"
         )
         print(
             f"  baseline (consume + orjson.loads only, same topic): {baseline:,.0f} events/s | "

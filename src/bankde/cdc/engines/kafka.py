@@ -20,7 +20,13 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from bankde.cdc.engines.debezium.columns import Irregular, TablePlan, plan_for, table_columns
+from bankde.cdc.engines.debezium.columns import (
+    Irregular,
+    TablePlan,
+    plan_for,
+    table_columns,
+    transaction_ends,
+)
 from bankde.cdc.engines.debezium.convert import (
     TableCatalog,
     TableInfo,
@@ -774,15 +780,33 @@ class KafkaEngine:
         except KafkaException as exc:
             raise SourceUnavailable(f"kafka: {exc}") from None
         self._raise_if_failed()
-        ends = 0
-        for msg in records:
-            if msg.error() is not None:
-                continue  # partition EOF, broker hiccups: librdkafka carries on
-            raw = msg.value()
-            if raw is None:
-                continue
+        # Errors (partition EOF, broker hiccups: librdkafka carries on) and empty values skipped.
+        records = [m for m in records if m.error() is None and m.value() is not None]
+        found = transaction_ends([m.value() for m in records])
+        if found is None:
+            found = self._ends_one_by_one(records)
+        at, xids, lsns = found
+        commits, cut = self._commits, self._cut
+        for i, xid, lsn in zip(at, xids, lsns, strict=True):
+            commits[xid] = lsn
+            if lsn > cut:
+                msg = records[i]
+                key = (msg.topic() or "", msg.partition() or 0)
+                self._txn_ends.setdefault(key, deque()).append((lsn, msg.offset() or 0))
+        ends = len(at)
+        if len(self._commits) > COMMITS_MAX:
+            # Read from the start of a long topic: what is below the cut is applied already.
+            self._forget_commits()
+        return ends
+
+    @staticmethod
+    def _ends_one_by_one(records: list[Message]) -> tuple[list[int], list[int], list[int]]:
+        """transaction_ends record by record: a record that is not a Debezium transaction
+        record stops the capture, named by where it was read."""
+        at, xids, lsns = [], [], []
+        for i, msg in enumerate(records):
             try:
-                value = orjson.loads(raw)
+                value = orjson.loads(msg.value())  # type: ignore[arg-type]
                 if value.get("status") != "END":
                     continue
                 xid, lsn = parse_txn_id(value["id"])
@@ -791,15 +815,10 @@ class KafkaEngine:
                     f"kafka {msg.topic()}[{msg.partition()}]@{msg.offset()}: not a Debezium "
                     f"transaction record ({type(exc).__name__}: {exc})"
                 ) from None
-            self._commits[xid] = lsn
-            ends += 1
-            if lsn > self._cut:
-                key = (msg.topic() or "", msg.partition() or 0)
-                self._txn_ends.setdefault(key, deque()).append((lsn, msg.offset() or 0))
-        if len(self._commits) > COMMITS_MAX:
-            # Read from the start of a long topic: what is below the cut is applied already.
-            self._forget_commits()
-        return ends
+            at.append(i)
+            xids.append(xid)
+            lsns.append(lsn)
+        return at, xids, lsns
 
     def _assign_transaction_topics(self) -> None:
         """Every transaction topic of the prefix, from where the warehouse says a restart must
