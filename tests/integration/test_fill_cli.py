@@ -106,11 +106,17 @@ def test_killed_fill_leaves_whole_batches_and_a_rerun_continues(source_settings)
     proc = subprocess.Popen(big, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
-        while _count(source_settings) < 5_000 and time.monotonic() < deadline:
+        while (
+            _count(source_settings) < 5_000
+            and time.monotonic() < deadline
+            and proc.poll() is None  # a fill that stopped by itself: its error below
+        ):
             time.sleep(0.05)
     finally:
-        os.kill(proc.pid, signal.SIGKILL)  # no chance to clean up: only commits count
-        proc.communicate(timeout=30)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)  # no chance to clean up: only commits count
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, f"the fill stopped by itself: {err.decode()[-2000:]}"
     with connect(source_info(source_settings), autocommit=True) as conn:
         # Wait until the server has noticed: its backend aborts (or commits) what was in flight.
         while (

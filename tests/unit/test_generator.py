@@ -19,7 +19,7 @@ from bankde.generator.activity import (
 )
 from bankde.generator.config import FillConfig, load_fill_config
 from bankde.generator.lifecycle import R_CARD_CLOSED, R_FUNDS, R_LIMIT, plan_closes, settle
-from bankde.generator.scenarios import SCENARIOS, allocate, episode_offsets
+from bankde.generator.scenarios import SCENARIOS, Context, _episodes, allocate, episode_offsets
 from bankde.generator.world import NEVER, Accounts, Cards, Customers, Terminals, World
 
 
@@ -176,3 +176,24 @@ def test_closes_come_after_each_entity_floor_and_cascade():
         assert (at > (idx + 1) * 10).all() and (at >= 5_000).all() and (at < 15_000).all()
     # Entities whose floor is past the span stay open.
     assert closes.idx["card"].max() < 1_500
+
+
+def test_an_episode_whose_rows_were_all_dropped_is_left_out():
+    """A scenario drops the rows it finds no terminal for; an episode left without rows has no
+    time span (it once went to the writer with int64 sentinels and stopped the fill)."""
+    n = 3
+    ids = np.arange(1, n + 1, dtype=np.int64)
+    zeros, never = np.zeros(n, np.int64), np.full(n, NEVER)
+    w = World()
+    w.customers = Customers(
+        ids, zeros, zeros, zeros * 1.0, zeros * 1.0, never.copy(), zeros, zeros.copy()
+    )
+    w.cards = Cards(ids, np.arange(n), np.arange(n), zeros, never, never.copy(), zeros, zeros)
+    ctx = Context.__new__(Context)
+    ctx.world = w
+    # Episodes 10, 11, 12 on cards 0, 1, 2; rows only for the first and the last.
+    out = _episodes(ctx, "s", np.array([10, 11, 12]), np.array([0, 1, 2]),
+                    np.array([5, 7, 9]), np.array([0, 0, 2]), {})  # fmt: skip
+    assert out.ids == [10, 12]
+    assert out.card == [1, 3]
+    assert (out.started_at, out.ended_at) == ([5, 9], [7, 9])

@@ -141,6 +141,10 @@ def _episodes(
     np.maximum.at(last, ep, t)
     out = Episodes()
     for i in range(k):
+        if first[i] > last[i]:
+            # Every row of this episode was dropped (no terminal of the kind in its city among
+            # few terminals): it never happened, so it is no episode (and has no time span).
+            continue
         out.ids.append(int(ids[i]))
         out.scenario.append(name)
         out.customer.append(int(w.customers.ids[w.cards.cust[card[i]]]))
