@@ -78,7 +78,10 @@ def run(
         False, "--no-fill", help="Do not generate events (an external source writes them)."
     ),
     duration: float | None = typer.Option(
-        None, "--duration", min=1.0, help="Stop by itself after this many seconds."
+        None,
+        "--duration",
+        min=1.0,
+        help="Stop by itself after streaming this many seconds (after the first catch-up).",
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No live status line."),
     metrics_port: int | None = typer.Option(  # [report hook] issue 11

@@ -200,7 +200,7 @@ def run_pipeline(
         threads.append(_start(_filler, "filler", settings, options.rate, stop, state))
     # The native slot's lag; the kafka engine's lag is its consumer group's (`kafka status`).
     watcher = _start(_watch_lag, "lag", settings, stop, state, not kafka)
-    deadline = None if options.duration is None else time.monotonic() + options.duration
+    deadline: float | None = None
 
     cdc: threading.Thread | None = None
     with (
@@ -214,6 +214,10 @@ def run_pipeline(
             state.phase = "sync"
             state.changes += catch_up()
             state.phase = "cdc"
+            # `--duration` counts streaming time: the first catch-up (a snapshot through the
+            # connectors can take most of a short run on a busy machine) never eats into it.
+            if options.duration is not None:
+                deadline = time.monotonic() + options.duration
             # One stream for the whole run: a build never pauses capture, so readers and the
             # lag see CDC keep up while dbt works (it ends with the run, cleanly, on `stop`).
             cdc = _start(_cdc_stream, "cdc", cdc_run, settings, sink, stop, state, engine)
