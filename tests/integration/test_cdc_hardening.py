@@ -18,7 +18,7 @@ from bankde.cdc.status import status
 from bankde.monitoring.reconcile import reconcile
 from bankde.settings import Settings
 from bankde.source.connection import admin_info, connect, owner_info
-from bankde.warehouse.ddl import durable_tables, set_durable
+from bankde.warehouse.ddl import DURABLE_META, durable_tables, set_durable
 from bankde.warehouse.session import WarehouseSession
 from bankde.warehouse.sink import load_offset
 from tests.integration import test_cdc as base
@@ -357,7 +357,8 @@ def test_landing_offset_and_reject_tables_fsync_every_insert(
     cdc_settings: Settings, cdc_session: WarehouseSession
 ) -> None:
     """Every table an acknowledgement relies on (landing tables, including ones created for a
-    new source table, staged snapshots, meta.cdc_offsets, meta.cdc_rejects) fsyncs its inserts,
+    new source table, staged snapshots, meta.cdc_offsets, meta.cdc_rejects, the kafka engine's
+    meta.cdc_kafka_offsets and meta.cdc_connector_lsn) fsyncs its inserts,
     files and part directory, before the insert returns; BANKDE_WH_FSYNC=0 turns it off."""
     s = cdc_settings
     sync(s, cdc_session)
@@ -366,14 +367,15 @@ def test_landing_offset_and_reject_tables_fsync_every_insert(
     wh = cdc_session.warehouse(s)
     tables = durable_tables(wh)
     assert "`raw`.`fresh`" in {t.replace(s.wh_prefix, "") for t in tables}
-    assert any("cdc_offsets" in t for t in tables) and any("cdc_rejects" in t for t in tables)
+    for meta in ("cdc_offsets", "cdc_rejects", "cdc_kafka_offsets", "cdc_connector_lsn"):
+        assert any(t.endswith(f".`{meta}`") for t in tables), (meta, tables)
 
     def engines() -> list[str]:
         return [
             str(e)
             for (e,) in wh.query(
                 "SELECT engine_full FROM system.tables WHERE database LIKE {p:String} "
-                "AND (database NOT LIKE '%meta' OR name IN ('cdc_offsets', 'cdc_rejects'))",
+                f"AND (database NOT LIKE '%meta' OR name IN {DURABLE_META})",
                 {"p": f"{s.wh_prefix}%"},
             )
         ]

@@ -148,16 +148,18 @@ def apply_schema(wh: Warehouse) -> int:
 # MergeTree settings under which an INSERT returns only once its part's files and directory are
 # fsynced: Sink.apply() is "durable on return", and the slot is acknowledged after it.
 _FSYNC = ("fsync_after_insert", "fsync_part_directory")
+DURABLE_META = "('cdc_offsets', 'cdc_rejects', 'cdc_kafka_offsets', 'cdc_connector_lsn')"
 
 
 def durable_tables(wh: Warehouse) -> list[str]:
     """Quoted names of the tables whose inserts the acknowledgement relies on: landing tables,
-    staged snapshots, meta.cdc_offsets and meta.cdc_rejects."""
+    staged snapshots, meta.cdc_offsets, meta.cdc_rejects, and the kafka engine's topic positions
+    and per-connector LSNs (its resume point and cut)."""
     names = DbNames(wh.settings.wh_prefix)
     rows = wh.query(
         "SELECT database, name FROM system.tables WHERE engine LIKE '%MergeTree' AND ("
         "database IN ({r:String}, {t:String}) OR (database = {m:String} AND (name IN "
-        "('cdc_offsets', 'cdc_rejects') OR startsWith(name, {p:String})))) ORDER BY 1, 2",
+        f"{DURABLE_META} OR startsWith(name, {{p:String}})))) ORDER BY 1, 2",
         {"r": names.raw, "t": names.truth, "m": names.meta, "p": SNAPSHOT_PREFIX},
     )
     return [f"{ident(str(d))}.{ident(str(n))}" for d, n in rows]
