@@ -90,14 +90,21 @@ def mixed_load(settings: Settings, changes: int, per_txn: int = 1000) -> int:
 
 
 def latency(
-    settings: Settings, session: WarehouseSession, rate: int, seconds: float
+    settings: Settings,
+    session: WarehouseSession,
+    rate: int,
+    seconds: float,
+    writes: list[float] | None = None,
 ) -> tuple[float, float, int]:
-    """p50/p99 seconds from source commit to warehouse write at a steady `rate` changes/s."""
+    """p50/p99 seconds from source commit to warehouse write at a steady `rate` changes/s;
+    `writes` (if given) receives each batch's write seconds."""
     lat: list[float] = []
 
     def on_batch(b: BatchStats) -> None:
         now_ms = time.time() * 1000
         lat.extend((now_ms - c) / 1000 for c in b.commit_ms)
+        if writes is not None:
+            writes.append(b.seconds)
 
     stop = threading.Event()
     runner = threading.Thread(
@@ -153,9 +160,25 @@ def main() -> None:
     ap.add_argument(
         "--no-debezium", action="store_true", help="Skip the Debezium engine's run (slow JVM)."
     )
+    ap.add_argument(
+        "--latency-runs",
+        type=int,
+        default=0,
+        help="Only the latency: this many runs of --seconds at --rate (adaptive batching) in one "
+        "process after the fill (--txns) and a sync, each with its p50/p99 and slowest write.",
+    )
+    ap.add_argument(
+        "--table-setting",
+        default=None,
+        help="With --latency-runs: a MergeTree setting for every landing and meta table before "
+        "the runs (ALTER TABLE ... MODIFY SETTING <this>), e.g. 'old_parts_lifetime = 480'.",
+    )
     args = ap.parse_args()
     if args.batch_log_cost:
         batch_log_cost(args.txns, args.changes, args.rounds)
+        return
+    if args.latency_runs:
+        latency_runs(args)
         return
 
     home, settings, cluster = start_cluster("bankde-bench-cdc-")
@@ -256,6 +279,54 @@ def main() -> None:
                 drop_slot(settings.model_copy(update={"cdc_slot": slot}))
             except Exception as exc:
                 print(f"could not drop slot {slot}: {exc}")
+        session.close()
+        stop_cluster(home, cluster)
+
+
+def latency_runs(args: argparse.Namespace) -> None:
+    """Repeated latency runs on one warehouse: where the p99 comes from is not visible in one
+    20 s run (the first run of a process is often clean, later ones stall behind background
+    part removal; docs/cdc.md, "Latency")."""
+    from bankde.warehouse.ddl import durable_tables
+
+    home, settings, cluster = start_cluster("bankde-bench-lat-")
+    session = open_session(settings)
+    try:
+        init_source(settings)
+        from bankde.generator import load_fill_config
+        from bankde.generator.runner import fill
+
+        fill(settings, load_fill_config({"n_new_txns": args.txns, "seed": 1}))
+        ensure_publication(settings)
+        capture.sync(settings, capture.open_sink(settings, session), show_progress=False)
+        wh = session.warehouse(settings)
+        if args.table_setting:
+            for table in durable_tables(wh):
+                wh.command(f"ALTER TABLE {table} MODIFY SETTING {args.table_setting}")
+        s = settings.model_copy(update={"cdc_batch_adaptive": True})
+        p99s = []
+        for run in range(1, args.latency_runs + 1):
+            writes: list[float] = []
+            p50, p99, n = latency(s, session, args.rate, args.seconds, writes)
+            p99s.append(p99)
+            print(
+                f"latency run {run}/{args.latency_runs} at {args.rate:,} changes/s: p50 "
+                f"{p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms over {n:,} transactions | "
+                f"{len(writes)} batches, slowest write {max(writes, default=0) * 1000:.0f} ms | "
+                f"load average {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
+        under = sum(p < 0.150 for p in p99s)
+        print(
+            f"latency runs with p99 < 150 ms: {under} of {len(p99s)} (table setting: "
+            f"{args.table_setting or 'none'}) | median p99 "
+            f"{statistics.median(p99s) * 1000:.0f} ms"
+        )
+    finally:
+        try:
+            drop_slot(settings)
+        except Exception as exc:
+            print(f"could not drop slot: {exc}")
         session.close()
         stop_cluster(home, cluster)
 
