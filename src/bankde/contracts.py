@@ -265,7 +265,13 @@ class ReportsIdlePosition(Protocol):
 class Sink(Protocol):
     """Where change events land (the ClickHouse raw tables)."""
 
-    def apply(self, events: Changes, offset: Offset, truncates: Sequence[Truncate] = ()) -> None:
+    def apply(
+        self,
+        events: Changes,
+        offset: Offset,
+        truncates: Sequence[Truncate] = (),
+        record_offset: bool = True,
+    ) -> None:
         """Write `events` (complete transactions, in commit order), then record `offset`.
 
         Idempotent: the same events may be delivered again after a crash; applying them twice
@@ -275,6 +281,9 @@ class Sink(Protocol):
         truncate's version (events after it in the stream stay); they land before the offset.
         An offset with snapshot_done=True makes a snapshot staged since reset_for_snapshot()
         visible, every table at once, before the offset is recorded.
+        With `record_offset` False the offset may be left unrecorded (the caller records a later
+        one and acknowledges nothing past the last recorded); the sink records it anyway when it
+        must (a snapshot made visible).
         """
         ...
 

@@ -73,6 +73,12 @@ class Settings(BaseSettings):
     # Adaptive batching: write a batch as soon as the stream has caught up and the writer is
     # free (low latency at a steady rate); full batches still form while catching up.
     cdc_batch_adaptive: bool = True
+    # Adaptive batches come this far apart at least, and a stream of them records its offset
+    # this often at most: each batch is a part per table, each offset row one more, and parts
+    # replaced by merges are deleted in the background, which costs a steady stream its p99
+    # where deleting files is slow (docs/cdc.md, "Latency"). 0 turns either off.
+    cdc_batch_min_seconds: float = Field(0.05, ge=0)
+    cdc_offset_seconds: float = Field(0.25, ge=0)
     # Creating a slot waits for every transaction open at that moment to end: how long at most
     # (it names the blocking pid and transaction age meanwhile).
     cdc_slot_wait_seconds: float = Field(300.0, gt=0)

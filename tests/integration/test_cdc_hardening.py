@@ -18,7 +18,13 @@ from bankde.cdc.status import status
 from bankde.monitoring.reconcile import reconcile
 from bankde.settings import Settings
 from bankde.source.connection import admin_info, connect, owner_info
-from bankde.warehouse.ddl import DURABLE_META, durable_tables, set_durable
+from bankde.warehouse.ddl import (
+    DURABLE_META,
+    PACKED_BELOW_BYTES,
+    DbNames,
+    durable_tables,
+    set_durable,
+)
 from bankde.warehouse.session import WarehouseSession
 from bankde.warehouse.sink import load_offset
 from tests.integration import test_cdc as base
@@ -383,8 +389,19 @@ def test_landing_offset_and_reject_tables_fsync_every_insert(
     assert all(
         "fsync_after_insert = 1" in e and "fsync_part_directory = 1" in e for e in engines()
     ), engines()
+    # Small parts packed, one file each (docs/cdc.md, "Latency"): a row the stream just wrote.
+    packed = f"min_bytes_for_full_part_storage = {PACKED_BELOW_BYTES}"
+    assert all(packed in e for e in engines()), engines()
+    base.sql(s, "INSERT INTO bank.fresh VALUES (2)")
+    sync(s, cdc_session)
+    part = wh.query(
+        "SELECT part_storage_type FROM system.parts WHERE database = {d:String} "
+        "AND table = 'fresh' AND active ORDER BY modification_time DESC LIMIT 1",
+        {"d": DbNames(s.wh_prefix).raw},
+    )
+    assert part and part[0][0] == "Packed", part
     assert set_durable(wh, False) == len(tables)
-    assert all("fsync_after_insert = 0" in e for e in engines())
+    assert all("fsync_after_insert = 0" in e and packed in e for e in engines())
     assert set_durable(wh, True) == len(tables) and set_durable(wh, True) == 0
 
 

@@ -66,8 +66,15 @@ class FakeSink:
     columns: list[tuple[str, str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     log_flushes: int = 0
+    recorded: int = 0  # offsets recorded
 
-    def apply(self, events: Changes, offset: Offset, truncates: Sequence[Truncate] = ()) -> None:
+    def apply(
+        self,
+        events: Changes,
+        offset: Offset,
+        truncates: Sequence[Truncate] = (),
+        record_offset: bool = True,
+    ) -> None:
         self.applies += 1
         if self.fail_at == self.applies:
             raise WriteFailed(f"write {self.applies} failed")
@@ -78,9 +85,12 @@ class FakeSink:
         assert not groups  # events built by an engine come back as events
         lsns = sorted({ev.source.lsn for ev in rest})
         with self.lock:
-            self.batches.append((lsns, offset.lsn))
-            self.log.append(("apply", lsns))
-            self.durable = offset.lsn  # the offset lands after the rows it covers
+            if lsns:
+                self.batches.append((lsns, offset.lsn))
+                self.log.append(("apply", lsns))
+            if record_offset:
+                self.recorded += 1
+                self.durable = offset.lsn  # the offset lands after the rows it covers
 
     def ensure_columns(self, schema: str, table: str, columns: Sequence[SourceColumn]) -> None:
         self.columns.append((schema, table))
@@ -199,16 +209,16 @@ class FakeEngine:
         pass
 
 
-def settings() -> Settings:
+def settings(**update: object) -> Settings:
     return load_settings().model_copy(
-        update={"cdc_slot": SLOT, "cdc_batch_rows": 5, "cdc_batch_seconds": 0.01}
+        update={"cdc_slot": SLOT, "cdc_batch_rows": 5, "cdc_batch_seconds": 0.01, **update}
     )
 
 
-def run_stream(server: Server, batch_rows: int = 5) -> None:
+def run_stream(server: Server, batch_rows: int = 5, **update: object) -> None:
     target = server.txns[-1].end_lsn
     retry.stream(
-        settings(),
+        settings(**update),
         server.sink,
         server.engine,
         until_lsn=lambda: target,
@@ -307,11 +317,50 @@ def test_a_failed_write_stops_the_stream_and_nothing_after_it_is_written() -> No
     sink = FakeSink(slow=0.005, fail_at=3)
     server = Server([txn(n) for n in range(1, 41)], [[]], sink)
     with pytest.raises(WriteFailed, match="write 3 failed"):
-        run_stream(server, batch_rows=4)
+        run_stream(server, batch_rows=4, cdc_offset_seconds=0)  # every batch records its offset
     assert len(sink.batches) == 2 and sink.applies == 3
     assert sink.log_flushes == 1  # the batches written before the failure are still logged
     assert server.confirmed <= sink.durable == sink.batches[-1][1]
     assert all(a <= d for a, d in server.acks)
+
+
+def test_offsets_recorded_at_most_every_offset_seconds_and_acks_wait_for_them() -> None:
+    """Batches written faster than cdc_offset_seconds land without their offset; the slot is
+    acknowledged only up to a recorded one, and the last is recorded when the stream stops."""
+    sink = FakeSink(slow=0.004)
+    server = Server([txn(n) for n in range(1, 121)], [["txn", "empty"] * 60], sink)
+    run_stream(server, batch_rows=1, cdc_offset_seconds=0.05)
+    assert len(sink.batches) > 2 * sink.recorded > 0, (len(sink.batches), sink.recorded)
+    assert all(a <= d for a, d in server.acks)
+    check_order(server)
+
+
+def test_held_offsets_keep_every_partition_position() -> None:
+    """Offsets held back and then recorded by a later batch carry the positions of all of them
+    (the kafka engine commits topic offsets from what was recorded)."""
+    recorded: list[Offset] = []
+
+    def write(job: stream._Job, record: bool) -> None:
+        if record:
+            assert job.offset is not None
+            recorded.append(job.offset)
+
+    writer = stream._Writer(write, lambda: None, offset_seconds=60)
+    positions = [{("t", 0): 5}, {("t", 1): 7}, {("t", 0): 9}]
+    try:
+        for n, pos in enumerate(positions, 1):
+            batch = stream.ChangeBatch()
+            batch.add(txn(n))
+            offset = Offset(SLOT, txn(n).end_lsn, True, tuple(sorted(pos.items())))
+            writer.submit(stream._Job(batch, offset, 1, txn(n).commit_lsn, [0], n))
+        writer.wait()
+    finally:
+        writer.close()
+    # The first is recorded at once; the next two are held, then recorded together by wait().
+    assert [o.lsn for o in recorded] == [txn(1).end_lsn, txn(3).end_lsn]
+    assert dict(recorded[-1].positions) == {("t", 0): 9, ("t", 1): 7}
+    assert writer.written() == (3, txn(3).end_lsn)
+    assert writer.take_positions() == {("t", 0): 9, ("t", 1): 7}
 
 
 def test_streamer_drop_unwritten_resumes_from_the_written_offset() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
@@ -155,8 +156,9 @@ class Streamer:
         self._acked = 0
         self._acked_lsn = 0
         self._positions: dict[tuple[str, int], int] = {}
-        self._writer = _Writer(self._write, sink.flush_log)
+        self._writer = _Writer(self._write, sink.flush_log, settings.cdc_offset_seconds)
         self._batch_started: float | None = None
+        self._last_submit = 0.0  # when the last batch with rows went to the writer
         self._idle_recorded = 0.0
         # Per table, the columns last ensured in the warehouse: (name, type OID, typmod) each.
         self._columns: dict[tuple[str, str], tuple[tuple[str, int, int], ...]] = {}
@@ -297,13 +299,17 @@ class Streamer:
             and txn is None
             and self.holding
             and time.time() * 1000 - self._commit_ms[-1] < ADAPTIVE_FRESH_MS
+            and now - self._last_submit >= self.settings.cdc_batch_min_seconds
             and not self._writer.busy()
         ):
             # Adaptive batching: nothing more arrived and the newest change held committed
             # moments ago, i.e. the stream has caught up, and the writer is free: write now.
             # While it writes, what arrives accumulates into the next batch, so batches grow
             # with the load; a catch-up (old commits) still fills batch_rows, undisturbed by a
-            # source that pauses a few ms now and then.
+            # source that pauses a few ms now and then. At most one batch per
+            # cdc_batch_min_seconds: every batch is a new part per table, and the parts that
+            # merges replace are deleted later, which costs a steady stream its p99 on a disk
+            # that is slow to delete (docs/cdc.md, "Latency").
             self.flush(wait=False)
         else:
             self._acknowledge()
@@ -413,6 +419,8 @@ class Streamer:
             # (one being written, one being filled) are ever held.
             self._writer.submit(job)
             self._submitted = self._taken
+            if self._batch.rows:
+                self._last_submit = time.monotonic()
             self._reset_buffer()
         if wait:
             self._writer.wait()
@@ -435,8 +443,9 @@ class Streamer:
         elif engine.must_flush and self._submitted <= self._acked:
             engine.acknowledge(self._acked_lsn)
 
-    def _write(self, job: _Job) -> None:
-        """The writer thread's work: one batch and its offset into the sink."""
+    def _write(self, job: _Job, record_offset: bool = True) -> None:
+        """The writer thread's work: one batch and its offset into the sink (the offset held
+        back unless `record_offset`: the writer records a later one soon)."""
         started = time.monotonic()
         batch = job.batch
         # Rows of a table older than a truncate are hidden; later events stay.
@@ -446,7 +455,7 @@ class Streamer:
         else:
             # Transactions without captured rows (and idle positions) get their offset written
             # too: the slot must never be confirmed past the warehouse's offset.
-            self.sink.apply(batch, job.offset, truncates)
+            self.sink.apply(batch, job.offset, truncates, record_offset=record_offset)
         self._record(job, started)
 
     def _record(self, job: _Job, started: float) -> None:
@@ -503,13 +512,26 @@ class _Writer:
     `written()` is (transaction count, end LSN) of the newest batch fully written (rows and
     offset); `take_positions()` the topic-partition positions written since last asked. A failed
     write is raised to the caller at its next submit/wait, and nothing after it is written.
+
+    Offsets are recorded at most every `offset_seconds` while batches with rows keep coming:
+    each offset row is one more part in the warehouse. A batch written within that time of the
+    last recorded offset lands without one; its offset is held (pending) until the next batch
+    records it, the interval runs out, or the caller waits, and `written()` moves only when it
+    is recorded, so the slot is never acknowledged past the warehouse's offset. A crash before
+    then re-delivers those batches, which the versions make harmless.
     """
 
-    def __init__(self, write: Callable[[_Job], None], idle: Callable[[], None]) -> None:
+    def __init__(
+        self, write: Callable[[_Job, bool], None], idle: Callable[[], None], offset_seconds: float
+    ) -> None:
         self._write = write
         self._idle = idle  # called on this thread after IDLE_SECONDS without a job
+        self._offset_seconds = offset_seconds
         self._cond = threading.Condition()
         self._job: _Job | None = None
+        self._pending: _Job | None = None  # written rows whose offset is not recorded yet
+        self._offset_at = 0.0  # when an offset was last recorded
+        self._syncing = False  # the caller waits: record a pending offset now
         self._written = (0, 0)
         self._positions: dict[tuple[str, int], int] = {}
         self._error: BaseException | None = None
@@ -551,9 +573,15 @@ class _Writer:
             return self._job is not None
 
     def wait(self) -> None:
+        """Until everything submitted is written, offsets included."""
         with self._cond:
-            while self._job is not None and self._error is None:
-                self._cond.wait()
+            self._syncing = True
+            self._cond.notify_all()
+            try:
+                while (self._job is not None or self._pending is not None) and self._error is None:
+                    self._cond.wait()
+            finally:
+                self._syncing = False
             self._raise()
 
     def close(self) -> None:
@@ -568,16 +596,38 @@ class _Writer:
         if self._error is not None:
             raise self._error
 
+    def _next(self) -> tuple[_Job | None, bool]:
+        """Under the lock, waiting as needed: the job to write next and whether to record its
+        offset; (None, False) after IDLE_SECONDS without one, (None, True) once closed."""
+        while True:
+            now = time.monotonic()
+            due = self._syncing or self._closed or now >= self._offset_at + self._offset_seconds
+            if self._job is not None:
+                job = self._job
+                # Offset-only jobs (idle positions, transactions without rows) exist to be
+                # recorded; so do parts of a large transaction (no offset) and snapshot ends.
+                hold = job.offset is not None and job.batch.rows > 0 and job.part == 0
+                return job, due or not hold
+            if self._pending is not None:
+                if due:
+                    return self._pending, True
+                self._cond.wait(self._offset_at + self._offset_seconds - now)
+            elif self._closed:
+                return None, True
+            elif not self._cond.wait(IDLE_SECONDS) and self._job is None:
+                return None, False
+
     def _run(self) -> None:
         while True:
             with self._cond:
-                while self._job is None and not self._closed:
-                    if not self._cond.wait(IDLE_SECONDS) and self._job is None:
-                        break
-                job = self._job
-                if job is None and self._closed:
-                    return
+                job, record = self._next()
+                pending_only = job is not None and job is self._pending
+                if job is not None and job.offset is not None and not pending_only:
+                    # The held offset's positions, then this batch's (the newer win).
+                    job.offset = _merge_positions(self._pending, job.offset)
             if job is None:
+                if record:
+                    return
                 try:
                     self._idle()
                 except Exception as exc:
@@ -585,19 +635,41 @@ class _Writer:
                     log.warning("could not write the batch log: %s", exc)
                 continue
             try:
-                self._write(job)
+                if pending_only:
+                    self._write_pending(job)
+                else:
+                    self._write(job, record)
             except BaseException as exc:
                 with self._cond:
                     self._error = exc
-                    self._job = None
+                    self._job = self._pending = None
                     self._cond.notify_all()
                 return
             with self._cond:
                 if job.offset is not None:
-                    self._written = (job.count, job.offset.lsn)
-                    self._positions.update(job.offset.positions)
-                self._job = None
+                    if record:
+                        self._written = (job.count, job.offset.lsn)
+                        self._positions.update(job.offset.positions)
+                        self._offset_at = time.monotonic()
+                        self._pending = None
+                    else:
+                        self._pending = job
+                if not pending_only:
+                    self._job = None
                 self._cond.notify_all()
+
+    def _write_pending(self, job: _Job) -> None:
+        """Record the offset of written rows: an apply() without events."""
+        self._write(_Job(ChangeBatch(), job.offset, 0, job.first_lsn, [], job.count), True)
+
+
+def _merge_positions(held: _Job | None, newer: Offset) -> Offset:
+    """`newer`, carrying also the topic-partition positions only the held offset names."""
+    if held is None or held.offset is None or not held.offset.positions:
+        return newer
+    merged = dict(held.offset.positions)
+    merged.update(newer.positions)
+    return dataclasses.replace(newer, positions=tuple(sorted(merged.items())))
 
 
 def ensure_table(sink: Sink, schema: str, table: str, columns: list[SourceColumn]) -> list[str]:

@@ -165,10 +165,32 @@ def durable_tables(wh: Warehouse) -> list[str]:
     return [f"{ident(str(d))}.{ident(str(n))}" for d, n in rows]
 
 
+# Parts smaller than this are written packed: one file instead of ten or so. The stream writes
+# a small part per table per batch and merges delete them soon after; on a disk where each
+# deleted file costs a synchronous discard (ext4 mounted with `discard`), ten files per part
+# were what stalled a steady stream's writes (docs/cdc.md, "Latency"). Merged parts past the
+# size are written in full, as ClickHouse does by default.
+PACKED_BELOW_BYTES = 10 * 1024 * 1024
+_PACKED = "min_bytes_for_full_part_storage"
+
+
+def _supports_packed(wh: Warehouse) -> bool:
+    """Whether the engine knows packed parts (chDB 26.9 does; older servers lack the setting)."""
+    return bool(
+        wh.scalar(
+            "SELECT count() FROM system.merge_tree_settings WHERE name = {n:String}", {"n": _PACKED}
+        )
+    )
+
+
 def set_durable(wh: Warehouse, on: bool, tables: Sequence[str] | None = None) -> int:
     """fsync inserts (files and part directory) of `tables` (default: durable_tables()) or
-    stop doing so; returns how many tables changed. Idempotent and cheap (metadata only)."""
+    stop doing so, and write their small parts packed (either way); returns how many tables
+    changed. Idempotent and cheap (metadata only)."""
     want = 1 if on else 0
+    wanted = {s: want for s in _FSYNC}
+    if _supports_packed(wh):
+        wanted[_PACKED] = PACKED_BELOW_BYTES
     changed = 0
     for name in durable_tables(wh) if tables is None else tables:
         db, table = (part.strip("`") for part in name.split(".", 1))
@@ -180,9 +202,9 @@ def set_durable(wh: Warehouse, on: bool, tables: Sequence[str] | None = None) ->
             )
             or ""
         )
-        if all(f"{s} = {want}" in engine for s in _FSYNC):
+        if all(f"{s} = {v}" in engine for s, v in wanted.items()):
             continue
-        setting = ", ".join(f"{s} = {want}" for s in _FSYNC)
+        setting = ", ".join(f"{s} = {v}" for s, v in wanted.items())
         wh.command(f"ALTER TABLE {name} MODIFY SETTING {setting}")
         changed += 1
     return changed

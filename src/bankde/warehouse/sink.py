@@ -85,7 +85,13 @@ class ClickHouseSink:
         self._streaming = False  # whether apply() was called: this sink is the stream's
 
     # --- contract ------------------------------------------------------------------------
-    def apply(self, events: Changes, offset: Offset, truncates: Sequence[Truncate] = ()) -> None:
+    def apply(
+        self,
+        events: Changes,
+        offset: Offset,
+        truncates: Sequence[Truncate] = (),
+        record_offset: bool = True,
+    ) -> None:
         with self._mutex, _gc_paused():
             started_us = time.time_ns() // 1000
             self._slot = offset.slot
@@ -111,7 +117,9 @@ class ClickHouseSink:
                 self._rejects = []
             if offset.snapshot_done and self._staged.get(offset.slot):
                 self._publish_snapshot(offset.slot)
-            self._write_offset(offset)
+                record_offset = True  # the switch and the offset that says it happened
+            if record_offset:
+                self._write_offset(offset)
             if self.record_batches and (groups or rest):
                 self._write_metrics(offset, groups, rest, started_us)
             # After the offset: the batch log is informational, never part of durability.
