@@ -363,6 +363,26 @@ def test_held_offsets_keep_every_partition_position() -> None:
     assert writer.take_positions() == {("t", 0): 9, ("t", 1): 7}
 
 
+def test_a_held_offset_is_recorded_between_the_parts_of_a_large_transaction() -> None:
+    """Parts of a large transaction keep the writer busy for minutes: a held offset that is due
+    is recorded before the next part, not only with the transaction's final part; a batch with
+    its own offset records it instead (it covers the held one)."""
+    writer = stream._Writer(lambda job, record: None, lambda: None, offset_seconds=0.05)
+    batch = stream.ChangeBatch()
+    batch.add(txn(1))
+    held = stream._Job(batch, Offset(SLOT, txn(1).end_lsn, True), 1, 0, [0], 1)
+    part = stream._Job(stream.ChangeBatch(), None, 0, 0, [0], 1, 1)
+    later = stream._Job(batch, Offset(SLOT, txn(2).end_lsn, True), 1, 0, [0], 2)
+    writer._pending, writer._offset_at = held, time.monotonic() - 1  # due
+    with writer._cond:
+        writer._job = part
+        assert writer._next() == (held, True)
+        writer._job = later
+        assert writer._next() == (later, True)
+        writer._offset_at = time.monotonic()  # not due: the batch lands, its offset held
+        assert writer._next() == (later, False)
+
+
 def test_streamer_drop_unwritten_resumes_from_the_written_offset() -> None:
     """A kill while a batch is being written: the write finishes, held transactions are
     forgotten, and the streamer resumes from what is durable, not from what it had read."""

@@ -602,15 +602,16 @@ class _Writer:
         while True:
             now = time.monotonic()
             due = self._syncing or self._closed or now >= self._offset_at + self._offset_seconds
-            if self._job is not None:
-                job = self._job
+            job = self._job
+            if self._pending is not None and due and (job is None or job.offset is None):
+                # Before a part of a large transaction too: its parts can take minutes.
+                return self._pending, True
+            if job is not None:
                 # Offset-only jobs (idle positions, transactions without rows) exist to be
-                # recorded; so do parts of a large transaction (no offset) and snapshot ends.
+                # recorded, and so does a large transaction's final part.
                 hold = job.offset is not None and job.batch.rows > 0 and job.part == 0
                 return job, due or not hold
             if self._pending is not None:
-                if due:
-                    return self._pending, True
                 self._cond.wait(self._offset_at + self._offset_seconds - now)
             elif self._closed:
                 return None, True
