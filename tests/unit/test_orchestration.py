@@ -79,3 +79,79 @@ def test_pool_is_one_slot_for_the_embedded_warehouse() -> None:
     assert WAREHOUSE_POOL == "bankde_warehouse"
     assert pool_slots(Settings()) == 1
     assert pool_slots(Settings(clickhouse_url="http://ch:8123", airflow_pool_slots=6)) == 6
+
+
+def _fake_standalone(tmp_path: Path, script: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stand-in for `airflow standalone` (a shell script), with a 1 s stop grace."""
+    from bankde.orchestration import airflow_env as module
+
+    fake = tmp_path / "airflow"
+    fake.write_text("#!/bin/sh\n" + script)
+    fake.chmod(0o700)
+    monkeypatch.setattr(module, "airflow_bin", lambda: fake)
+    monkeypatch.setattr(module, "STOP_GRACE_SECONDS", 1.0)
+
+
+def _ctrl_c_when(path: Path) -> None:
+    """SIGINT to this process (as Ctrl-C would) once `path` is written: the launcher's handler
+    is installed by then, as it is before the child can write anything."""
+    import os
+    import signal
+    import threading
+    import time
+
+    def send() -> None:
+        deadline = time.monotonic() + 10
+        while not (path.exists() and path.read_text().strip()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=send, daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+@pytest.mark.parametrize(
+    ("script", "stopped_by_grace"),
+    [
+        # A clean stop that leaves a component's child behind in the group.
+        ("trap 'exit 0' INT\nsleep 300 &\necho $! > {pid}\nwhile :; do sleep 0.1; done\n", False),
+        # standalone stuck in its stop (it waits for a pipe a straggler holds).
+        ("trap '' INT\nsleep 300 &\necho $! > {pid}\nwhile :; do sleep 0.1; done\n", True),
+    ],
+    ids=["clean-stop-leaves-a-child", "stuck-stop"],
+)
+def test_ctrl_c_stops_airflow_and_everything_it_started(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    script: str,
+    stopped_by_grace: bool,
+) -> None:
+    import time
+
+    from bankde.orchestration.airflow_env import _standalone
+
+    pid_file = tmp_path / "child.pid"
+    _fake_standalone(tmp_path, script.format(pid=pid_file), monkeypatch)
+    _ctrl_c_when(pid_file)
+    started = time.monotonic()
+    rc = _standalone(Settings(home=tmp_path / "home"), 8080, {"PATH": "/usr/bin:/bin"})
+    elapsed = time.monotonic() - started
+    child = int(pid_file.read_text())
+    time.sleep(0.2)  # SIGKILL is asynchronous; the orphan is reaped by init
+    assert rc == 0 and not _alive(child)
+    printed = capsys.readouterr().out.replace("\n", "")  # rich wraps long lines
+    assert ("did not stop within 1s" in printed) == stopped_by_grace
+    if stopped_by_grace:
+        assert f"{child} sleep" in printed  # the straggler is named
+    assert elapsed < 8

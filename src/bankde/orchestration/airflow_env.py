@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -26,6 +28,8 @@ WAREHOUSE_POOL = "bankde_warehouse"
 # rather than failing; the pool normally makes the wait short.
 TASK_LOCK_WAIT = 1800.0
 PASSWORD_FILE = "simple_auth_manager_passwords.json.generated"
+# After Ctrl-C, standalone gets this long to stop its components before its group is killed.
+STOP_GRACE_SECONDS = 60.0
 
 
 class AirflowFailed(BankdeError):
@@ -240,17 +244,62 @@ def _standalone(settings: Settings, port: int, env: dict[str, str]) -> int:
         preexec_fn=_default_signals,
     )
 
+    asked: list[float] = []  # when each stop signal arrived
+    killed = False
+
     def forward(signum: int, frame: FrameType | None) -> None:
-        if proc.poll() is None:
+        asked.append(time.monotonic())
+        if proc.poll() is None and len(asked) == 1:
             proc.send_signal(signal.SIGINT)
+        elif proc.poll() is None:  # a second Ctrl-C: the user does not want to wait
+            nonlocal killed
+            killed = True
+            _kill_group(proc.pid)
 
     old_int = signal.signal(signal.SIGINT, forward)
     old_term = signal.signal(signal.SIGTERM, forward)
     try:
-        rc = proc.wait()
+        while True:
+            try:
+                rc = proc.wait(timeout=1)
+                break
+            except subprocess.TimeoutExpired:
+                if asked and time.monotonic() - asked[0] > STOP_GRACE_SECONDS:
+                    # standalone joins each component's output thread, which waits for every
+                    # process holding that pipe: one straggler would block the stop for ever.
+                    left = _group_members(proc.pid)
+                    out.print(
+                        f"Airflow did not stop within {STOP_GRACE_SECONDS:.0f}s; killing what "
+                        f"is left: {'; '.join(left) or 'nothing'}"
+                    )
+                    killed = True
+                    _kill_group(proc.pid)
+                    asked.clear()  # killed: wait for the exit without a second report
     finally:
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
+    # A component's child that outlived standalone (same process group) is stopped too.
+    _kill_group(proc.pid)
     out.print("Airflow stopped")
-    # Interrupted by us is a clean stop.
-    return 0 if rc in (0, -signal.SIGINT, 130) else rc
+    # Interrupted by us is a clean stop, and so is one we had to finish with SIGKILL.
+    return 0 if rc in (0, -signal.SIGINT, 130) or (killed and rc == -signal.SIGKILL) else rc
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # nothing left in it
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _group_members(pgid: int) -> list[str]:
+    """'pid command' of each process still in the group, read from /proc (names only)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        # Fields after the ')' that closes the command name: state, ppid, pgrp, ...
+        name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :]
+        if int(rest.split()[2]) == pgid:
+            members.append(f"{stat.parent.name} {name}")
+    return sorted(members)
