@@ -7,6 +7,8 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from _cluster import peak_rss_mib, start_cluster, stop_cluster
@@ -22,6 +24,35 @@ from bankde.warehouse.ddl import set_durable
 from bankde.warehouse.session import WarehouseSession, open_session
 
 BASELINE_SLOTS = ("bench_decode", "bench_walsender")
+
+
+@contextmanager
+def filled_source(
+    prefix: str, txns: int, extra_slots: Callable[[Settings], Iterable[str]] = lambda s: ()
+) -> Iterator[tuple[Settings, WarehouseSession]]:
+    """A managed source filled with `txns` transactions (seed 1) and published, with the run's
+    one warehouse session (handed to every capture it runs); afterwards the capture's slot and
+    `extra_slots(settings)` are dropped and everything is stopped."""
+    from bankde.generator import load_fill_config
+    from bankde.generator.runner import fill
+
+    home, settings, cluster = start_cluster(prefix)
+    session = open_session(settings)
+    try:
+        init_source(settings)
+        t0 = time.perf_counter()
+        fill(settings, load_fill_config({"n_new_txns": txns, "seed": 1}))
+        print(f"fill: {txns:,} transactions in {time.perf_counter() - t0:.1f}s", flush=True)
+        ensure_publication(settings)
+        yield settings, session
+    finally:
+        for slot in dict.fromkeys((settings.cdc_slot, *extra_slots(settings))):
+            try:
+                drop_slot(settings.model_copy(update={"cdc_slot": slot}))
+            except Exception as exc:
+                print(f"could not drop slot {slot}: {exc}")
+        session.close()
+        stop_cluster(home, cluster)
 
 
 def copy_out_baseline(settings: Settings) -> float:
@@ -181,19 +212,11 @@ def main() -> None:
         latency_runs(args)
         return
 
-    home, settings, cluster = start_cluster("bankde-bench-cdc-")
-    # The benchmark's one warehouse session, handed to every capture it runs.
-    session = open_session(settings)
-    try:
-        init_source(settings)
-        from bankde.generator import load_fill_config
-        from bankde.generator.runner import fill
+    def bench_slots(settings: Settings) -> list[str]:
+        engines = {spec.settings_for(settings).cdc_slot for spec in ENGINES.values()}
+        return [*BASELINE_SLOTS, *sorted(engines)]
 
-        t0 = time.perf_counter()
-        fill(settings, load_fill_config({"n_new_txns": args.txns, "seed": 1}))
-        print(f"fill: {args.txns:,} transactions in {time.perf_counter() - t0:.1f}s")
-        ensure_publication(settings)
-
+    with filled_source("bankde-bench-cdc-", args.txns, bench_slots) as (settings, session):
         base_copy = copy_out_baseline(settings)
         res = capture.sync(settings, capture.open_sink(settings, session), show_progress=False)
         snap_total = sum(res.snapshot_rows.values())
@@ -272,15 +295,6 @@ def main() -> None:
                 f"load average {os.getloadavg()[0]:.1f}"
             )
         print(f"peak RSS: {peak_rss_mib():,.0f} MiB")
-    finally:
-        engine_slots = {spec.settings_for(settings).cdc_slot for spec in ENGINES.values()}
-        for slot in (*BASELINE_SLOTS, *sorted(engine_slots)):
-            try:
-                drop_slot(settings.model_copy(update={"cdc_slot": slot}))
-            except Exception as exc:
-                print(f"could not drop slot {slot}: {exc}")
-        session.close()
-        stop_cluster(home, cluster)
 
 
 def latency_runs(args: argparse.Namespace) -> None:
@@ -289,15 +303,7 @@ def latency_runs(args: argparse.Namespace) -> None:
     part removal; docs/cdc.md, "Latency")."""
     from bankde.warehouse.ddl import durable_tables
 
-    home, settings, cluster = start_cluster("bankde-bench-lat-")
-    session = open_session(settings)
-    try:
-        init_source(settings)
-        from bankde.generator import load_fill_config
-        from bankde.generator.runner import fill
-
-        fill(settings, load_fill_config({"n_new_txns": args.txns, "seed": 1}))
-        ensure_publication(settings)
+    with filled_source("bankde-bench-lat-", args.txns) as (settings, session):
         capture.sync(settings, capture.open_sink(settings, session), show_progress=False)
         wh = session.warehouse(settings)
         if args.table_setting:
@@ -322,13 +328,6 @@ def latency_runs(args: argparse.Namespace) -> None:
             f"{args.table_setting or 'none'}) | median p99 "
             f"{statistics.median(p99s) * 1000:.0f} ms"
         )
-    finally:
-        try:
-            drop_slot(settings)
-        except Exception as exc:
-            print(f"could not drop slot: {exc}")
-        session.close()
-        stop_cluster(home, cluster)
 
 
 def batch_log_cost(txns: int, changes: int, rounds: int) -> None:
@@ -355,15 +354,7 @@ def batch_log_cost(txns: int, changes: int, rounds: int) -> None:
             super()._write_log()
             self.spent += time.perf_counter() - started
 
-    home, settings, cluster = start_cluster("bankde-bench-cdclog-")
-    session = open_session(settings)
-    try:
-        init_source(settings)
-        from bankde.generator import load_fill_config
-        from bankde.generator.runner import fill
-
-        fill(settings, load_fill_config({"n_new_txns": txns, "seed": 1}))
-        ensure_publication(settings)
+    with filled_source("bankde-bench-cdclog-", txns) as (settings, session):
         capture.sync(settings, capture.open_sink(settings, session), show_progress=False)
         for batch_rows in (settings.cdc_batch_rows, 2_000):
             s = settings.model_copy(update={"cdc_batch_rows": batch_rows})
@@ -398,10 +389,6 @@ def batch_log_cost(txns: int, changes: int, rounds: int) -> None:
                 f"{spent * 1000:,.0f} ms of {streamed:,.1f} s streaming = {100 * spent / streamed:.2f} % "
                 f"({1000 * spent / max(batches[True], 1):.1f} ms per batch)"
             )
-    finally:
-        drop_slot(settings)
-        session.close()
-        stop_cluster(home, cluster)
 
 
 # -- Debezium engine (extra [debezium]): same mixed load, same sink, printed beside native ----
