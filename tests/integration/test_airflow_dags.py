@@ -68,7 +68,7 @@ def test_dag_integrity(tmp_path: Path) -> None:
     from bankde.orchestration.airflow_env import WAREHOUSE_POOL, dags_folder
     from bankde.orchestration.tasks import RAW_ASSET_URI
 
-    settings = Settings(home=make_home("bankde-af-int-"))
+    settings = Settings(home=tmp_path / "home")  # nothing is started: no server user enters it
     env = _airflow_env(settings, free_port(), tmp_path / "airflow")
     proc = subprocess.run(
         [sys.executable, "-c", _DESCRIBE, str(dags_folder())],
